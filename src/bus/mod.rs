@@ -1,0 +1,62 @@
+//! Fan-out of events between nodes. A node subscribes to a topic when its first local
+//! subscriber appears and drops it after the last leaves; what arrives is handed to the
+//! node's [`BusHandler`], which routes it to local sessions. The in-process bus is the
+//! single-node default; a Redis pub/sub bus serves clusters.
+
+mod event;
+mod memory;
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+
+pub use event::BusEvent;
+pub use memory::MemoryBus;
+
+use crate::model::{UsState, VisitId};
+
+/// Where an event goes. Topic names are stable strings so a Redis channel can carry them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Changes to one state's queue (order, staffing, busy flag).
+    Queue(UsState),
+    /// Events of one visit, for its participants.
+    Visit(VisitId),
+    /// Events about one user (access revoked), for all of their sessions.
+    Subject(String),
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Topic::Queue(s) => write!(f, "queue.{s}"),
+            Topic::Visit(v) => write!(f, "visit.{v}"),
+            Topic::Subject(s) => write!(f, "subject.{s}"),
+        }
+    }
+}
+
+/// Receives what the bus delivers to this node. Must not block: it hands events to bounded
+/// per-session queues.
+pub trait BusHandler: Send + Sync {
+    fn deliver(&self, topic: &Topic, event: Arc<BusEvent>);
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync {
+    /// Sets the node's handler. The bus holds it weakly: the handler owns the bus.
+    fn attach(&self, handler: Weak<dyn BusHandler>);
+
+    /// Publishes to every node subscribed to `topic`, this one included, exactly once each.
+    async fn publish(&self, topic: &Topic, event: BusEvent) -> anyhow::Result<()>;
+
+    /// This node wants `topic`.
+    async fn subscribe(&self, topic: &Topic) -> anyhow::Result<()>;
+
+    /// This node no longer wants `topic`.
+    async fn unsubscribe(&self, topic: &Topic) -> anyhow::Result<()>;
+
+    /// Whether the bus can publish now (for readiness).
+    fn is_connected(&self) -> bool;
+}

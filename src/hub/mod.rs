@@ -1,0 +1,209 @@
+//! The domain: queues, visits, caregivers, presence and wait-time estimates. Names no web
+//! framework, Redis or SQL type: it talks to the [`Store`] and [`Bus`] traits.
+
+mod access;
+mod caregivers;
+pub mod estimator;
+pub mod hours;
+pub mod intake_rules;
+mod presence;
+pub mod queues;
+mod router;
+mod settings;
+mod validate;
+mod visits;
+
+use std::sync::{Arc, Weak};
+
+use dashmap::DashMap;
+
+pub use caregivers::{CaregiverPatch, NewCaregiver};
+pub use estimator::{EstimateInputs, Estimator, Staffing};
+pub use queues::QueueView;
+pub use router::SessionLink;
+pub use settings::SettingsPatch;
+pub use visits::{IntakeReceipt, IntakeRequest, VisitView};
+
+use crate::auth::TokenKeys;
+use crate::bus::{Bus, BusEvent, BusHandler, Topic};
+use crate::clock::Clock;
+use crate::model::{StateSettings, UsState};
+use crate::store::Store;
+use presence::Presence;
+use queues::Queues;
+use router::Router;
+
+/// Domain settings, from the hub's configuration.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    pub patient_token_ttl_secs: u64,
+    pub default_queue_cap: u32,
+    pub default_busy_intake_per_hour: u32,
+    pub prior_visit_secs: u32,
+    pub prior_pickup_secs: u32,
+    pub estimator_alpha: f64,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        HubOptions {
+            patient_token_ttl_secs: 12 * 3600,
+            default_queue_cap: 200,
+            default_busy_intake_per_hour: 20,
+            prior_visit_secs: 15 * 60,
+            prior_pickup_secs: 60,
+            estimator_alpha: 0.2,
+        }
+    }
+}
+
+pub struct Hub {
+    options: HubOptions,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    keys: TokenKeys,
+    clock: Arc<dyn Clock>,
+    queues: Queues,
+    presence: Presence,
+    router: Router,
+    settings: DashMap<UsState, StateSettings>,
+    estimators: DashMap<UsState, Estimator>,
+}
+
+impl Hub {
+    /// Loads settings, rebuilds the queues from the store's waiting visits and attaches to
+    /// the bus.
+    pub async fn start(
+        options: HubOptions,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        keys: TokenKeys,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Arc<Hub>> {
+        let prior = Estimator::new(options.prior_visit_secs, options.prior_pickup_secs, options.estimator_alpha);
+        let hub = Arc::new(Hub {
+            queues: Queues::new(prior.inputs(Staffing::default())),
+            options,
+            store,
+            bus,
+            keys,
+            clock,
+            presence: Presence::default(),
+            router: Router::default(),
+            settings: DashMap::new(),
+            estimators: DashMap::new(),
+        });
+        for s in hub.store.state_settings().await? {
+            hub.settings.insert(s.state, s);
+        }
+        hub.rebuild_queues().await?;
+        let handler: Weak<dyn BusHandler> = Arc::downgrade(&hub) as Weak<dyn BusHandler>;
+        hub.bus.attach(handler);
+        Ok(hub)
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
+    /// The newest view of a state's queue, and later ones as they come.
+    pub fn watch_queue(&self, state: UsState) -> tokio::sync::watch::Receiver<Arc<QueueView>> {
+        self.queues.subscribe(state)
+    }
+
+    /// Routes `topic` to a local session, subscribing the node on the bus if it is the first.
+    pub async fn listen(&self, topic: Topic, link: SessionLink) -> anyhow::Result<()> {
+        if self.router.add(topic.clone(), link) {
+            self.bus.subscribe(&topic).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn unlisten(&self, topic: &Topic, session_id: u64) {
+        if self.router.remove(topic, session_id)
+            && let Err(e) = self.bus.unsubscribe(topic).await
+        {
+            tracing::warn!(%topic, error = %e, "bus unsubscribe failed");
+        }
+    }
+
+    fn estimate(&self, state: UsState) -> EstimateInputs {
+        let staffing = self.presence.staffing(state);
+        match self.estimators.get(&state) {
+            Some(e) => e.inputs(staffing),
+            None => Estimator::new(self.options.prior_visit_secs, self.options.prior_pickup_secs, self.options.estimator_alpha)
+                .inputs(staffing),
+        }
+    }
+
+    fn refresh_board(&self, state: UsState) {
+        let busy = self.settings.get(&state).is_some_and(|s| s.busy);
+        self.queues.lane(state).refresh_board(state, busy, self.estimate(state));
+    }
+
+    /// Tells every node (this one included) that a state's queue changed.
+    async fn announce_queue(&self, state: UsState, version: u64) {
+        if let Err(e) = self.bus.publish(&Topic::Queue(state), BusEvent::QueueChanged { state, version }).await {
+            // The change is stored; nodes that missed it catch up on the next change.
+            tracing::warn!(state = %state, error = %e, "queue change not published");
+        }
+    }
+
+    async fn publish(&self, topic: Topic, event: BusEvent) {
+        if let Err(e) = self.bus.publish(&topic, event).await {
+            tracing::warn!(%topic, error = %e, "bus publish failed");
+        }
+    }
+
+    async fn rebuild_queues(&self) -> anyhow::Result<()> {
+        let mut touched = Vec::new();
+        for visit in self.store.waiting_visits().await? {
+            let lane = self.queues.lane(visit.state);
+            lane.mutate(|entries| {
+                entries.push(Arc::new(queues::QueuedVisit {
+                    visit_id: visit.id.as_str().into(),
+                    display_name: visit.display_name,
+                    reason: visit.reason,
+                    enqueued_at: visit.created_at,
+                }));
+                true
+            });
+            if !touched.contains(&visit.state) {
+                touched.push(visit.state);
+            }
+        }
+        for state in touched {
+            self.refresh_board(state);
+        }
+        Ok(())
+    }
+
+    /// Staffing of these states changed: new estimates for everyone waiting there.
+    async fn staffing_changed(&self, states: Vec<UsState>) {
+        for state in states {
+            let version = self.queues.lane(state).bump();
+            self.announce_queue(state, version).await;
+        }
+    }
+}
+
+impl BusHandler for Hub {
+    fn deliver(&self, topic: &Topic, event: Arc<BusEvent>) {
+        match &*event {
+            BusEvent::QueueChanged { state, .. } => self.refresh_board(*state),
+            _ => self.router.dispatch(topic, event),
+        }
+    }
+}

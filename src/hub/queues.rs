@@ -1,0 +1,258 @@
+//! Per-state queues and the boards that publish them. A queue change builds one immutable
+//! [`QueueView`] and puts it on the state's board (a `watch` channel): every session reads the
+//! newest view when it is ready to write, so a slow client skips to the latest value instead
+//! of piling up a backlog, and a view is built once however many patients wait.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use super::estimator::EstimateInputs;
+use super::intake_rules::BusyWindow;
+use crate::model::UsState;
+use crate::protocol::{QueueDelta, QueueEntry, QueuePosition, QueueSnapshot};
+
+/// A waiting visit as the queue holds it. Shared by `Arc` between views.
+#[derive(Debug)]
+pub struct QueuedVisit {
+    pub visit_id: Arc<str>,
+    pub display_name: String,
+    pub reason: String,
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// One state's queue at one version, with what estimates need.
+#[derive(Debug)]
+pub struct QueueView {
+    pub state: UsState,
+    pub version: u64,
+    pub busy: bool,
+    pub estimate: EstimateInputs,
+    pub entries: Vec<Arc<QueuedVisit>>,
+    index: HashMap<Arc<str>, u32>,
+}
+
+impl QueueView {
+    pub fn new(state: UsState, version: u64, busy: bool, estimate: EstimateInputs, entries: Vec<Arc<QueuedVisit>>) -> QueueView {
+        let index = entries.iter().enumerate().map(|(i, e)| (e.visit_id.clone(), i as u32 + 1)).collect();
+        QueueView { state, version, busy, estimate, entries, index }
+    }
+
+    /// 1-based position of a waiting visit.
+    pub fn position_of(&self, visit_id: &str) -> Option<u32> {
+        self.index.get(visit_id).copied()
+    }
+
+    pub fn len(&self) -> u32 {
+        self.entries.len() as u32
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// What the patient of `visit_id` is told, if the visit is waiting here.
+    pub fn position_message(&self, visit_id: &str) -> Option<QueuePosition> {
+        let position = self.position_of(visit_id)?;
+        Some(QueuePosition {
+            visit_id: visit_id.to_string(),
+            state: self.state,
+            position,
+            queue_length: self.len(),
+            estimated_wait_secs: self.estimate.wait_for(position),
+        })
+    }
+
+    fn entry(&self, position: u32) -> QueueEntry {
+        let e = &self.entries[position as usize - 1];
+        QueueEntry {
+            visit_id: e.visit_id.to_string(),
+            position,
+            display_name: e.display_name.clone(),
+            reason: e.reason.clone(),
+            enqueued_at: e.enqueued_at,
+            estimated_wait_secs: self.estimate.wait_for(position),
+        }
+    }
+
+    pub fn snapshot(&self) -> QueueSnapshot {
+        QueueSnapshot {
+            state: self.state,
+            version: self.version,
+            busy: self.busy,
+            staffing: self.estimate.staffing,
+            visits: (1..=self.len()).map(|p| self.entry(p)).collect(),
+        }
+    }
+
+    /// What changed since `older`, or `None` if nothing a caregiver sees did.
+    pub fn delta_since(&self, older: &QueueView) -> Option<QueueDelta> {
+        let now: HashSet<&str> = self.entries.iter().map(|e| &*e.visit_id).collect();
+        let removed: Vec<String> =
+            older.entries.iter().filter(|e| !now.contains(&*e.visit_id)).map(|e| e.visit_id.to_string()).collect();
+        let added: Vec<QueueEntry> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| older.position_of(&e.visit_id).is_none())
+            .map(|(i, _)| self.entry(i as u32 + 1))
+            .collect();
+        let unchanged =
+            removed.is_empty() && added.is_empty() && self.busy == older.busy && self.estimate == older.estimate;
+        (!unchanged).then(|| QueueDelta {
+            state: self.state,
+            version: self.version,
+            busy: self.busy,
+            staffing: self.estimate.staffing,
+            added,
+            removed,
+        })
+    }
+}
+
+/// The mutable queue of one state.
+#[derive(Default)]
+pub struct StateQueue {
+    pub entries: Vec<Arc<QueuedVisit>>,
+    pub version: u64,
+}
+
+/// Everything one state's queue owns.
+pub struct Lane {
+    /// Serializes intakes of the state, held across the store write, so the cap and hours
+    /// checks cannot be raced past. Guards the busy-rate window too.
+    pub intake_gate: tokio::sync::Mutex<BusyWindow>,
+    pub queue: Mutex<StateQueue>,
+    pub board: watch::Sender<Arc<QueueView>>,
+}
+
+impl Lane {
+    /// Builds the current view and publishes it if it is newer than the one on the board.
+    pub fn refresh_board(&self, state: UsState, busy: bool, estimate: EstimateInputs) {
+        let view = {
+            let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            QueueView::new(state, q.version, busy, estimate, q.entries.clone())
+        };
+        self.board.send_if_modified(|current| {
+            let newer = view.version > current.version
+                || (view.version == current.version && (view.busy != current.busy || view.estimate != current.estimate));
+            if newer {
+                *current = Arc::new(view);
+            }
+            newer
+        });
+    }
+
+    /// Changes the queue under its lock and returns the new version.
+    pub fn mutate(&self, f: impl FnOnce(&mut Vec<Arc<QueuedVisit>>) -> bool) -> Option<u64> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if f(&mut q.entries) {
+            q.version += 1;
+            Some(q.version)
+        } else {
+            None
+        }
+    }
+
+    /// Marks a change that is not in the entries (staffing, busy flag) with a new version.
+    pub fn bump(&self) -> u64 {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.version += 1;
+        q.version
+    }
+
+    pub fn len(&self) -> u32 {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).entries.len() as u32
+    }
+}
+
+/// All lanes, created on first use.
+pub struct Queues {
+    lanes: DashMap<UsState, Arc<Lane>>,
+    empty_estimate: EstimateInputs,
+}
+
+impl Queues {
+    pub fn new(empty_estimate: EstimateInputs) -> Queues {
+        Queues { lanes: DashMap::new(), empty_estimate }
+    }
+
+    pub fn lane(&self, state: UsState) -> Arc<Lane> {
+        if let Some(lane) = self.lanes.get(&state) {
+            return lane.clone();
+        }
+        self.lanes
+            .entry(state)
+            .or_insert_with(|| {
+                let view = QueueView::new(state, 0, false, self.empty_estimate, Vec::new());
+                Arc::new(Lane {
+                    intake_gate: tokio::sync::Mutex::new(BusyWindow::default()),
+                    queue: Mutex::new(StateQueue::default()),
+                    board: watch::channel(Arc::new(view)).0,
+                })
+            })
+            .clone()
+    }
+
+    pub fn subscribe(&self, state: UsState) -> watch::Receiver<Arc<QueueView>> {
+        self.lane(state).board.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::estimator::{Estimator, Staffing};
+
+    fn visit(id: &str) -> Arc<QueuedVisit> {
+        Arc::new(QueuedVisit { visit_id: id.into(), display_name: "n".into(), reason: "r".into(), enqueued_at: Utc::now() })
+    }
+
+    fn view(version: u64, ids: &[&str]) -> QueueView {
+        let est = Estimator::new(600, 30, 0.2).inputs(Staffing { online: 1, available: 0 });
+        QueueView::new(UsState::parse("WA").unwrap(), version, false, est, ids.iter().map(|i| visit(i)).collect())
+    }
+
+    #[test]
+    fn positions_and_estimates_follow_order() {
+        let v = view(1, &["a", "b", "c"]);
+        assert_eq!(v.position_of("b"), Some(2));
+        assert_eq!(v.position_of("z"), None);
+        let msg = v.position_message("c").unwrap();
+        assert_eq!((msg.position, msg.queue_length), (3, 3));
+        assert!(msg.estimated_wait_secs > v.position_message("a").unwrap().estimated_wait_secs);
+    }
+
+    #[test]
+    fn delta_lists_removed_and_added() {
+        let old = view(1, &["a", "b", "c"]);
+        let new = view(2, &["b", "c", "d"]);
+        let d = new.delta_since(&old).unwrap();
+        assert_eq!(d.removed, vec!["a".to_string()]);
+        assert_eq!(d.added.len(), 1);
+        assert_eq!((d.added[0].visit_id.as_str(), d.added[0].position), ("d", 3));
+        assert!(new.delta_since(&view(3, &["b", "c", "d"])).is_none());
+    }
+
+    #[test]
+    fn board_keeps_only_the_newest_view() {
+        let queues = Queues::new(view(0, &[]).estimate);
+        let state = UsState::parse("WA").unwrap();
+        let lane = queues.lane(state);
+        let mut rx = queues.subscribe(state);
+        for id in ["a", "b", "c"] {
+            lane.mutate(|e| {
+                e.push(visit(id));
+                true
+            });
+            lane.refresh_board(state, false, view(0, &[]).estimate);
+        }
+        assert!(rx.has_changed().unwrap());
+        let latest = rx.borrow_and_update().clone();
+        assert_eq!((latest.version, latest.len()), (3, 3));
+        assert!(!rx.has_changed().unwrap());
+    }
+}

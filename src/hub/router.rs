@@ -1,0 +1,105 @@
+//! Local fan-out: which sessions of this node listen to which topic. Delivery never blocks: a
+//! session whose bounded inbox is full is cut off as a slow consumer, never waited for.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{BusEvent, Topic};
+
+/// A session as the router sees it.
+#[derive(Clone)]
+pub struct SessionLink {
+    pub id: u64,
+    pub inbox: mpsc::Sender<Arc<BusEvent>>,
+    /// Cancelled when the inbox overflowed: the session closes as a slow consumer.
+    pub overflowed: CancellationToken,
+}
+
+#[derive(Default)]
+pub struct Router {
+    topics: DashMap<Topic, Vec<SessionLink>>,
+}
+
+impl Router {
+    /// Adds a subscriber; true when it is the first on this node (subscribe on the bus).
+    pub fn add(&self, topic: Topic, link: SessionLink) -> bool {
+        let mut links = self.topics.entry(topic).or_default();
+        if links.iter().any(|l| l.id == link.id) {
+            return false;
+        }
+        links.push(link);
+        links.len() == 1
+    }
+
+    /// Removes a subscriber; true when it was the last on this node (unsubscribe on the bus).
+    pub fn remove(&self, topic: &Topic, session_id: u64) -> bool {
+        let Some(mut links) = self.topics.get_mut(topic) else { return false };
+        let before = links.len();
+        links.retain(|l| l.id != session_id);
+        let emptied = before > 0 && links.is_empty();
+        drop(links);
+        if emptied {
+            self.topics.remove_if(topic, |_, links| links.is_empty());
+        }
+        emptied
+    }
+
+    pub fn dispatch(&self, topic: &Topic, event: Arc<BusEvent>) {
+        let Some(links) = self.topics.get(topic) else { return };
+        for link in links.iter() {
+            if let Err(mpsc::error::TrySendError::Full(_)) = link.inbox.try_send(event.clone()) {
+                link.overflowed.cancel();
+            }
+        }
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(id: u64, capacity: usize) -> (SessionLink, mpsc::Receiver<Arc<BusEvent>>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (SessionLink { id, inbox: tx, overflowed: CancellationToken::new() }, rx)
+    }
+
+    fn event() -> Arc<BusEvent> {
+        Arc::new(BusEvent::AccessChanged { subject: "x".into() })
+    }
+
+    #[test]
+    fn first_and_last_subscriber_are_reported() {
+        let router = Router::default();
+        let topic = Topic::Subject("x".into());
+        let (a, _ra) = link(1, 4);
+        let (b, _rb) = link(2, 4);
+        assert!(router.add(topic.clone(), a));
+        assert!(!router.add(topic.clone(), b));
+        assert!(!router.remove(&topic, 1));
+        assert!(router.remove(&topic, 2));
+        assert_eq!(router.topic_count(), 0);
+    }
+
+    #[test]
+    fn a_full_inbox_marks_the_session_slow_and_spares_the_others() {
+        let router = Router::default();
+        let topic = Topic::Subject("x".into());
+        let (slow, _slow_rx) = link(1, 1);
+        let (fast, mut fast_rx) = link(2, 8);
+        let slow_flag = slow.overflowed.clone();
+        router.add(topic.clone(), slow);
+        router.add(topic.clone(), fast);
+        router.dispatch(&topic, event());
+        assert!(!slow_flag.is_cancelled());
+        router.dispatch(&topic, event());
+        assert!(slow_flag.is_cancelled());
+        assert!(fast_rx.try_recv().is_ok() && fast_rx.try_recv().is_ok());
+    }
+}

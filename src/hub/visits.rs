@@ -1,0 +1,238 @@
+//! Intake, reading and cancelling visits.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::intake_rules::{IntakeContext, check_intake};
+use super::queues::QueuedVisit;
+use super::{Hub, validate};
+use crate::auth::{Claims, Principal};
+use crate::bus::{BusEvent, Topic};
+use crate::error::{ErrorCode, HubError, HubResult};
+use crate::model::{Actor, Role, UsState, Visit, VisitId, VisitStatus, new_visit_id};
+use crate::protocol::VisitUpdated;
+use crate::store::{IdempotencyKey, InsertOutcome};
+
+pub const MAX_DISPLAY_NAME_CHARS: usize = 80;
+pub const MAX_REASON_CHARS: usize = 500;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// What a patient gives at intake.
+#[derive(Debug, Clone)]
+pub struct IntakeRequest {
+    pub display_name: String,
+    pub state: UsState,
+    pub reason: String,
+}
+
+/// What intake answers: the visit, a token scoped to it, and the place in line.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntakeReceipt {
+    pub visit_id: VisitId,
+    pub state: UsState,
+    pub status: VisitStatus,
+    pub patient_token: String,
+    pub position: Option<u32>,
+    pub estimated_wait_secs: Option<u64>,
+    /// True when an `Idempotency-Key` retry returned the visit made the first time.
+    pub replayed: bool,
+}
+
+/// A visit as the API shows it, with its live place in line while it waits.
+#[derive(Debug, Clone, Serialize)]
+pub struct VisitView {
+    #[serde(flatten)]
+    pub visit: Visit,
+    pub position: Option<u32>,
+    pub current_estimated_wait_secs: Option<u64>,
+}
+
+fn patient_subject(visit_id: &str) -> String {
+    format!("patient:{visit_id}")
+}
+
+fn request_hash(req: &IntakeRequest) -> String {
+    let mut h = Sha256::new();
+    for part in [req.state.code(), &req.display_name, &req.reason] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+impl Hub {
+    pub async fn intake(&self, req: IntakeRequest, idempotency_key: Option<&str>) -> HubResult<IntakeReceipt> {
+        let req = IntakeRequest {
+            display_name: validate::text("display_name", &req.display_name, MAX_DISPLAY_NAME_CHARS)?,
+            reason: validate::text("reason", &req.reason, MAX_REASON_CHARS)?,
+            state: req.state,
+        };
+        let key = idempotency_key
+            .map(|k| validate::identifier("Idempotency-Key", k, MAX_IDEMPOTENCY_KEY_LEN))
+            .transpose()?
+            .map(|key| IdempotencyKey { key, request_hash: request_hash(&req) });
+
+        let lane = self.queues.lane(req.state);
+        let gate_and_version = {
+            let mut busy_window = lane.intake_gate.lock().await;
+            let settings = self.state_settings(req.state);
+            let now = self.clock.now();
+            let estimate = self.estimate(req.state);
+            let waiting = lane.len();
+            let projected = estimate.wait_for(waiting + 1);
+            let ctx = IntakeContext {
+                settings: &settings,
+                now,
+                waiting,
+                projected_wait_secs: projected,
+                slot_free_secs: estimate.wait_for(1).max(estimate.mean_visit_secs as u64 / estimate.staffing.online.max(1) as u64),
+            };
+            // A retry of an intake that went through must not be refused by today's rules.
+            if let Some(key) = &key
+                && let Some(receipt) = self.replay_intake(key).await?
+            {
+                return Ok(receipt);
+            }
+            check_intake(&ctx, &mut busy_window)?;
+
+            let visit = Visit {
+                id: new_visit_id(),
+                state: req.state,
+                display_name: req.display_name,
+                reason: req.reason,
+                status: VisitStatus::Waiting,
+                created_at: now,
+                estimated_wait_secs: Some(projected),
+                waited_secs: None,
+            };
+            let actor = Actor { subject: patient_subject(&visit.id), role: Role::Patient.as_str() };
+            match self.store.insert_visit(&visit, &actor, key.as_ref()).await.map_err(HubError::internal)? {
+                InsertOutcome::Inserted => {}
+                InsertOutcome::Replayed { .. } => {
+                    let key = key.as_ref().expect("a replay needs a key");
+                    return self.replay_intake(key).await?.ok_or_else(|| HubError::code(ErrorCode::Internal));
+                }
+            }
+            if settings.busy {
+                busy_window.record(now, settings.busy_intake_per_hour);
+            }
+            let entry = Arc::new(QueuedVisit {
+                visit_id: visit.id.as_str().into(),
+                display_name: visit.display_name.clone(),
+                reason: visit.reason.clone(),
+                enqueued_at: visit.created_at,
+            });
+            let mut position = 0;
+            let version = lane
+                .mutate(|entries| {
+                    entries.push(entry);
+                    position = entries.len() as u32;
+                    true
+                })
+                .expect("a push always changes the queue");
+            (visit, version, position)
+        };
+        let (visit, version, position) = gate_and_version;
+        self.announce_queue(visit.state, version).await;
+        Ok(IntakeReceipt {
+            patient_token: self.patient_token(&visit.id),
+            visit_id: visit.id,
+            state: visit.state,
+            status: visit.status,
+            position: Some(position),
+            estimated_wait_secs: visit.estimated_wait_secs,
+            replayed: false,
+        })
+    }
+
+    /// The earlier answer for an idempotency key, or `None` if the key is new.
+    async fn replay_intake(&self, key: &IdempotencyKey) -> HubResult<Option<IntakeReceipt>> {
+        let Some((visit_id, hash)) = self.store.idempotent_visit(&key.key).await.map_err(HubError::internal)? else {
+            return Ok(None);
+        };
+        if hash != key.request_hash {
+            return Err(HubError::code(ErrorCode::IdempotencyConflict));
+        }
+        let visit = self.store.get_visit(&visit_id).await.map_err(HubError::internal)?.ok_or_else(|| HubError::code(ErrorCode::Internal))?;
+        let live = self.queues.lane(visit.state).board.borrow().position_message(&visit.id);
+        Ok(Some(IntakeReceipt {
+            patient_token: self.patient_token(&visit.id),
+            visit_id: visit.id,
+            state: visit.state,
+            status: visit.status,
+            position: live.as_ref().map(|p| p.position),
+            estimated_wait_secs: live.map(|p| p.estimated_wait_secs),
+            replayed: true,
+        }))
+    }
+
+    fn patient_token(&self, visit_id: &str) -> String {
+        let mut claims = Claims::new(patient_subject(visit_id), Role::Patient, self.clock.now(), self.options.patient_token_ttl_secs);
+        claims.visit = Some(visit_id.to_string());
+        self.keys.sign(&claims)
+    }
+
+    async fn load_visit(&self, who: &Principal, visit_id: &str) -> HubResult<Visit> {
+        // A patient asking for another visit learns nothing, not even whether it exists.
+        if who.role == Role::Patient && who.visit.as_deref() != Some(visit_id) {
+            return Err(HubError::code(ErrorCode::NotYourVisit));
+        }
+        let visit = self
+            .store
+            .get_visit(visit_id)
+            .await
+            .map_err(HubError::internal)?
+            .ok_or_else(|| HubError::code(ErrorCode::VisitNotFound))?;
+        who.require_visit(&visit)?;
+        Ok(visit)
+    }
+
+    pub async fn visit_view(&self, who: &Principal, visit_id: &str) -> HubResult<VisitView> {
+        let visit = self.load_visit(who, visit_id).await?;
+        let live = self.queues.lane(visit.state).board.borrow().position_message(&visit.id);
+        Ok(VisitView {
+            position: live.as_ref().map(|p| p.position),
+            current_estimated_wait_secs: live.map(|p| p.estimated_wait_secs),
+            visit,
+        })
+    }
+
+    pub async fn cancel_visit(&self, who: &Principal, visit_id: &str) -> HubResult<VisitView> {
+        let mut visit = self.load_visit(who, visit_id).await?;
+        if !visit.status.can_become(VisitStatus::Cancelled) {
+            return Err(HubError::code(ErrorCode::VisitNotCancellable));
+        }
+        let actor = Actor { subject: who.subject.clone(), role: who.role.as_str() };
+        let at = self.clock.now();
+        let moved = self
+            .store
+            .transition_visit(&visit.id, visit.status, VisitStatus::Cancelled, &actor, at)
+            .await
+            .map_err(HubError::internal)?;
+        if !moved {
+            // Someone else moved it first (claimed, cancelled): the caller's view was stale.
+            return Err(HubError::code(ErrorCode::VisitNotCancellable));
+        }
+        let was_waiting = visit.status == VisitStatus::Waiting;
+        visit.status = VisitStatus::Cancelled;
+        if was_waiting {
+            self.leave_queue(visit.state, &visit.id).await;
+        }
+        let update = VisitUpdated { visit_id: visit.id.clone(), status: visit.status, at };
+        self.publish(Topic::Visit(visit.id.clone()), BusEvent::VisitUpdated(update)).await;
+        Ok(VisitView { visit, position: None, current_estimated_wait_secs: None })
+    }
+
+    async fn leave_queue(&self, state: UsState, visit_id: &str) {
+        let version = self.queues.lane(state).mutate(|entries| {
+            let before = entries.len();
+            entries.retain(|e| &*e.visit_id != visit_id);
+            entries.len() != before
+        });
+        if let Some(version) = version {
+            self.announce_queue(state, version).await;
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! visithub: a real-time signaling hub for on-demand virtual healthcare visits.
+//!
+//! Layers, top to bottom (dependencies point down only): the composition root in `main.rs`
+//! and [`app`]; the edges [`api`] (REST) and [`gateway`] (WebSocket sessions); the domain
+//! [`hub`]; and [`bus`], [`store`], [`auth`], [`protocol`] and [`model`] beneath it.
+
+pub mod auth;
+pub mod bus;
+pub mod clock;
+pub mod error;
+pub mod hub;
+pub mod model;
+pub mod protocol;
+pub mod store;

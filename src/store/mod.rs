@@ -1,0 +1,93 @@
+//! Durable data behind one trait: visits and their transitions, caregivers, state settings,
+//! idempotency keys. SQLite is the default; PostgreSQL joins in cluster mode. Timestamps are
+//! stored as epoch milliseconds so both dialects share the same shapes.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use sqlite::SqliteStore;
+
+use crate::model::{Actor, Caregiver, StateSettings, Visit, VisitId, VisitStatus};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// An `Idempotency-Key` and a hash of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// What storing a new visit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Inserted,
+    /// The idempotency key was used before, for this visit and request hash.
+    Replayed { visit_id: VisitId, request_hash: String },
+}
+
+/// One stored lifecycle transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub from: Option<VisitStatus>,
+    pub to: VisitStatus,
+    pub at: DateTime<Utc>,
+    pub actor_subject: String,
+    pub actor_role: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new waiting visit and its first transition, and the idempotency key if any,
+    /// atomically. When the key exists already nothing is stored and the earlier visit is
+    /// named instead.
+    async fn insert_visit(&self, visit: &Visit, actor: &Actor, key: Option<&IdempotencyKey>) -> StoreResult<InsertOutcome>;
+
+    /// The visit and request hash an idempotency key was first used with.
+    async fn idempotent_visit(&self, key: &str) -> StoreResult<Option<(VisitId, String)>>;
+
+    async fn get_visit(&self, id: &str) -> StoreResult<Option<Visit>>;
+
+    /// Moves a visit from `from` to `to` if it is still in `from` (compare-and-set), storing
+    /// the transition. Returns false, storing nothing, when the visit was not in `from`.
+    async fn transition_visit(&self, id: &str, from: VisitStatus, to: VisitStatus, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool>;
+
+    async fn transitions(&self, id: &str) -> StoreResult<Vec<Transition>>;
+
+    /// Visits still waiting, oldest first: what queues are rebuilt from.
+    async fn waiting_visits(&self) -> StoreResult<Vec<Visit>>;
+
+    /// Number of visits in the store (all states, all statuses).
+    async fn count_visits(&self) -> StoreResult<u64>;
+
+    /// Returns false when the subject exists already.
+    async fn insert_caregiver(&self, caregiver: &Caregiver) -> StoreResult<bool>;
+    async fn get_caregiver(&self, subject: &str) -> StoreResult<Option<Caregiver>>;
+    async fn list_caregivers(&self) -> StoreResult<Vec<Caregiver>>;
+    /// Returns false when there is no such caregiver.
+    async fn update_caregiver(&self, caregiver: &Caregiver) -> StoreResult<bool>;
+
+    async fn state_settings(&self) -> StoreResult<Vec<StateSettings>>;
+    async fn put_state_settings(&self, settings: &StateSettings) -> StoreResult<()>;
+
+    /// Cheap round trip, for readiness.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+pub(crate) fn to_millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_millis(ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")))
+}
