@@ -4,10 +4,15 @@
 //! and [`app`]; the edges [`api`] (REST) and [`gateway`] (WebSocket sessions); the domain
 //! [`hub`]; and [`bus`], [`store`], [`auth`], [`protocol`] and [`model`] beneath it.
 
+pub mod api;
+pub mod app;
 pub mod auth;
 pub mod bus;
+pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod hub;
 pub mod model;
 pub mod protocol;

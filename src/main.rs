@@ -1,1 +1,100 @@
-fn main(){}
+//! `visithub`: run the hub, or mint a development token.
+
+use std::path::Path;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+use visithub::app::{self, App, KeySource};
+use visithub::auth::{Claims, TokenKeys};
+use visithub::cli::{self, Cmd, ServeArgs, TokenArgs};
+use visithub::config::{Config, LogFormat};
+use visithub::model::Role;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match cli::parse().command {
+        Cmd::Serve(args) => serve(args).await,
+        Cmd::Token(args) => token(args),
+    }
+}
+
+fn init_logs(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref(), &args)?;
+    init_logs(&config);
+    tracing::info!(?config, "configuration");
+    let listen = config.listen;
+    let data_dir = config.data_dir.clone();
+    let (app, key) = App::from_config(config).await?;
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    announce(addr, &data_dir, &key);
+    app::serve(listener, app, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The start-up banner on stdout (not the log): where to connect and how to get a token.
+fn announce(addr: std::net::SocketAddr, data_dir: &Path, key: &KeySource) {
+    println!("visithub listening on http://{addr} (WebSocket ws://{addr}/v1/ws)");
+    if let KeySource::Development { path, fingerprint, created } = key {
+        let made = if *created { "created now" } else { "reused" };
+        println!("Development signing key {} ({made}, fingerprint {fingerprint}).", path.display());
+        println!("Not for production: set VISITHUB_SIGNING_KEY or signing_key in a config file.");
+        let exe = std::env::args().next().unwrap_or_else(|| "visithub".into());
+        let dir = if data_dir == Path::new("visithub-data") { String::new() } else { format!(" --data-dir {}", data_dir.display()) };
+        println!("Mint an admin token:\n  {exe} token --role admin --sub admin{dir}");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Overrides {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data_dir: Option<std::path::PathBuf>,
+    }
+    let config = Config::load(args.config.as_deref(), Overrides { data_dir: args.data_dir.clone() })?;
+    let secret = match &config.signing_key {
+        Some(s) => s.expose().as_bytes().to_vec(),
+        None => visithub::auth::dev_key::load(&visithub::auth::dev_key::path_in(&config.data_dir))
+            .context("no signing key: start `visithub serve` once to create the development key, or set VISITHUB_SIGNING_KEY")?,
+    };
+    if args.role == Role::Patient && args.visit.is_none() {
+        anyhow::bail!("a patient token needs --visit");
+    }
+    let mut claims = Claims::new(args.sub, args.role, chrono::Utc::now(), args.ttl);
+    claims.states = args.states;
+    claims.visit = args.visit;
+    println!("{}", TokenKeys::new(&secret)?.sign(&claims));
+    Ok(())
+}

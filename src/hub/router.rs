@@ -56,6 +56,7 @@ impl Router {
         }
     }
 
+    #[cfg(test)]
     pub fn topic_count(&self) -> usize {
         self.topics.len()
     }

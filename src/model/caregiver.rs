@@ -37,6 +37,7 @@ impl CaregiverKind {
 pub struct Caregiver {
     pub subject: String,
     pub name: String,
+    #[serde(rename = "role")]
     pub kind: CaregiverKind,
     /// States a provider is licensed in, or a support person covers.
     pub states: Vec<UsState>,

@@ -1,0 +1,55 @@
+//! `/v1/states`: settings, the busy flag and a queue snapshot per state.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+
+use super::extract::{Body, Caller};
+use super::problem::Problem;
+use crate::hub::{Hub, SettingsPatch};
+use crate::model::{Role, StateSettings, UsState};
+use crate::protocol::QueueSnapshot;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusyBody {
+    busy: bool,
+}
+
+pub async fn list(State(hub): State<Arc<Hub>>, Caller(who): Caller) -> Result<Json<Vec<StateSettings>>, Problem> {
+    who.require_role(&[Role::Provider, Role::Support, Role::Admin])?;
+    Ok(Json(hub.all_state_settings()))
+}
+
+pub async fn get(State(hub): State<Arc<Hub>>, Caller(who): Caller, Path(state): Path<String>) -> Result<Json<StateSettings>, Problem> {
+    who.require_role(&[Role::Provider, Role::Support, Role::Admin])?;
+    Ok(Json(hub.state_settings(UsState::parse(&state)?)))
+}
+
+pub async fn update(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+    Path(state): Path<String>,
+    Body(patch): Body<SettingsPatch>,
+) -> Result<Json<StateSettings>, Problem> {
+    Ok(Json(hub.update_state_settings(&who, UsState::parse(&state)?, patch).await?))
+}
+
+pub async fn set_busy(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+    Path(state): Path<String>,
+    Body(body): Body<BusyBody>,
+) -> Result<Json<StateSettings>, Problem> {
+    Ok(Json(hub.set_busy(&who, UsState::parse(&state)?, body.busy).await?))
+}
+
+/// The queue of a state as its caregivers see it.
+pub async fn queue(State(hub): State<Arc<Hub>>, Caller(who): Caller, Path(state): Path<String>) -> Result<Json<QueueSnapshot>, Problem> {
+    let state = UsState::parse(&state)?;
+    who.require_covers(state)?;
+    let snapshot = hub.watch_queue(state).borrow().snapshot();
+    Ok(Json(snapshot))
+}

@@ -1,0 +1,119 @@
+//! The composition root: configuration to backends to a running hub. `serve` takes a bound
+//! listener and a shutdown future, so tests run real hubs on port 0.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::auth::{TokenKeys, dev_key};
+use crate::bus::{Bus, MemoryBus};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::hub::Hub;
+use crate::store::{SqliteStore, Store};
+
+/// The swappable pieces, chosen once from configuration.
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub keys: TokenKeys,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// How the signing key was found, for the start-up banner.
+pub enum KeySource {
+    Configured,
+    Development { path: std::path::PathBuf, fingerprint: String, created: bool },
+}
+
+pub struct App {
+    pub state: AppState,
+}
+
+/// The HS256 key: configured, or the development key in the data folder (made if missing).
+pub fn signing_key(config: &Config) -> anyhow::Result<(Vec<u8>, KeySource)> {
+    if let Some(secret) = &config.signing_key {
+        return Ok((secret.expose().as_bytes().to_vec(), KeySource::Configured));
+    }
+    let (key, created) = dev_key::load_or_create(&config.data_dir)?;
+    let source = KeySource::Development { path: dev_key::path_in(&config.data_dir), fingerprint: dev_key::fingerprint(&key), created };
+    Ok((key, source))
+}
+
+pub fn token_keys(config: &Config, secret: &[u8]) -> anyhow::Result<TokenKeys> {
+    let mut keys = TokenKeys::new(secret)?;
+    for path in &config.jwt_public_keys {
+        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        keys.accept_public_key_pem(&pem)?;
+    }
+    Ok(keys)
+}
+
+impl App {
+    /// The default single-node deployment: SQLite in the data folder, in-process bus.
+    pub async fn from_config(config: Config) -> anyhow::Result<(App, KeySource)> {
+        let (secret, source) = signing_key(&config)?;
+        let backends = Backends {
+            store: Arc::new(SqliteStore::open(&config.database_path()).await?),
+            bus: Arc::new(MemoryBus::new()),
+            keys: token_keys(&config, &secret)?,
+            clock: Arc::new(SystemClock),
+        };
+        Ok((App::with_backends(config, backends).await?, source))
+    }
+
+    pub async fn with_backends(config: Config, b: Backends) -> anyhow::Result<App> {
+        let config = Arc::new(config);
+        let hub = Hub::start(config.hub_options(), b.store, b.bus, b.keys, b.clock).await?;
+        let gateway = Arc::new(Gateway::new(hub.clone(), config.clone()));
+        Ok(App { state: AppState { hub, config, gateway } })
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.state.hub
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.state.gateway
+    }
+}
+
+/// Serves until `shutdown` resolves, then: stop accepting, tell every socket to reconnect
+/// (`server_shutdown`), let in-flight requests and sessions finish, and return within the
+/// configured grace period.
+pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let gateway = app.state.gateway.clone();
+    let grace = Duration::from_secs(app.state.config.shutdown_grace_secs);
+    let router = api::router(app.state);
+    // Signaling is latency-bound small messages: never wait for Nagle.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let draining = gateway.shutdown.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown({
+        let draining = draining.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing sockets with server_shutdown");
+            draining.cancel();
+        }
+    });
+    let deadline = async {
+        draining.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        res = server => res?,
+        _ = deadline => tracing::warn!("shutdown grace period over; requests still open are dropped"),
+    }
+    gateway.sessions.close();
+    if tokio::time::timeout(grace, gateway.sessions.wait()).await.is_err() {
+        tracing::warn!(open = gateway.connections.open(), "sessions still open at the shutdown deadline");
+    }
+    Ok(())
+}

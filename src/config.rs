@@ -1,0 +1,223 @@
+//! One typed configuration, layered: embedded defaults, then an optional TOML file, then
+//! `VISITHUB_*` environment variables, then command-line flags. Every field has a default,
+//! so `visithub serve` runs with no configuration at all.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::hub::HubOptions;
+use crate::model::Role;
+
+/// A secret that never prints: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the WebSocket and REST listener.
+    pub listen: SocketAddr,
+    /// Folder of the SQLite database and the development signing key.
+    pub data_dir: PathBuf,
+    /// HS256 secret (at least 32 bytes) for tokens; a development key is made when absent.
+    pub signing_key: Option<Secret>,
+    /// PEM files of Ed25519 or RSA public keys whose tokens are also accepted.
+    pub jwt_public_keys: Vec<PathBuf>,
+    /// Browser origins allowed to open sockets; a handshake without Origin is allowed.
+    pub allowed_origins: Vec<String>,
+    /// Largest WebSocket message, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest REST request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Messages per second per patient connection (also the burst).
+    pub rate_patient: u32,
+    /// Messages per second per support connection.
+    pub rate_support: u32,
+    /// Messages per second per provider connection.
+    pub rate_provider: u32,
+    /// Messages per second per admin connection.
+    pub rate_admin: u32,
+    /// Open sockets per user (token subject).
+    pub max_connections_per_user: u32,
+    /// Seconds between WebSocket pings from the hub.
+    pub ping_interval_secs: u64,
+    /// Seconds of silence after a ping before the socket is closed.
+    pub pong_timeout_secs: u64,
+    /// Frames queued for one socket before it is closed as a slow consumer.
+    pub outbound_queue: usize,
+    /// Milliseconds a socket may make no write progress before it is closed as slow.
+    pub write_timeout_ms: u64,
+    /// Invalid or rate-limited frames per minute before the socket is closed.
+    pub max_invalid_per_minute: u32,
+    /// Seconds that shutdown waits for sessions and requests to finish.
+    pub shutdown_grace_secs: u64,
+    /// Lifetime of the patient token handed out at intake, in seconds.
+    pub patient_token_ttl_secs: u64,
+    /// Queue cap of a state with no settings of its own.
+    pub default_queue_cap: u32,
+    /// Intakes per hour of a busy state with no settings of its own.
+    pub default_busy_intake_per_hour: u32,
+    /// Assumed visit length before any visit was measured, in seconds.
+    pub prior_visit_secs: u32,
+    /// Assumed delay from a free provider to a claim, in seconds.
+    pub prior_pickup_secs: u32,
+    /// Weight of the newest observation in the wait estimator's moving averages.
+    pub estimator_alpha: f64,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
+    pub log: String,
+    /// Log output: human or json.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let hub = HubOptions::default();
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            data_dir: PathBuf::from("visithub-data"),
+            signing_key: None,
+            jwt_public_keys: Vec::new(),
+            allowed_origins: vec!["http://localhost:8080".into(), "http://127.0.0.1:8080".into()],
+            max_message_bytes: 64 * 1024,
+            max_body_bytes: 16 * 1024,
+            rate_patient: 5,
+            rate_support: 50,
+            rate_provider: 50,
+            rate_admin: 50,
+            max_connections_per_user: 8,
+            ping_interval_secs: 20,
+            pong_timeout_secs: 20,
+            outbound_queue: 256,
+            write_timeout_ms: 10_000,
+            max_invalid_per_minute: 20,
+            shutdown_grace_secs: 10,
+            patient_token_ttl_secs: hub.patient_token_ttl_secs,
+            default_queue_cap: hub.default_queue_cap,
+            default_busy_intake_per_hour: hub.default_busy_intake_per_hour,
+            prior_visit_secs: hub.prior_visit_secs,
+            prior_pickup_secs: hub.prior_pickup_secs,
+            estimator_alpha: hub.estimator_alpha,
+            log: "info".into(),
+            log_format: LogFormat::Human,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file`, then `VISITHUB_*` variables, then `overrides` (the flags given).
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("VISITHUB_"))
+            .merge(Serialized::globals(overrides))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024");
+        anyhow::ensure!(self.outbound_queue >= 8, "outbound_queue must be at least 8");
+        anyhow::ensure!(self.ping_interval_secs >= 1 && self.pong_timeout_secs >= 1, "ping and pong times must be at least 1 s");
+        anyhow::ensure!(self.max_connections_per_user >= 1, "max_connections_per_user must be at least 1");
+        anyhow::ensure!(
+            [self.rate_patient, self.rate_support, self.rate_provider, self.rate_admin].iter().all(|r| *r >= 1),
+            "message rates must be at least 1 per second"
+        );
+        anyhow::ensure!(self.estimator_alpha > 0.0 && self.estimator_alpha <= 1.0, "estimator_alpha must be in (0, 1]");
+        Ok(())
+    }
+
+    pub fn rate_for(&self, role: Role) -> u32 {
+        match role {
+            Role::Patient => self.rate_patient,
+            Role::Support => self.rate_support,
+            Role::Provider => self.rate_provider,
+            Role::Admin => self.rate_admin,
+        }
+    }
+
+    pub fn hub_options(&self) -> HubOptions {
+        HubOptions {
+            patient_token_ttl_secs: self.patient_token_ttl_secs,
+            default_queue_cap: self.default_queue_cap,
+            default_busy_intake_per_hour: self.default_busy_intake_per_hour,
+            prior_visit_secs: self.prior_visit_secs,
+            prior_pickup_secs: self.prior_pickup_secs,
+            estimator_alpha: self.estimator_alpha,
+        }
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("visithub.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rate_patient: Option<u32>,
+    }
+
+    #[test]
+    fn layers_apply_in_order_and_secrets_stay_hidden() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("hub.toml", "rate_patient = 7\nmax_message_bytes = 2048\nsigning_key = \"s3cret-value\"\n")?;
+            jail.set_env("VISITHUB_MAX_MESSAGE_BYTES", "4096");
+            let path = jail.directory().join("hub.toml");
+            let c = Config::load(Some(&path), Flags { rate_patient: None }).unwrap();
+            assert_eq!((c.rate_patient, c.max_message_bytes), (7, 4096));
+            let c = Config::load(Some(&path), Flags { rate_patient: Some(9) }).unwrap();
+            assert_eq!(c.rate_patient, 9);
+            assert!(!format!("{c:?}").contains("s3cret"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn refuses_nonsense() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("VISITHUB_OUTBOUND_QUEUE", "0");
+            assert!(Config::load(None, Flags { rate_patient: None }).is_err());
+            Ok(())
+        });
+    }
+}

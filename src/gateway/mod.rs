@@ -1,0 +1,134 @@
+//! The WebSocket edge: the handshake (Origin, token, protocol version, connection cap) and one
+//! task per connection. A refused handshake is an HTTP problem response: no WebSocket exists
+//! for a client the hub will not serve.
+
+mod connections;
+mod outbound;
+mod requests;
+mod session;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use connections::Connections;
+
+use crate::api::extract::bearer;
+use crate::api::problem::Problem;
+use crate::config::Config;
+use crate::error::{ErrorCode, HubError};
+use crate::hub::Hub;
+use crate::protocol::SUBPROTOCOL;
+
+/// What every session shares.
+pub struct Gateway {
+    pub hub: Arc<Hub>,
+    pub config: Arc<Config>,
+    /// Cancelled when the node shuts down: sessions close with `server_shutdown`.
+    pub shutdown: CancellationToken,
+    pub sessions: TaskTracker,
+    pub connections: Connections,
+    next_session: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(hub: Arc<Hub>, config: Arc<Config>) -> Gateway {
+        Gateway {
+            hub,
+            config,
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            connections: Connections::default(),
+            next_session: AtomicU64::new(1),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    access_token: Option<String>,
+}
+
+fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
+    match headers.get(header::ORIGIN) {
+        // Native apps and servers send no Origin; browsers always do.
+        None => true,
+        Some(origin) => origin
+            .to_str()
+            .is_ok_and(|o| config.allowed_origins.iter().any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(o))),
+    }
+}
+
+/// A client that offers subprotocols must offer ours; one that offers none gets version 1.
+fn protocol_acceptable(headers: &HeaderMap) -> bool {
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    offered.is_empty() || offered.contains(&SUBPROTOCOL)
+}
+
+/// `GET /v1/ws`.
+pub async fn upgrade(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Query(query): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    match admit(&gw, &headers, query).await {
+        Ok((principal, guard)) => {
+            let limit = gw.config.max_message_bytes;
+            let token = gw.sessions.token();
+            let id = gw.next_session.fetch_add(1, Ordering::Relaxed);
+            ws.protocols([SUBPROTOCOL])
+                // Frames past twice the limit are not even buffered: the socket closes (1009).
+                // Between the limit and twice it, the session answers `message_too_large`.
+                .max_message_size(limit * 2)
+                .max_frame_size(limit * 2)
+                // Small buffers: most sockets idle, and memory per idle socket is what caps
+                // how many one node holds.
+                .read_buffer_size(4 * 1024)
+                .write_buffer_size(0)
+                .on_upgrade(move |socket| async move {
+                    session::run(socket, gw, principal, id).await;
+                    drop(guard);
+                    drop(token);
+                })
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn admit(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    query: WsQuery,
+) -> Result<(crate::auth::Principal, connections::ConnectionGuard), Problem> {
+    if gw.shutdown.is_cancelled() {
+        return Err(HubError::new(ErrorCode::Unavailable, "the node is shutting down").retry_after(1).into());
+    }
+    if !origin_allowed(&gw.config, headers) {
+        return Err(ErrorCode::OriginNotAllowed.into());
+    }
+    if !protocol_acceptable(headers) {
+        return Err(HubError::new(ErrorCode::UnsupportedProtocolVersion, format!("offer the `{SUBPROTOCOL}` subprotocol")).into());
+    }
+    let token = bearer(headers).or(query.access_token.as_deref()).ok_or(ErrorCode::TokenMissing)?;
+    let principal = gw.hub.authenticate(token).await?;
+    let guard = gw
+        .connections
+        .acquire(&principal.subject, gw.config.max_connections_per_user)
+        .ok_or(ErrorCode::TooManyConnections)?;
+    Ok((principal, guard))
+}
