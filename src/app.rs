@@ -28,7 +28,11 @@ pub struct Backends {
 /// How the signing key was found, for the start-up banner.
 pub enum KeySource {
     Configured,
-    Development { path: std::path::PathBuf, fingerprint: String, created: bool },
+    Development {
+        path: std::path::PathBuf,
+        fingerprint: String,
+        created: bool,
+    },
 }
 
 pub struct App {
@@ -41,14 +45,19 @@ pub fn signing_key(config: &Config) -> anyhow::Result<(Vec<u8>, KeySource)> {
         return Ok((secret.expose().as_bytes().to_vec(), KeySource::Configured));
     }
     let (key, created) = dev_key::load_or_create(&config.data_dir)?;
-    let source = KeySource::Development { path: dev_key::path_in(&config.data_dir), fingerprint: dev_key::fingerprint(&key), created };
+    let source = KeySource::Development {
+        path: dev_key::path_in(&config.data_dir),
+        fingerprint: dev_key::fingerprint(&key),
+        created,
+    };
     Ok((key, source))
 }
 
 pub fn token_keys(config: &Config, secret: &[u8]) -> anyhow::Result<TokenKeys> {
     let mut keys = TokenKeys::new(secret)?;
     for path in &config.jwt_public_keys {
-        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         keys.accept_public_key_pem(&pem)?;
     }
     Ok(keys)
@@ -71,7 +80,13 @@ impl App {
         let config = Arc::new(config);
         let hub = Hub::start(config.hub_options(), b.store, b.bus, b.keys, b.clock).await?;
         let gateway = Arc::new(Gateway::new(hub.clone(), config.clone()));
-        Ok(App { state: AppState { hub, config, gateway } })
+        Ok(App {
+            state: AppState {
+                hub,
+                config,
+                gateway,
+            },
+        })
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -86,7 +101,11 @@ impl App {
 /// Serves until `shutdown` resolves, then: stop accepting, tell every socket to reconnect
 /// (`server_shutdown`), let in-flight requests and sessions finish, and return within the
 /// configured grace period.
-pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let gateway = app.state.gateway.clone();
     let grace = Duration::from_secs(app.state.config.shutdown_grace_secs);
     let router = api::router(app.state);
@@ -112,8 +131,14 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
         _ = deadline => tracing::warn!("shutdown grace period over; requests still open are dropped"),
     }
     gateway.sessions.close();
-    if tokio::time::timeout(grace, gateway.sessions.wait()).await.is_err() {
-        tracing::warn!(open = gateway.connections.open(), "sessions still open at the shutdown deadline");
+    if tokio::time::timeout(grace, gateway.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = gateway.connections.open(),
+            "sessions still open at the shutdown deadline"
+        );
     }
     Ok(())
 }

@@ -10,7 +10,11 @@ use crate::config::{Config, LogFormat};
 use crate::model::{Role, UsState};
 
 #[derive(Parser, Debug)]
-#[command(name = "visithub", version, about = "Real-time signaling hub for on-demand virtual healthcare visits")]
+#[command(
+    name = "visithub",
+    version,
+    about = "Real-time signaling hub for on-demand virtual healthcare visits"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
@@ -19,7 +23,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the hub (WebSocket and REST on one listener).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint an access token with the hub's signing key (development and tests).
     Token(TokenArgs),
 }
@@ -172,9 +176,14 @@ fn parse_state(s: &str) -> Result<UsState, String> {
 pub fn command() -> Command {
     let defaults = serde_json::to_value(Config::default()).expect("config serializes");
     Cli::command().mut_subcommand("serve", |serve| {
-        let ids: Vec<String> = serve.get_arguments().map(|a| a.get_id().to_string()).collect();
+        let ids: Vec<String> = serve
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
         ids.into_iter().fold(serve, |serve, id| {
-            let Some(default) = defaults.get(&id) else { return serve };
+            let Some(default) = defaults.get(&id) else {
+                return serve;
+            };
             let shown = match default {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Null => "none".to_string(),
@@ -200,7 +209,11 @@ mod tests {
 
     #[test]
     fn serve_help_documents_every_limit_with_its_default() {
-        let help = command().find_subcommand_mut("serve").unwrap().render_long_help().to_string();
+        let help = command()
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
         let defaults = serde_json::to_value(Config::default()).unwrap();
         for (key, _) in defaults.as_object().unwrap() {
             if key == "signing_key" {

@@ -106,7 +106,10 @@ impl Default for Config {
             data_dir: PathBuf::from("visithub-data"),
             signing_key: None,
             jwt_public_keys: Vec::new(),
-            allowed_origins: vec!["http://localhost:8080".into(), "http://127.0.0.1:8080".into()],
+            allowed_origins: vec![
+                "http://localhost:8080".into(),
+                "http://127.0.0.1:8080".into(),
+            ],
             max_message_bytes: 64 * 1024,
             max_body_bytes: 16 * 1024,
             rate_patient: 5,
@@ -137,7 +140,11 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: impl Serialize) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
-            anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
+            anyhow::ensure!(
+                file.exists(),
+                "config file {} does not exist",
+                file.display()
+            );
             figment = figment.merge(Toml::file(file));
         }
         let config: Config = figment
@@ -150,15 +157,37 @@ impl Config {
     }
 
     fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024");
-        anyhow::ensure!(self.outbound_queue >= 8, "outbound_queue must be at least 8");
-        anyhow::ensure!(self.ping_interval_secs >= 1 && self.pong_timeout_secs >= 1, "ping and pong times must be at least 1 s");
-        anyhow::ensure!(self.max_connections_per_user >= 1, "max_connections_per_user must be at least 1");
         anyhow::ensure!(
-            [self.rate_patient, self.rate_support, self.rate_provider, self.rate_admin].iter().all(|r| *r >= 1),
+            self.max_message_bytes >= 1024,
+            "max_message_bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.outbound_queue >= 8,
+            "outbound_queue must be at least 8"
+        );
+        anyhow::ensure!(
+            self.ping_interval_secs >= 1 && self.pong_timeout_secs >= 1,
+            "ping and pong times must be at least 1 s"
+        );
+        anyhow::ensure!(
+            self.max_connections_per_user >= 1,
+            "max_connections_per_user must be at least 1"
+        );
+        anyhow::ensure!(
+            [
+                self.rate_patient,
+                self.rate_support,
+                self.rate_provider,
+                self.rate_admin
+            ]
+            .iter()
+            .all(|r| *r >= 1),
             "message rates must be at least 1 per second"
         );
-        anyhow::ensure!(self.estimator_alpha > 0.0 && self.estimator_alpha <= 1.0, "estimator_alpha must be in (0, 1]");
+        anyhow::ensure!(
+            self.estimator_alpha > 0.0 && self.estimator_alpha <= 1.0,
+            "estimator_alpha must be in (0, 1]"
+        );
         Ok(())
     }
 
@@ -198,14 +227,24 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
     fn layers_apply_in_order_and_secrets_stay_hidden() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("hub.toml", "rate_patient = 7\nmax_message_bytes = 2048\nsigning_key = \"s3cret-value\"\n")?;
+            jail.create_file(
+                "hub.toml",
+                "rate_patient = 7\nmax_message_bytes = 2048\nsigning_key = \"s3cret-value\"\n",
+            )?;
             jail.set_env("VISITHUB_MAX_MESSAGE_BYTES", "4096");
             let path = jail.directory().join("hub.toml");
             let c = Config::load(Some(&path), Flags { rate_patient: None }).unwrap();
             assert_eq!((c.rate_patient, c.max_message_bytes), (7, 4096));
-            let c = Config::load(Some(&path), Flags { rate_patient: Some(9) }).unwrap();
+            let c = Config::load(
+                Some(&path),
+                Flags {
+                    rate_patient: Some(9),
+                },
+            )
+            .unwrap();
             assert_eq!(c.rate_patient, 9);
             assert!(!format!("{c:?}").contains("s3cret"));
             Ok(())
@@ -213,6 +252,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn refuses_nonsense() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("VISITHUB_OUTBOUND_QUEUE", "0");

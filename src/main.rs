@@ -14,7 +14,7 @@ use visithub::model::Role;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match cli::parse().command {
-        Cmd::Serve(args) => serve(args).await,
+        Cmd::Serve(args) => serve(*args).await,
         Cmd::Token(args) => token(args),
     }
 }
@@ -23,7 +23,11 @@ fn init_logs(config: &Config) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log_format {
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
         LogFormat::Human => builder.init(),
     }
 }
@@ -35,7 +39,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listen = config.listen;
     let data_dir = config.data_dir.clone();
     let (app, key) = App::from_config(config).await?;
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     announce(addr, &data_dir, &key);
     app::serve(listener, app, shutdown_signal()).await?;
@@ -46,12 +52,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// The start-up banner on stdout (not the log): where to connect and how to get a token.
 fn announce(addr: std::net::SocketAddr, data_dir: &Path, key: &KeySource) {
     println!("visithub listening on http://{addr} (WebSocket ws://{addr}/v1/ws)");
-    if let KeySource::Development { path, fingerprint, created } = key {
+    if let KeySource::Development {
+        path,
+        fingerprint,
+        created,
+    } = key
+    {
         let made = if *created { "created now" } else { "reused" };
-        println!("Development signing key {} ({made}, fingerprint {fingerprint}).", path.display());
+        println!(
+            "Development signing key {} ({made}, fingerprint {fingerprint}).",
+            path.display()
+        );
         println!("Not for production: set VISITHUB_SIGNING_KEY or signing_key in a config file.");
         let exe = std::env::args().next().unwrap_or_else(|| "visithub".into());
-        let dir = if data_dir == Path::new("visithub-data") { String::new() } else { format!(" --data-dir {}", data_dir.display()) };
+        let dir = if data_dir == Path::new("visithub-data") {
+            String::new()
+        } else {
+            format!(" --data-dir {}", data_dir.display())
+        };
         println!("Mint an admin token:\n  {exe} token --role admin --sub admin{dir}");
     }
 }
@@ -83,7 +101,12 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         #[serde(skip_serializing_if = "Option::is_none")]
         data_dir: Option<std::path::PathBuf>,
     }
-    let config = Config::load(args.config.as_deref(), Overrides { data_dir: args.data_dir.clone() })?;
+    let config = Config::load(
+        args.config.as_deref(),
+        Overrides {
+            data_dir: args.data_dir.clone(),
+        },
+    )?;
     let secret = match &config.signing_key {
         Some(s) => s.expose().as_bytes().to_vec(),
         None => visithub::auth::dev_key::load(&visithub::auth::dev_key::path_in(&config.data_dir))

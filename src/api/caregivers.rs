@@ -16,14 +16,24 @@ pub async fn create(
     Caller(who): Caller,
     Body(new): Body<NewCaregiver>,
 ) -> Result<(StatusCode, Json<Caregiver>), Problem> {
-    Ok((StatusCode::CREATED, Json(hub.create_caregiver(&who, new).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(hub.create_caregiver(&who, new).await?),
+    ))
 }
 
-pub async fn list(State(hub): State<Arc<Hub>>, Caller(who): Caller) -> Result<Json<Vec<Caregiver>>, Problem> {
+pub async fn list(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+) -> Result<Json<Vec<Caregiver>>, Problem> {
     Ok(Json(hub.list_caregivers(&who).await?))
 }
 
-pub async fn get(State(hub): State<Arc<Hub>>, Caller(who): Caller, Path(subject): Path<String>) -> Result<Json<Caregiver>, Problem> {
+pub async fn get(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+    Path(subject): Path<String>,
+) -> Result<Json<Caregiver>, Problem> {
     Ok(Json(hub.get_caregiver(&who, &subject).await?))
 }
 
@@ -37,7 +47,14 @@ pub async fn update(
 }
 
 /// Deactivation closes the caregiver's open sockets.
-pub async fn deactivate(State(hub): State<Arc<Hub>>, Caller(who): Caller, Path(subject): Path<String>) -> Result<Json<Caregiver>, Problem> {
-    let patch = CaregiverPatch { active: Some(false), ..CaregiverPatch::default() };
+pub async fn deactivate(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+    Path(subject): Path<String>,
+) -> Result<Json<Caregiver>, Problem> {
+    let patch = CaregiverPatch {
+        active: Some(false),
+        ..CaregiverPatch::default()
+    };
     Ok(Json(hub.update_caregiver(&who, &subject, patch).await?))
 }

@@ -18,12 +18,19 @@ pub struct BusyBody {
     busy: bool,
 }
 
-pub async fn list(State(hub): State<Arc<Hub>>, Caller(who): Caller) -> Result<Json<Vec<StateSettings>>, Problem> {
+pub async fn list(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+) -> Result<Json<Vec<StateSettings>>, Problem> {
     who.require_role(&[Role::Provider, Role::Support, Role::Admin])?;
     Ok(Json(hub.all_state_settings()))
 }
 
-pub async fn get(State(hub): State<Arc<Hub>>, Caller(who): Caller, Path(state): Path<String>) -> Result<Json<StateSettings>, Problem> {
+pub async fn get(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+    Path(state): Path<String>,
+) -> Result<Json<StateSettings>, Problem> {
     who.require_role(&[Role::Provider, Role::Support, Role::Admin])?;
     Ok(Json(hub.state_settings(UsState::parse(&state)?)))
 }
@@ -34,7 +41,10 @@ pub async fn update(
     Path(state): Path<String>,
     Body(patch): Body<SettingsPatch>,
 ) -> Result<Json<StateSettings>, Problem> {
-    Ok(Json(hub.update_state_settings(&who, UsState::parse(&state)?, patch).await?))
+    Ok(Json(
+        hub.update_state_settings(&who, UsState::parse(&state)?, patch)
+            .await?,
+    ))
 }
 
 pub async fn set_busy(
@@ -43,11 +53,18 @@ pub async fn set_busy(
     Path(state): Path<String>,
     Body(body): Body<BusyBody>,
 ) -> Result<Json<StateSettings>, Problem> {
-    Ok(Json(hub.set_busy(&who, UsState::parse(&state)?, body.busy).await?))
+    Ok(Json(
+        hub.set_busy(&who, UsState::parse(&state)?, body.busy)
+            .await?,
+    ))
 }
 
 /// The queue of a state as its caregivers see it.
-pub async fn queue(State(hub): State<Arc<Hub>>, Caller(who): Caller, Path(state): Path<String>) -> Result<Json<QueueSnapshot>, Problem> {
+pub async fn queue(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+    Path(state): Path<String>,
+) -> Result<Json<QueueSnapshot>, Problem> {
     let state = UsState::parse(&state)?;
     who.require_covers(state)?;
     let snapshot = hub.watch_queue(state).borrow().snapshot();

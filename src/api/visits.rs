@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 
 use super::extract::{Body, Caller};
@@ -24,23 +24,45 @@ pub struct IntakeBody {
 }
 
 /// `POST /v1/visits`. Open to anyone: the patient has no token until intake gives one.
-pub async fn intake(State(hub): State<Arc<Hub>>, headers: HeaderMap, Body(body): Body<IntakeBody>) -> Result<Response, Problem> {
+pub async fn intake(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Body(body): Body<IntakeBody>,
+) -> Result<Response, Problem> {
     let key = match headers.get("idempotency-key") {
-        Some(v) => Some(v.to_str().map_err(|_| HubError::new(ErrorCode::ValidationFailed, "Idempotency-Key must be ASCII"))?),
+        Some(v) => Some(v.to_str().map_err(|_| {
+            HubError::new(ErrorCode::ValidationFailed, "Idempotency-Key must be ASCII")
+        })?),
         None => None,
     };
-    let req = IntakeRequest { display_name: body.display_name, state: UsState::parse(&body.state)?, reason: body.reason };
+    let req = IntakeRequest {
+        display_name: body.display_name,
+        state: UsState::parse(&body.state)?,
+        reason: body.reason,
+    };
     let receipt = hub.intake(req, key).await?;
-    let status = if receipt.replayed { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if receipt.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(receipt)).into_response())
 }
 
 /// `GET /v1/visits/{id}`: the patient of the visit, or a caregiver covering its state.
-pub async fn get(State(hub): State<Arc<Hub>>, Caller(who): Caller, Path(id): Path<String>) -> Result<Json<VisitView>, Problem> {
+pub async fn get(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<VisitView>, Problem> {
     Ok(Json(hub.visit_view(&who, &id).await?))
 }
 
 /// `POST /v1/visits/{id}/cancel`.
-pub async fn cancel(State(hub): State<Arc<Hub>>, Caller(who): Caller, Path(id): Path<String>) -> Result<Json<VisitView>, Problem> {
+pub async fn cancel(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<VisitView>, Problem> {
     Ok(Json(hub.cancel_visit(&who, &id).await?))
 }

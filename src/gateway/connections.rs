@@ -28,7 +28,11 @@ impl Connections {
         *count += 1;
         drop(count);
         self.total.fetch_add(1, Ordering::Relaxed);
-        Some(ConnectionGuard { subject: subject.to_string(), per_user: self.per_user.clone(), total: self.total.clone() })
+        Some(ConnectionGuard {
+            subject: subject.to_string(),
+            per_user: self.per_user.clone(),
+            total: self.total.clone(),
+        })
     }
 
     pub fn open(&self) -> usize {

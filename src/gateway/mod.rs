@@ -60,9 +60,12 @@ fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
     match headers.get(header::ORIGIN) {
         // Native apps and servers send no Origin; browsers always do.
         None => true,
-        Some(origin) => origin
-            .to_str()
-            .is_ok_and(|o| config.allowed_origins.iter().any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(o))),
+        Some(origin) => origin.to_str().is_ok_and(|o| {
+            config
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(o))
+        }),
     }
 }
 
@@ -116,15 +119,25 @@ async fn admit(
     query: WsQuery,
 ) -> Result<(crate::auth::Principal, connections::ConnectionGuard), Problem> {
     if gw.shutdown.is_cancelled() {
-        return Err(HubError::new(ErrorCode::Unavailable, "the node is shutting down").retry_after(1).into());
+        return Err(
+            HubError::new(ErrorCode::Unavailable, "the node is shutting down")
+                .retry_after(1)
+                .into(),
+        );
     }
     if !origin_allowed(&gw.config, headers) {
         return Err(ErrorCode::OriginNotAllowed.into());
     }
     if !protocol_acceptable(headers) {
-        return Err(HubError::new(ErrorCode::UnsupportedProtocolVersion, format!("offer the `{SUBPROTOCOL}` subprotocol")).into());
+        return Err(HubError::new(
+            ErrorCode::UnsupportedProtocolVersion,
+            format!("offer the `{SUBPROTOCOL}` subprotocol"),
+        )
+        .into());
     }
-    let token = bearer(headers).or(query.access_token.as_deref()).ok_or(ErrorCode::TokenMissing)?;
+    let token = bearer(headers)
+        .or(query.access_token.as_deref())
+        .ok_or(ErrorCode::TokenMissing)?;
     let principal = gw.hub.authenticate(token).await?;
     let guard = gw
         .connections

@@ -26,7 +26,12 @@ pub struct Overflow;
 
 impl Outbound {
     pub fn new(capacity: usize) -> Outbound {
-        Outbound { queue: VecDeque::new(), capacity, seq: 0, written: 0 }
+        Outbound {
+            queue: VecDeque::new(),
+            capacity,
+            seq: 0,
+            written: 0,
+        }
     }
 
     /// Queues a hub message with the next sequence number.
@@ -65,7 +70,10 @@ impl Outbound {
     /// Writes queued frames until the queue is empty and the socket flushed. A frame leaves
     /// the queue only once the socket has taken it, so dropping this future mid-way loses
     /// nothing and sends nothing twice.
-    pub async fn flush(&mut self, sink: &mut SplitSink<WebSocket, Message>) -> Result<(), axum::Error> {
+    pub async fn flush(
+        &mut self,
+        sink: &mut SplitSink<WebSocket, Message>,
+    ) -> Result<(), axum::Error> {
         poll_fn(|cx| {
             while !self.queue.is_empty() {
                 match sink.poll_ready_unpin(cx) {

@@ -18,7 +18,8 @@ impl Session {
                 if !self.boards.contains_key(&r.state) {
                     // The stream yields the current view first: that becomes the snapshot.
                     self.sent_views.remove(&r.state);
-                    self.boards.insert(r.state, WatchStream::new(hub.watch_queue(r.state)));
+                    self.boards
+                        .insert(r.state, WatchStream::new(hub.watch_queue(r.state)));
                 }
                 Ok(json!({}))
             }
@@ -38,7 +39,10 @@ impl Session {
             ClientMessage::SessionRefresh(r) => {
                 let fresh = hub.authenticate(&r.token).await?;
                 if fresh.subject != self.principal.subject || fresh.role != self.principal.role {
-                    return Err(HubError::new(ErrorCode::Forbidden, "a refresh token must be for the same subject and role"));
+                    return Err(HubError::new(
+                        ErrorCode::Forbidden,
+                        "a refresh token must be for the same subject and role",
+                    ));
                 }
                 self.principal.expires_at = fresh.expires_at;
                 self.token_deadline = deadline_of(fresh.expires_at);

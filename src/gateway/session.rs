@@ -27,7 +27,8 @@ use crate::error::{ErrorCode, HubError};
 use crate::hub::{QueueView, SessionLink};
 use crate::model::{Role, UsState};
 use crate::protocol::{
-    CloseCode, ErrorBody, PROTOCOL_VERSION, QueuePosition, ServerMessage, SessionLimits, Welcome, decode_client,
+    CloseCode, ErrorBody, PROTOCOL_VERSION, QueuePosition, ServerMessage, SessionLimits, Welcome,
+    decode_client,
 };
 
 /// Why the loop ended.
@@ -63,7 +64,11 @@ pub async fn run(socket: WebSocket, gw: Arc<Gateway>, principal: Principal, id: 
 
 async fn run_inner(socket: WebSocket, gw: Arc<Gateway>, principal: Principal, id: u64) {
     let (inbox_tx, inbox) = mpsc::channel(gw.config.outbound_queue);
-    let link = SessionLink { id, inbox: inbox_tx, overflowed: CancellationToken::new() };
+    let link = SessionLink {
+        id,
+        inbox: inbox_tx,
+        overflowed: CancellationToken::new(),
+    };
     let rate = NonZeroU32::new(gw.config.rate_for(principal.role)).unwrap_or(NonZeroU32::MIN);
     let mut session = Session {
         out: Outbound::new(gw.config.outbound_queue),
@@ -122,11 +127,15 @@ impl Session {
                 if let Some(visit) = self.gw.hub.store().get_visit(&visit_id).await?
                     && visit.status == crate::model::VisitStatus::Waiting
                 {
-                    self.boards.insert(visit.state, WatchStream::new(self.gw.hub.watch_queue(visit.state)));
+                    self.boards.insert(
+                        visit.state,
+                        WatchStream::new(self.gw.hub.watch_queue(visit.state)),
+                    );
                 }
             }
             _ => {
-                self.listen(Topic::Subject(self.principal.subject.clone())).await?;
+                self.listen(Topic::Subject(self.principal.subject.clone()))
+                    .await?;
                 self.gw.hub.caregiver_online(&self.principal).await;
             }
         }
@@ -204,7 +213,10 @@ impl Session {
     async fn on_frame(&mut self, msg: Message) -> Option<Exit> {
         match msg {
             Message::Text(text) => self.on_text(text.as_str()).await,
-            Message::Binary(_) => self.refuse(None, HubError::new(ErrorCode::InvalidMessage, "only text frames are accepted")),
+            Message::Binary(_) => self.refuse(
+                None,
+                HubError::new(ErrorCode::InvalidMessage, "only text frames are accepted"),
+            ),
             Message::Ping(_) | Message::Pong(_) => None,
             Message::Close(_) => Some(Exit::Gone),
         }
@@ -223,11 +235,20 @@ impl Session {
     async fn on_text(&mut self, text: &str) -> Option<Exit> {
         if text.len() > self.gw.config.max_message_bytes {
             let limit = self.gw.config.max_message_bytes;
-            return self.refuse(None, HubError::new(ErrorCode::MessageTooLarge, format!("messages are limited to {limit} bytes")));
+            return self.refuse(
+                None,
+                HubError::new(
+                    ErrorCode::MessageTooLarge,
+                    format!("messages are limited to {limit} bytes"),
+                ),
+            );
         }
         if self.limiter.check().is_err() {
             let id = decode_client(text).ok().map(|f| f.id);
-            return self.refuse(id.as_deref(), HubError::code(ErrorCode::RateLimited).retry_after(1));
+            return self.refuse(
+                id.as_deref(),
+                HubError::code(ErrorCode::RateLimited).retry_after(1),
+            );
         }
         match decode_client(text) {
             Ok(frame) => {
@@ -250,7 +271,8 @@ impl Session {
             self.strikes_since = Instant::now();
         }
         self.strikes += 1;
-        (self.strikes > self.gw.config.max_invalid_per_minute).then_some(Exit::Close(CloseCode::ProtocolViolation))
+        (self.strikes > self.gw.config.max_invalid_per_minute)
+            .then_some(Exit::Close(CloseCode::ProtocolViolation))
     }
 
     fn on_event(&mut self, event: &BusEvent) -> Option<Exit> {
@@ -270,7 +292,9 @@ impl Session {
 
     fn on_view(&mut self, state: UsState, view: Arc<QueueView>) {
         if self.principal.role == Role::Patient {
-            let Some(visit_id) = self.principal.visit.as_deref() else { return };
+            let Some(visit_id) = self.principal.visit.as_deref() else {
+                return;
+            };
             match view.position_message(visit_id) {
                 Some(position) if self.sent_position.as_ref() != Some(&position) => {
                     self.send(None, &ServerMessage::QueuePosition(position.clone()));
@@ -303,7 +327,11 @@ impl Session {
     }
 
     fn send_error(&mut self, id: Option<&str>, err: &HubError) {
-        let body = ErrorBody { code: err.code.as_str().to_string(), message: err.message.clone(), retry_after_secs: err.retry_after_secs };
+        let body = ErrorBody {
+            code: err.code.as_str().to_string(),
+            message: err.message.clone(),
+            retry_after_secs: err.retry_after_secs,
+        };
         self.send(id, &ServerMessage::Error(body));
     }
 
@@ -313,7 +341,11 @@ impl Session {
         }
     }
 
-    async fn close(mut self, sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, exit: Exit) {
+    async fn close(
+        mut self,
+        sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+        exit: Exit,
+    ) {
         for topic in std::mem::take(&mut self.topics) {
             self.gw.hub.unlisten(&topic, self.id).await;
         }
@@ -322,7 +354,10 @@ impl Session {
         }
         if let Exit::Close(code) = exit {
             tracing::debug!(close = code.reason(), "closing session");
-            let frame = CloseFrame { code: code.code(), reason: code.reason().into() };
+            let frame = CloseFrame {
+                code: code.code(),
+                reason: code.reason().into(),
+            };
             // A slow consumer gets no more queued frames: only the close, briefly tried.
             let patience = if code == CloseCode::SlowConsumer {
                 Duration::from_millis(200)

@@ -14,11 +14,21 @@ impl Hub {
     }
 
     async fn principal_for(&self, claims: Claims) -> HubResult<Principal> {
-        let Claims { sub, role, states, visit, exp, .. } = claims;
+        let Claims {
+            sub,
+            role,
+            states,
+            visit,
+            exp,
+            ..
+        } = claims;
         let states = match role {
             Role::Patient => {
                 if visit.is_none() {
-                    return Err(HubError::new(ErrorCode::TokenInvalid, "a patient token must name its visit"));
+                    return Err(HubError::new(
+                        ErrorCode::TokenInvalid,
+                        "a patient token must name its visit",
+                    ));
                 }
                 Vec::new()
             }
@@ -40,10 +50,20 @@ impl Hub {
                     ));
                 }
                 // A token may narrow the record's states, never widen them.
-                record.states.into_iter().filter(|s| states.is_empty() || states.contains(s)).collect()
+                record
+                    .states
+                    .into_iter()
+                    .filter(|s| states.is_empty() || states.contains(s))
+                    .collect()
             }
         };
-        Ok(Principal { subject: sub, role, states, visit: if role == Role::Patient { visit } else { None }, expires_at: exp })
+        Ok(Principal {
+            subject: sub,
+            role,
+            states,
+            visit: if role == Role::Patient { visit } else { None },
+            expires_at: exp,
+        })
     }
 
     /// A caregiver's socket opened: counts toward staffing until it closes.
@@ -61,7 +81,11 @@ impl Hub {
         }
     }
 
-    pub async fn set_presence(&self, who: &Principal, status: crate::protocol::PresenceStatus) -> HubResult<()> {
+    pub async fn set_presence(
+        &self,
+        who: &Principal,
+        status: crate::protocol::PresenceStatus,
+    ) -> HubResult<()> {
         who.require_role(&[Role::Provider, Role::Support])?;
         let states = self.presence.set_status(&who.subject, status);
         self.staffing_changed(states).await;

@@ -40,13 +40,20 @@ fn checked_states(mut states: Vec<UsState>) -> HubResult<Vec<UsState>> {
     states.sort();
     states.dedup();
     if states.is_empty() {
-        return Err(HubError::new(ErrorCode::ValidationFailed, "`states` must name at least one state"));
+        return Err(HubError::new(
+            ErrorCode::ValidationFailed,
+            "`states` must name at least one state",
+        ));
     }
     Ok(states)
 }
 
 impl Hub {
-    pub async fn create_caregiver(&self, who: &Principal, new: NewCaregiver) -> HubResult<Caregiver> {
+    pub async fn create_caregiver(
+        &self,
+        who: &Principal,
+        new: NewCaregiver,
+    ) -> HubResult<Caregiver> {
         who.require_role(&[Role::Admin])?;
         let subject = match new.subject {
             Some(s) => validate::identifier("subject", &s, MAX_SUBJECT_LEN)?,
@@ -62,7 +69,12 @@ impl Hub {
             created_at: now,
             updated_at: now,
         };
-        if !self.store.insert_caregiver(&caregiver).await.map_err(HubError::internal)? {
+        if !self
+            .store
+            .insert_caregiver(&caregiver)
+            .await
+            .map_err(HubError::internal)?
+        {
             return Err(HubError::code(ErrorCode::CaregiverExists));
         }
         Ok(caregiver)
@@ -70,7 +82,10 @@ impl Hub {
 
     pub async fn list_caregivers(&self, who: &Principal) -> HubResult<Vec<Caregiver>> {
         who.require_role(&[Role::Admin])?;
-        self.store.list_caregivers().await.map_err(HubError::internal)
+        self.store
+            .list_caregivers()
+            .await
+            .map_err(HubError::internal)
     }
 
     pub async fn get_caregiver(&self, who: &Principal, subject: &str) -> HubResult<Caregiver> {
@@ -86,7 +101,12 @@ impl Hub {
 
     /// Changes a caregiver. Their open sockets are closed (`access_revoked`) so they
     /// reconnect under the new scope, or stay out when deactivated.
-    pub async fn update_caregiver(&self, who: &Principal, subject: &str, patch: CaregiverPatch) -> HubResult<Caregiver> {
+    pub async fn update_caregiver(
+        &self,
+        who: &Principal,
+        subject: &str,
+        patch: CaregiverPatch,
+    ) -> HubResult<Caregiver> {
         who.require_role(&[Role::Admin])?;
         let mut caregiver = self.get_caregiver(who, subject).await?;
         if let Some(name) = patch.name {
@@ -102,11 +122,20 @@ impl Hub {
             caregiver.active = active;
         }
         caregiver.updated_at = self.clock.now();
-        if !self.store.update_caregiver(&caregiver).await.map_err(HubError::internal)? {
+        if !self
+            .store
+            .update_caregiver(&caregiver)
+            .await
+            .map_err(HubError::internal)?
+        {
             return Err(HubError::code(ErrorCode::CaregiverNotFound));
         }
         let subject = caregiver.subject.clone();
-        self.publish(Topic::Subject(subject.clone()), BusEvent::AccessChanged { subject }).await;
+        self.publish(
+            Topic::Subject(subject.clone()),
+            BusEvent::AccessChanged { subject },
+        )
+        .await;
         Ok(caregiver)
     }
 }

@@ -80,7 +80,11 @@ impl Hub {
         keys: TokenKeys,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Arc<Hub>> {
-        let prior = Estimator::new(options.prior_visit_secs, options.prior_pickup_secs, options.estimator_alpha);
+        let prior = Estimator::new(
+            options.prior_visit_secs,
+            options.prior_pickup_secs,
+            options.estimator_alpha,
+        );
         let hub = Arc::new(Hub {
             queues: Queues::new(prior.inputs(Staffing::default())),
             options,
@@ -143,19 +147,32 @@ impl Hub {
         let staffing = self.presence.staffing(state);
         match self.estimators.get(&state) {
             Some(e) => e.inputs(staffing),
-            None => Estimator::new(self.options.prior_visit_secs, self.options.prior_pickup_secs, self.options.estimator_alpha)
-                .inputs(staffing),
+            None => Estimator::new(
+                self.options.prior_visit_secs,
+                self.options.prior_pickup_secs,
+                self.options.estimator_alpha,
+            )
+            .inputs(staffing),
         }
     }
 
     fn refresh_board(&self, state: UsState) {
         let busy = self.settings.get(&state).is_some_and(|s| s.busy);
-        self.queues.lane(state).refresh_board(state, busy, self.estimate(state));
+        self.queues
+            .lane(state)
+            .refresh_board(state, busy, self.estimate(state));
     }
 
     /// Tells every node (this one included) that a state's queue changed.
     async fn announce_queue(&self, state: UsState, version: u64) {
-        if let Err(e) = self.bus.publish(&Topic::Queue(state), BusEvent::QueueChanged { state, version }).await {
+        if let Err(e) = self
+            .bus
+            .publish(
+                &Topic::Queue(state),
+                BusEvent::QueueChanged { state, version },
+            )
+            .await
+        {
             // The change is stored; nodes that missed it catch up on the next change.
             tracing::warn!(state = %state, error = %e, "queue change not published");
         }

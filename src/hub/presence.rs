@@ -39,7 +39,9 @@ impl Presence {
     /// A caregiver's socket closed.
     pub fn disconnect(&self, subject: &str) -> Vec<UsState> {
         let mut map = self.caregivers.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = map.get_mut(subject) else { return Vec::new() };
+        let Some(entry) = map.get_mut(subject) else {
+            return Vec::new();
+        };
         entry.sessions = entry.sessions.saturating_sub(1);
         let states = entry.states.clone();
         if entry.sessions == 0 {
@@ -63,7 +65,10 @@ impl Presence {
     pub fn staffing(&self, state: UsState) -> Staffing {
         let map = self.caregivers.lock().unwrap_or_else(|e| e.into_inner());
         let mut staffing = Staffing::default();
-        for entry in map.values().filter(|e| e.kind == CaregiverKind::Provider && e.states.contains(&state)) {
+        for entry in map
+            .values()
+            .filter(|e| e.kind == CaregiverKind::Provider && e.states.contains(&state))
+        {
             staffing.online += 1;
             if entry.status == PresenceStatus::Available {
                 staffing.available += 1;
@@ -86,15 +91,45 @@ mod tests {
         p.connect("dr-1", CaregiverKind::Provider, &[wa, or]);
         p.connect("dr-2", CaregiverKind::Provider, &[or]);
         p.connect("sup-1", CaregiverKind::Support, &[wa]);
-        assert_eq!(p.staffing(wa), Staffing { online: 1, available: 1 });
-        assert_eq!(p.staffing(or), Staffing { online: 2, available: 2 });
+        assert_eq!(
+            p.staffing(wa),
+            Staffing {
+                online: 1,
+                available: 1
+            }
+        );
+        assert_eq!(
+            p.staffing(or),
+            Staffing {
+                online: 2,
+                available: 2
+            }
+        );
 
         assert_eq!(p.set_status("dr-2", PresenceStatus::Away), vec![or]);
-        assert_eq!(p.staffing(or), Staffing { online: 2, available: 1 });
+        assert_eq!(
+            p.staffing(or),
+            Staffing {
+                online: 2,
+                available: 1
+            }
+        );
 
         p.disconnect("dr-1");
-        assert_eq!(p.staffing(wa), Staffing { online: 1, available: 1 });
+        assert_eq!(
+            p.staffing(wa),
+            Staffing {
+                online: 1,
+                available: 1
+            }
+        );
         p.disconnect("dr-1");
-        assert_eq!(p.staffing(wa), Staffing { online: 0, available: 0 });
+        assert_eq!(
+            p.staffing(wa),
+            Staffing {
+                online: 0,
+                available: 0
+            }
+        );
     }
 }

@@ -36,9 +36,26 @@ pub struct QueueView {
 }
 
 impl QueueView {
-    pub fn new(state: UsState, version: u64, busy: bool, estimate: EstimateInputs, entries: Vec<Arc<QueuedVisit>>) -> QueueView {
-        let index = entries.iter().enumerate().map(|(i, e)| (e.visit_id.clone(), i as u32 + 1)).collect();
-        QueueView { state, version, busy, estimate, entries, index }
+    pub fn new(
+        state: UsState,
+        version: u64,
+        busy: bool,
+        estimate: EstimateInputs,
+        entries: Vec<Arc<QueuedVisit>>,
+    ) -> QueueView {
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.visit_id.clone(), i as u32 + 1))
+            .collect();
+        QueueView {
+            state,
+            version,
+            busy,
+            estimate,
+            entries,
+            index,
+        }
     }
 
     /// 1-based position of a waiting visit.
@@ -91,8 +108,12 @@ impl QueueView {
     /// What changed since `older`, or `None` if nothing a caregiver sees did.
     pub fn delta_since(&self, older: &QueueView) -> Option<QueueDelta> {
         let now: HashSet<&str> = self.entries.iter().map(|e| &*e.visit_id).collect();
-        let removed: Vec<String> =
-            older.entries.iter().filter(|e| !now.contains(&*e.visit_id)).map(|e| e.visit_id.to_string()).collect();
+        let removed: Vec<String> = older
+            .entries
+            .iter()
+            .filter(|e| !now.contains(&*e.visit_id))
+            .map(|e| e.visit_id.to_string())
+            .collect();
         let added: Vec<QueueEntry> = self
             .entries
             .iter()
@@ -100,9 +121,11 @@ impl QueueView {
             .filter(|(_, e)| older.position_of(&e.visit_id).is_none())
             .map(|(i, _)| self.entry(i as u32 + 1))
             .collect();
-        let unchanged =
-            removed.is_empty() && added.is_empty() && self.busy == older.busy && self.estimate == older.estimate;
-        (!unchanged).then(|| QueueDelta {
+        let unchanged = removed.is_empty()
+            && added.is_empty()
+            && self.busy == older.busy
+            && self.estimate == older.estimate;
+        (!unchanged).then_some(QueueDelta {
             state: self.state,
             version: self.version,
             busy: self.busy,
@@ -138,7 +161,8 @@ impl Lane {
         };
         self.board.send_if_modified(|current| {
             let newer = view.version > current.version
-                || (view.version == current.version && (view.busy != current.busy || view.estimate != current.estimate));
+                || (view.version == current.version
+                    && (view.busy != current.busy || view.estimate != current.estimate));
             if newer {
                 *current = Arc::new(view);
             }
@@ -164,8 +188,12 @@ impl Lane {
         q.version
     }
 
-    pub fn len(&self) -> u32 {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).entries.len() as u32
+    pub fn waiting(&self) -> u32 {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+            .len() as u32
     }
 }
 
@@ -177,7 +205,10 @@ pub struct Queues {
 
 impl Queues {
     pub fn new(empty_estimate: EstimateInputs) -> Queues {
-        Queues { lanes: DashMap::new(), empty_estimate }
+        Queues {
+            lanes: DashMap::new(),
+            empty_estimate,
+        }
     }
 
     pub fn lane(&self, state: UsState) -> Arc<Lane> {
@@ -208,12 +239,26 @@ mod tests {
     use crate::hub::estimator::{Estimator, Staffing};
 
     fn visit(id: &str) -> Arc<QueuedVisit> {
-        Arc::new(QueuedVisit { visit_id: id.into(), display_name: "n".into(), reason: "r".into(), enqueued_at: Utc::now() })
+        Arc::new(QueuedVisit {
+            visit_id: id.into(),
+            display_name: "n".into(),
+            reason: "r".into(),
+            enqueued_at: Utc::now(),
+        })
     }
 
     fn view(version: u64, ids: &[&str]) -> QueueView {
-        let est = Estimator::new(600, 30, 0.2).inputs(Staffing { online: 1, available: 0 });
-        QueueView::new(UsState::parse("WA").unwrap(), version, false, est, ids.iter().map(|i| visit(i)).collect())
+        let est = Estimator::new(600, 30, 0.2).inputs(Staffing {
+            online: 1,
+            available: 0,
+        });
+        QueueView::new(
+            UsState::parse("WA").unwrap(),
+            version,
+            false,
+            est,
+            ids.iter().map(|i| visit(i)).collect(),
+        )
     }
 
     #[test]
@@ -233,7 +278,10 @@ mod tests {
         let d = new.delta_since(&old).unwrap();
         assert_eq!(d.removed, vec!["a".to_string()]);
         assert_eq!(d.added.len(), 1);
-        assert_eq!((d.added[0].visit_id.as_str(), d.added[0].position), ("d", 3));
+        assert_eq!(
+            (d.added[0].visit_id.as_str(), d.added[0].position),
+            ("d", 3)
+        );
         assert!(new.delta_since(&view(3, &["b", "c", "d"])).is_none());
     }
 

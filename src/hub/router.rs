@@ -36,7 +36,9 @@ impl Router {
 
     /// Removes a subscriber; true when it was the last on this node (unsubscribe on the bus).
     pub fn remove(&self, topic: &Topic, session_id: u64) -> bool {
-        let Some(mut links) = self.topics.get_mut(topic) else { return false };
+        let Some(mut links) = self.topics.get_mut(topic) else {
+            return false;
+        };
         let before = links.len();
         links.retain(|l| l.id != session_id);
         let emptied = before > 0 && links.is_empty();
@@ -48,7 +50,9 @@ impl Router {
     }
 
     pub fn dispatch(&self, topic: &Topic, event: Arc<BusEvent>) {
-        let Some(links) = self.topics.get(topic) else { return };
+        let Some(links) = self.topics.get(topic) else {
+            return;
+        };
         for link in links.iter() {
             if let Err(mpsc::error::TrySendError::Full(_)) = link.inbox.try_send(event.clone()) {
                 link.overflowed.cancel();
@@ -68,11 +72,20 @@ mod tests {
 
     fn link(id: u64, capacity: usize) -> (SessionLink, mpsc::Receiver<Arc<BusEvent>>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (SessionLink { id, inbox: tx, overflowed: CancellationToken::new() }, rx)
+        (
+            SessionLink {
+                id,
+                inbox: tx,
+                overflowed: CancellationToken::new(),
+            },
+            rx,
+        )
     }
 
     fn event() -> Arc<BusEvent> {
-        Arc::new(BusEvent::AccessChanged { subject: "x".into() })
+        Arc::new(BusEvent::AccessChanged {
+            subject: "x".into(),
+        })
     }
 
     #[test]

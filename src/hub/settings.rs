@@ -28,32 +28,54 @@ pub struct SettingsPatch {
 impl Hub {
     /// The state's settings, or the defaults when nobody set them.
     pub fn state_settings(&self, state: UsState) -> StateSettings {
-        self.settings.get(&state).map(|s| s.clone()).unwrap_or_else(|| {
-            StateSettings::default_for(state, self.options.default_queue_cap, self.options.default_busy_intake_per_hour)
-        })
+        self.settings
+            .get(&state)
+            .map(|s| s.clone())
+            .unwrap_or_else(|| {
+                StateSettings::default_for(
+                    state,
+                    self.options.default_queue_cap,
+                    self.options.default_busy_intake_per_hour,
+                )
+            })
     }
 
     pub fn all_state_settings(&self) -> Vec<StateSettings> {
         UsState::all().map(|s| self.state_settings(s)).collect()
     }
 
-    pub async fn update_state_settings(&self, who: &Principal, state: UsState, patch: SettingsPatch) -> HubResult<StateSettings> {
+    pub async fn update_state_settings(
+        &self,
+        who: &Principal,
+        state: UsState,
+        patch: SettingsPatch,
+    ) -> HubResult<StateSettings> {
         who.require_role(&[Role::Admin])?;
         let mut s = self.state_settings(state);
         if let Some(tz) = patch.time_zone {
-            tz.parse::<chrono_tz::Tz>()
-                .map_err(|_| HubError::new(ErrorCode::ValidationFailed, "`time_zone` must be an IANA time zone name"))?;
+            tz.parse::<chrono_tz::Tz>().map_err(|_| {
+                HubError::new(
+                    ErrorCode::ValidationFailed,
+                    "`time_zone` must be an IANA time zone name",
+                )
+            })?;
             s.time_zone = tz;
         }
         if let Some(hours) = patch.hours {
             if !hours.is_valid() {
-                return Err(HubError::new(ErrorCode::ValidationFailed, "each day's `open` must be before its `close`"));
+                return Err(HubError::new(
+                    ErrorCode::ValidationFailed,
+                    "each day's `open` must be before its `close`",
+                ));
             }
             s.hours = hours;
         }
         if let Some(cap) = patch.queue_cap {
             if !(1..=MAX_QUEUE_CAP).contains(&cap) {
-                return Err(HubError::new(ErrorCode::ValidationFailed, format!("`queue_cap` must be 1 to {MAX_QUEUE_CAP}")));
+                return Err(HubError::new(
+                    ErrorCode::ValidationFailed,
+                    format!("`queue_cap` must be 1 to {MAX_QUEUE_CAP}"),
+                ));
             }
             s.queue_cap = cap;
         }
@@ -71,7 +93,12 @@ impl Hub {
     }
 
     /// Staff covering the state (or an admin) mark it busy or not.
-    pub async fn set_busy(&self, who: &Principal, state: UsState, busy: bool) -> HubResult<StateSettings> {
+    pub async fn set_busy(
+        &self,
+        who: &Principal,
+        state: UsState,
+        busy: bool,
+    ) -> HubResult<StateSettings> {
         who.require_role(&[Role::Provider, Role::Support, Role::Admin])?;
         who.require_covers(state)?;
         let s = self.state_settings(state);
@@ -87,7 +114,10 @@ impl Hub {
             window.clear();
         }
         s.busy = busy;
-        self.store.put_state_settings(&s).await.map_err(HubError::internal)?;
+        self.store
+            .put_state_settings(&s)
+            .await
+            .map_err(HubError::internal)?;
         self.settings.insert(s.state, s.clone());
         drop(window);
         let version = lane.bump();

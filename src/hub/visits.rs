@@ -63,16 +63,27 @@ fn request_hash(req: &IntakeRequest) -> String {
 }
 
 impl Hub {
-    pub async fn intake(&self, req: IntakeRequest, idempotency_key: Option<&str>) -> HubResult<IntakeReceipt> {
+    pub async fn intake(
+        &self,
+        req: IntakeRequest,
+        idempotency_key: Option<&str>,
+    ) -> HubResult<IntakeReceipt> {
         let req = IntakeRequest {
-            display_name: validate::text("display_name", &req.display_name, MAX_DISPLAY_NAME_CHARS)?,
+            display_name: validate::text(
+                "display_name",
+                &req.display_name,
+                MAX_DISPLAY_NAME_CHARS,
+            )?,
             reason: validate::text("reason", &req.reason, MAX_REASON_CHARS)?,
             state: req.state,
         };
         let key = idempotency_key
             .map(|k| validate::identifier("Idempotency-Key", k, MAX_IDEMPOTENCY_KEY_LEN))
             .transpose()?
-            .map(|key| IdempotencyKey { key, request_hash: request_hash(&req) });
+            .map(|key| IdempotencyKey {
+                key,
+                request_hash: request_hash(&req),
+            });
 
         let lane = self.queues.lane(req.state);
         let gate_and_version = {
@@ -80,14 +91,16 @@ impl Hub {
             let settings = self.state_settings(req.state);
             let now = self.clock.now();
             let estimate = self.estimate(req.state);
-            let waiting = lane.len();
+            let waiting = lane.waiting();
             let projected = estimate.wait_for(waiting + 1);
             let ctx = IntakeContext {
                 settings: &settings,
                 now,
                 waiting,
                 projected_wait_secs: projected,
-                slot_free_secs: estimate.wait_for(1).max(estimate.mean_visit_secs as u64 / estimate.staffing.online.max(1) as u64),
+                slot_free_secs: estimate
+                    .wait_for(1)
+                    .max(estimate.mean_visit_secs as u64 / estimate.staffing.online.max(1) as u64),
             };
             // A retry of an intake that went through must not be refused by today's rules.
             if let Some(key) = &key
@@ -107,12 +120,23 @@ impl Hub {
                 estimated_wait_secs: Some(projected),
                 waited_secs: None,
             };
-            let actor = Actor { subject: patient_subject(&visit.id), role: Role::Patient.as_str() };
-            match self.store.insert_visit(&visit, &actor, key.as_ref()).await.map_err(HubError::internal)? {
+            let actor = Actor {
+                subject: patient_subject(&visit.id),
+                role: Role::Patient.as_str(),
+            };
+            match self
+                .store
+                .insert_visit(&visit, &actor, key.as_ref())
+                .await
+                .map_err(HubError::internal)?
+            {
                 InsertOutcome::Inserted => {}
                 InsertOutcome::Replayed { .. } => {
                     let key = key.as_ref().expect("a replay needs a key");
-                    return self.replay_intake(key).await?.ok_or_else(|| HubError::code(ErrorCode::Internal));
+                    return self
+                        .replay_intake(key)
+                        .await?
+                        .ok_or_else(|| HubError::code(ErrorCode::Internal));
                 }
             }
             if settings.busy {
@@ -149,14 +173,29 @@ impl Hub {
 
     /// The earlier answer for an idempotency key, or `None` if the key is new.
     async fn replay_intake(&self, key: &IdempotencyKey) -> HubResult<Option<IntakeReceipt>> {
-        let Some((visit_id, hash)) = self.store.idempotent_visit(&key.key).await.map_err(HubError::internal)? else {
+        let Some((visit_id, hash)) = self
+            .store
+            .idempotent_visit(&key.key)
+            .await
+            .map_err(HubError::internal)?
+        else {
             return Ok(None);
         };
         if hash != key.request_hash {
             return Err(HubError::code(ErrorCode::IdempotencyConflict));
         }
-        let visit = self.store.get_visit(&visit_id).await.map_err(HubError::internal)?.ok_or_else(|| HubError::code(ErrorCode::Internal))?;
-        let live = self.queues.lane(visit.state).board.borrow().position_message(&visit.id);
+        let visit = self
+            .store
+            .get_visit(&visit_id)
+            .await
+            .map_err(HubError::internal)?
+            .ok_or_else(|| HubError::code(ErrorCode::Internal))?;
+        let live = self
+            .queues
+            .lane(visit.state)
+            .board
+            .borrow()
+            .position_message(&visit.id);
         Ok(Some(IntakeReceipt {
             patient_token: self.patient_token(&visit.id),
             visit_id: visit.id,
@@ -169,7 +208,12 @@ impl Hub {
     }
 
     fn patient_token(&self, visit_id: &str) -> String {
-        let mut claims = Claims::new(patient_subject(visit_id), Role::Patient, self.clock.now(), self.options.patient_token_ttl_secs);
+        let mut claims = Claims::new(
+            patient_subject(visit_id),
+            Role::Patient,
+            self.clock.now(),
+            self.options.patient_token_ttl_secs,
+        );
         claims.visit = Some(visit_id.to_string());
         self.keys.sign(&claims)
     }
@@ -191,7 +235,12 @@ impl Hub {
 
     pub async fn visit_view(&self, who: &Principal, visit_id: &str) -> HubResult<VisitView> {
         let visit = self.load_visit(who, visit_id).await?;
-        let live = self.queues.lane(visit.state).board.borrow().position_message(&visit.id);
+        let live = self
+            .queues
+            .lane(visit.state)
+            .board
+            .borrow()
+            .position_message(&visit.id);
         Ok(VisitView {
             position: live.as_ref().map(|p| p.position),
             current_estimated_wait_secs: live.map(|p| p.estimated_wait_secs),
@@ -204,7 +253,10 @@ impl Hub {
         if !visit.status.can_become(VisitStatus::Cancelled) {
             return Err(HubError::code(ErrorCode::VisitNotCancellable));
         }
-        let actor = Actor { subject: who.subject.clone(), role: who.role.as_str() };
+        let actor = Actor {
+            subject: who.subject.clone(),
+            role: who.role.as_str(),
+        };
         let at = self.clock.now();
         let moved = self
             .store
@@ -220,9 +272,21 @@ impl Hub {
         if was_waiting {
             self.leave_queue(visit.state, &visit.id).await;
         }
-        let update = VisitUpdated { visit_id: visit.id.clone(), status: visit.status, at };
-        self.publish(Topic::Visit(visit.id.clone()), BusEvent::VisitUpdated(update)).await;
-        Ok(VisitView { visit, position: None, current_estimated_wait_secs: None })
+        let update = VisitUpdated {
+            visit_id: visit.id.clone(),
+            status: visit.status,
+            at,
+        };
+        self.publish(
+            Topic::Visit(visit.id.clone()),
+            BusEvent::VisitUpdated(update),
+        )
+        .await;
+        Ok(VisitView {
+            visit,
+            position: None,
+            current_estimated_wait_secs: None,
+        })
     }
 
     async fn leave_queue(&self, state: UsState, visit_id: &str) {

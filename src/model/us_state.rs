@@ -92,7 +92,10 @@ impl UsState {
     }
 
     pub fn default_time_zone(self) -> chrono_tz::Tz {
-        STATES[self.0 as usize].1.parse().expect("table holds valid IANA zone names")
+        STATES[self.0 as usize]
+            .1
+            .parse()
+            .expect("table holds valid IANA zone names")
     }
 
     pub fn all() -> impl Iterator<Item = UsState> {
@@ -150,6 +153,9 @@ mod tests {
         for s in UsState::all() {
             let _ = s.default_time_zone();
         }
-        assert_eq!(UsState::parse("WA").unwrap().default_time_zone(), chrono_tz::America::Los_Angeles);
+        assert_eq!(
+            UsState::parse("WA").unwrap().default_time_zone(),
+            chrono_tz::America::Los_Angeles
+        );
     }
 }

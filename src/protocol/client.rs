@@ -58,6 +58,8 @@ pub struct SessionRefresh {
 impl fmt::Debug for SessionRefresh {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Tokens never reach a log line.
-        f.debug_struct("SessionRefresh").field("token", &"<redacted>").finish()
+        f.debug_struct("SessionRefresh")
+            .field("token", &"<redacted>")
+            .finish()
     }
 }

@@ -33,7 +33,10 @@ pub struct IdempotencyKey {
 pub enum InsertOutcome {
     Inserted,
     /// The idempotency key was used before, for this visit and request hash.
-    Replayed { visit_id: VisitId, request_hash: String },
+    Replayed {
+        visit_id: VisitId,
+        request_hash: String,
+    },
 }
 
 /// One stored lifecycle transition.
@@ -51,7 +54,12 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new waiting visit and its first transition, and the idempotency key if any,
     /// atomically. When the key exists already nothing is stored and the earlier visit is
     /// named instead.
-    async fn insert_visit(&self, visit: &Visit, actor: &Actor, key: Option<&IdempotencyKey>) -> StoreResult<InsertOutcome>;
+    async fn insert_visit(
+        &self,
+        visit: &Visit,
+        actor: &Actor,
+        key: Option<&IdempotencyKey>,
+    ) -> StoreResult<InsertOutcome>;
 
     /// The visit and request hash an idempotency key was first used with.
     async fn idempotent_visit(&self, key: &str) -> StoreResult<Option<(VisitId, String)>>;
@@ -60,7 +68,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Moves a visit from `from` to `to` if it is still in `from` (compare-and-set), storing
     /// the transition. Returns false, storing nothing, when the visit was not in `from`.
-    async fn transition_visit(&self, id: &str, from: VisitStatus, to: VisitStatus, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool>;
+    async fn transition_visit(
+        &self,
+        id: &str,
+        from: VisitStatus,
+        to: VisitStatus,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 
     async fn transitions(&self, id: &str) -> StoreResult<Vec<Transition>>;
 
@@ -89,5 +104,6 @@ pub(crate) fn to_millis(t: DateTime<Utc>) -> i64 {
 }
 
 pub(crate) fn from_millis(ms: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")))
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")))
 }

@@ -6,11 +6,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::{IdempotencyKey, InsertOutcome, Store, StoreError, StoreResult, Transition, from_millis, to_millis};
-use crate::model::{Actor, Caregiver, CaregiverKind, StateSettings, UsState, Visit, VisitId, VisitStatus};
+use super::{
+    IdempotencyKey, InsertOutcome, Store, StoreError, StoreResult, Transition, from_millis,
+    to_millis,
+};
+use crate::model::{
+    Actor, Caregiver, CaregiverKind, StateSettings, UsState, Visit, VisitId, VisitStatus,
+};
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -28,7 +36,9 @@ impl SqliteStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true);
         Self::connect(options, 4).await
     }
 
@@ -38,7 +48,10 @@ impl SqliteStore {
         Self::connect(SqliteConnectOptions::from_str("sqlite::memory:")?, 1).await
     }
 
-    async fn connect(options: SqliteConnectOptions, max_connections: u32) -> anyhow::Result<SqliteStore> {
+    async fn connect(
+        options: SqliteConnectOptions,
+        max_connections: u32,
+    ) -> anyhow::Result<SqliteStore> {
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             // WAL with NORMAL is durable across a process crash; only a power loss can drop
@@ -46,7 +59,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(SqliteStore { pool })
     }
@@ -88,8 +104,12 @@ fn visit_from_row(row: &SqliteRow) -> StoreResult<Visit> {
         reason: row.try_get("reason")?,
         status: VisitStatus::parse(&status).ok_or_else(|| corrupt("visit status"))?,
         created_at: from_millis(row.try_get("created_at")?)?,
-        estimated_wait_secs: row.try_get::<Option<i64>, _>("estimated_wait_secs")?.map(|v| v as u64),
-        waited_secs: row.try_get::<Option<i64>, _>("waited_secs")?.map(|v| v as u64),
+        estimated_wait_secs: row
+            .try_get::<Option<i64>, _>("estimated_wait_secs")?
+            .map(|v| v as u64),
+        waited_secs: row
+            .try_get::<Option<i64>, _>("waited_secs")?
+            .map(|v| v as u64),
     })
 }
 
@@ -112,14 +132,24 @@ fn caregiver_from_row(row: &SqliteRow) -> StoreResult<Caregiver> {
 }
 
 fn join_states(states: &[UsState]) -> String {
-    states.iter().map(|s| s.code()).collect::<Vec<_>>().join(",")
+    states
+        .iter()
+        .map(|s| s.code())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-const VISIT_COLUMNS: &str = "id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs";
+const VISIT_COLUMNS: &str =
+    "id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs";
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_visit(&self, visit: &Visit, actor: &Actor, key: Option<&IdempotencyKey>) -> StoreResult<InsertOutcome> {
+    async fn insert_visit(
+        &self,
+        visit: &Visit,
+        actor: &Actor,
+        key: Option<&IdempotencyKey>,
+    ) -> StoreResult<InsertOutcome> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -147,12 +177,25 @@ impl Store for SqliteStore {
             .rows_affected();
             if inserted == 0 {
                 tx.rollback().await?;
-                let (visit_id, request_hash) =
-                    self.idempotent_visit(&key.key).await?.ok_or_else(|| corrupt("idempotency key vanished"))?;
-                return Ok(InsertOutcome::Replayed { visit_id, request_hash });
+                let (visit_id, request_hash) = self
+                    .idempotent_visit(&key.key)
+                    .await?
+                    .ok_or_else(|| corrupt("idempotency key vanished"))?;
+                return Ok(InsertOutcome::Replayed {
+                    visit_id,
+                    request_hash,
+                });
             }
         }
-        insert_transition(&mut tx, &visit.id, None, visit.status, actor, visit.created_at).await?;
+        insert_transition(
+            &mut tx,
+            &visit.id,
+            None,
+            visit.status,
+            actor,
+            visit.created_at,
+        )
+        .await?;
         tx.commit().await?;
         Ok(InsertOutcome::Inserted)
     }
@@ -162,16 +205,27 @@ impl Store for SqliteStore {
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| Ok((row.try_get("visit_id")?, row.try_get("request_hash")?))).transpose()
+        row.map(|row| Ok((row.try_get("visit_id")?, row.try_get("request_hash")?)))
+            .transpose()
     }
 
     async fn get_visit(&self, id: &str) -> StoreResult<Option<Visit>> {
         let sql = format!("SELECT {VISIT_COLUMNS} FROM visits WHERE id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(visit_from_row).transpose()
     }
 
-    async fn transition_visit(&self, id: &str, from: VisitStatus, to: VisitStatus, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool> {
+    async fn transition_visit(
+        &self,
+        id: &str,
+        from: VisitStatus,
+        to: VisitStatus,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query("UPDATE visits SET status = ? WHERE id = ? AND status = ?")
             .bind(to.as_str())
@@ -200,7 +254,9 @@ impl Store for SqliteStore {
                 let from: Option<String> = row.try_get("from_status")?;
                 let to: String = row.try_get("to_status")?;
                 Ok(Transition {
-                    from: from.map(|f| VisitStatus::parse(&f).ok_or_else(|| corrupt("transition"))).transpose()?,
+                    from: from
+                        .map(|f| VisitStatus::parse(&f).ok_or_else(|| corrupt("transition")))
+                        .transpose()?,
                     to: VisitStatus::parse(&to).ok_or_else(|| corrupt("transition"))?,
                     at: from_millis(row.try_get("at")?)?,
                     actor_subject: row.try_get("actor_subject")?,
@@ -211,13 +267,19 @@ impl Store for SqliteStore {
     }
 
     async fn waiting_visits(&self) -> StoreResult<Vec<Visit>> {
-        let sql = format!("SELECT {VISIT_COLUMNS} FROM visits WHERE status = 'waiting' ORDER BY created_at, id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+        let sql = format!(
+            "SELECT {VISIT_COLUMNS} FROM visits WHERE status = 'waiting' ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(visit_from_row).collect()
     }
 
     async fn count_visits(&self) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM visits").fetch_one(&self.pool).await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM visits")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(n as u64)
     }
 
@@ -239,12 +301,17 @@ impl Store for SqliteStore {
     }
 
     async fn get_caregiver(&self, subject: &str) -> StoreResult<Option<Caregiver>> {
-        let row = sqlx::query("SELECT * FROM caregivers WHERE subject = ?").bind(subject).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM caregivers WHERE subject = ?")
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(caregiver_from_row).transpose()
     }
 
     async fn list_caregivers(&self) -> StoreResult<Vec<Caregiver>> {
-        let rows = sqlx::query("SELECT * FROM caregivers ORDER BY subject").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM caregivers ORDER BY subject")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(caregiver_from_row).collect()
     }
 
@@ -263,7 +330,9 @@ impl Store for SqliteStore {
     }
 
     async fn state_settings(&self) -> StoreResult<Vec<StateSettings>> {
-        let rows = sqlx::query("SELECT settings FROM state_settings").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT settings FROM state_settings")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 let text: String = row.try_get("settings")?;

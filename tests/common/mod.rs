@@ -49,8 +49,14 @@ impl TestHub {
     }
 
     /// A hub with configuration changes and, optionally, a clock the test moves.
-    pub async fn start_with(tune: impl FnOnce(&mut Config), clock: Option<Arc<ManualClock>>) -> TestHub {
-        let mut config = Config { shutdown_grace_secs: 3, ..Config::default() };
+    pub async fn start_with(
+        tune: impl FnOnce(&mut Config),
+        clock: Option<Arc<ManualClock>>,
+    ) -> TestHub {
+        let mut config = Config {
+            shutdown_grace_secs: 3,
+            ..Config::default()
+        };
         tune(&mut config);
         let clock_dyn: Arc<dyn Clock> = match &clock {
             Some(c) => c.clone(),
@@ -70,7 +76,15 @@ impl TestHub {
         let done = tokio::spawn(app::serve(listener, app, async {
             let _ = stopped.await;
         }));
-        TestHub { addr, app_hub, gateway, http: reqwest::Client::new(), clock, stop: Some(stop), done: Some(done) }
+        TestHub {
+            addr,
+            app_hub,
+            gateway,
+            http: reqwest::Client::new(),
+            clock,
+            stop: Some(stop),
+            done: Some(done),
+        }
     }
 
     /// Starts graceful shutdown and waits for `serve` to return.
@@ -79,7 +93,11 @@ impl TestHub {
             let _ = stop.send(());
         }
         if let Some(done) = self.done.take() {
-            tokio::time::timeout(Duration::from_secs(15), done).await.expect("serve returns").unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(15), done)
+                .await
+                .expect("serve returns")
+                .unwrap()
+                .unwrap();
         }
     }
 
@@ -98,7 +116,13 @@ impl TestHub {
     }
 
     /// A REST call; returns status, JSON body (Null when empty) and the Retry-After header.
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = self.http.request(method.parse().unwrap(), self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -111,11 +135,15 @@ impl TestHub {
 
     pub async fn onboard(&self, subject: &str, role: &str, states: &[&str]) -> Reply {
         let body = json!({ "subject": subject, "name": format!("Caregiver {subject}"), "role": role, "states": states });
-        self.call("POST", "/v1/caregivers", Some(&self.admin()), Some(body)).await
+        self.call("POST", "/v1/caregivers", Some(&self.admin()), Some(body))
+            .await
     }
 
     pub async fn intake(&self, name: &str, state: &str, key: Option<&str>) -> Reply {
-        let mut req = self.http.post(self.url("/v1/visits")).json(&json!({ "display_name": name, "state": state, "reason": "sore throat" }));
+        let mut req = self
+            .http
+            .post(self.url("/v1/visits"))
+            .json(&json!({ "display_name": name, "state": state, "reason": "sore throat" }));
         if let Some(k) = key {
             req = req.header("Idempotency-Key", k);
         }
@@ -123,7 +151,13 @@ impl TestHub {
     }
 
     pub async fn settings(&self, state: &str, patch: Value) -> Reply {
-        self.call("PATCH", &format!("/v1/states/{state}/settings"), Some(&self.admin()), Some(patch)).await
+        self.call(
+            "PATCH",
+            &format!("/v1/states/{state}/settings"),
+            Some(&self.admin()),
+            Some(patch),
+        )
+        .await
     }
 
     pub async fn visits_stored(&self) -> u64 {
@@ -136,18 +170,28 @@ impl TestHub {
 
     /// Opens a socket; on a refused handshake returns the HTTP status and problem body.
     pub async fn try_ws(&self, token: &str, origin: Option<&str>) -> Result<Ws, (u16, Value)> {
-        let mut req = format!("ws://{}/v1/ws", self.addr).into_client_request().unwrap();
+        let mut req = format!("ws://{}/v1/ws", self.addr)
+            .into_client_request()
+            .unwrap();
         if !token.is_empty() {
-            req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+            req.headers_mut().insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            );
         }
         if let Some(o) = origin {
-            req.headers_mut().insert("origin", HeaderValue::from_str(o).unwrap());
+            req.headers_mut()
+                .insert("origin", HeaderValue::from_str(o).unwrap());
         }
         match tokio_tungstenite::connect_async(req).await {
             Ok((stream, _)) => Ok(Ws { stream, next_id: 0 }),
             Err(tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
-                let body = resp.body().as_ref().map(|b| serde_json::from_slice(b).unwrap_or(Value::Null)).unwrap_or(Value::Null);
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null))
+                    .unwrap_or(Value::Null);
                 Err((status, body))
             }
             Err(e) => panic!("handshake failed: {e}"),
@@ -172,10 +216,22 @@ pub struct Reply {
 impl Reply {
     async fn read(resp: reqwest::Response) -> Reply {
         let status = resp.status();
-        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let text = resp.text().await.unwrap();
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        Reply { status, body, retry_after }
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Reply {
+            status,
+            body,
+            retry_after,
+        }
     }
 
     pub fn code(&self) -> &str {
@@ -183,7 +239,10 @@ impl Reply {
     }
 
     pub fn str(&self, field: &str) -> String {
-        self.body[field].as_str().unwrap_or_else(|| panic!("no {field} in {}", self.body)).to_string()
+        self.body[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {field} in {}", self.body))
+            .to_string()
     }
 }
 
@@ -201,7 +260,10 @@ pub enum Ended {
 
 impl Ws {
     pub async fn send_text(&mut self, text: impl Into<String>) {
-        self.stream.send(Message::Text(text.into().into())).await.unwrap();
+        self.stream
+            .send(Message::Text(text.into().into()))
+            .await
+            .unwrap();
     }
 
     /// Sends a request; false when the hub has already closed the connection.
@@ -222,9 +284,13 @@ impl Ws {
     /// The next hub frame (pings are answered by the client library and skipped).
     pub async fn next(&mut self) -> ServerFrame {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.stream.next()).await.expect("a frame within 5 s");
+            let msg = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("a frame within 5 s");
             match msg {
-                Some(Ok(Message::Text(t))) => return decode_server(t.as_str()).expect("hub frames decode"),
+                Some(Ok(Message::Text(t))) => {
+                    return decode_server(t.as_str()).expect("hub frames decode");
+                }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => panic!("expected a frame, got {other:?}"),
             }
@@ -260,8 +326,13 @@ impl Ws {
     pub async fn ended(&mut self, within: Duration) -> Ended {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            match tokio::time::timeout_at(deadline, self.stream.next()).await.expect("socket ends in time") {
-                Some(Ok(Message::Close(Some(frame)))) => return Ended::Closed(u16::from(frame.code)),
+            match tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .expect("socket ends in time")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Ended::Closed(u16::from(frame.code));
+                }
                 Some(Ok(Message::Close(None))) => return Ended::Closed(WsCloseCode::Status.into()),
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Ended::Dropped,
@@ -285,13 +356,19 @@ pub fn is_ack(f: &ServerFrame) -> bool {
 /// Wednesday 2026-12-09 at `hour:minute` in Seattle.
 pub fn seattle(hour: u32, minute: u32) -> DateTime<Utc> {
     use chrono::TimeZone;
-    chrono_tz::America::Los_Angeles.with_ymd_and_hms(2026, 12, 9, hour, minute, 0).unwrap().with_timezone(&Utc)
+    chrono_tz::America::Los_Angeles
+        .with_ymd_and_hms(2026, 12, 9, hour, minute, 0)
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
