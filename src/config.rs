@@ -2,7 +2,6 @@
 //! `VISITHUB_*` environment variables, then command-line flags. Every field has a default,
 //! so `visithub serve` runs with no configuration at all.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -10,29 +9,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::hub::HubOptions;
+pub use crate::auth::Secret;
+use crate::hub::{HubOptions, TurnOptions};
 use crate::model::Role;
-
-/// A secret that never prints: `Debug` and `Display` show `***`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -92,6 +71,31 @@ pub struct Config {
     pub prior_pickup_secs: u32,
     /// Weight of the newest observation in the wait estimator's moving averages.
     pub estimator_alpha: f64,
+    /// STUN server URLs handed to clients with the ICE servers.
+    pub stun_urls: Vec<String>,
+    /// TURN server URLs handed to visit participants with short-lived credentials.
+    pub turn_urls: Vec<String>,
+    /// The TURN servers' `static-auth-secret`s: the first signs credentials, list the old one
+    /// second while rotating (the TURN servers accept both meanwhile).
+    pub turn_secrets: Vec<Secret>,
+    /// Lifetime of TURN credentials, in seconds.
+    pub turn_ttl_secs: u64,
+    /// Largest SDP offer or answer, in bytes.
+    pub max_sdp_bytes: usize,
+    /// Live visits (claimed, in visit, wrap-up) one provider may hold at once.
+    pub max_live_visits_per_provider: u32,
+    /// Conversations one caregiver may have open at once.
+    pub max_conversations_per_caregiver: u32,
+    /// Longest chat message, in characters.
+    pub max_chat_body_chars: usize,
+    /// Most chat messages in one history page.
+    pub chat_page_max: u32,
+    /// Seconds a patient may stay disconnected before a live visit is abandoned.
+    pub abandon_grace_secs: u64,
+    /// Seconds of waiting before a patient is asked "still there?".
+    pub still_there_after_secs: u64,
+    /// Seconds a patient has to answer "still there?".
+    pub still_there_timeout_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     pub log: String,
     /// Log output: human or json.
@@ -129,6 +133,18 @@ impl Default for Config {
             prior_visit_secs: hub.prior_visit_secs,
             prior_pickup_secs: hub.prior_pickup_secs,
             estimator_alpha: hub.estimator_alpha,
+            stun_urls: Vec::new(),
+            turn_urls: Vec::new(),
+            turn_secrets: Vec::new(),
+            turn_ttl_secs: hub.turn.ttl_secs,
+            max_sdp_bytes: hub.max_sdp_bytes,
+            max_live_visits_per_provider: hub.max_live_visits_per_provider,
+            max_conversations_per_caregiver: hub.max_conversations_per_caregiver,
+            max_chat_body_chars: hub.max_chat_body_chars,
+            chat_page_max: hub.chat_page_max,
+            abandon_grace_secs: hub.abandon_grace_secs,
+            still_there_after_secs: hub.still_there_after_secs,
+            still_there_timeout_secs: hub.still_there_timeout_secs,
             log: "info".into(),
             log_format: LogFormat::Human,
         }
@@ -208,6 +224,20 @@ impl Config {
             prior_visit_secs: self.prior_visit_secs,
             prior_pickup_secs: self.prior_pickup_secs,
             estimator_alpha: self.estimator_alpha,
+            max_sdp_bytes: self.max_sdp_bytes,
+            max_live_visits_per_provider: self.max_live_visits_per_provider,
+            max_conversations_per_caregiver: self.max_conversations_per_caregiver,
+            max_chat_body_chars: self.max_chat_body_chars,
+            chat_page_max: self.chat_page_max,
+            abandon_grace_secs: self.abandon_grace_secs,
+            still_there_after_secs: self.still_there_after_secs,
+            still_there_timeout_secs: self.still_there_timeout_secs,
+            turn: TurnOptions {
+                stun_urls: self.stun_urls.clone(),
+                turn_urls: self.turn_urls.clone(),
+                secrets: self.turn_secrets.clone(),
+                ttl_secs: self.turn_ttl_secs,
+            },
         }
     }
 

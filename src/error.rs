@@ -66,6 +66,17 @@ error_codes! {
     QueueFull = "queue_full", 503, "The state's queue is at its cap";
     QueueClosing = "queue_closing", 503, "The queue could not be seen before closing";
     StateBusy = "state_busy", 429, "The state is busy and its reduced intake is used up";
+    VisitAlreadyClaimed = "visit_already_claimed", 409, "Another provider claimed the visit first";
+    ProviderBusy = "provider_busy", 409, "The provider already holds as many live visits as allowed";
+    InvalidTransition = "invalid_transition", 409, "The visit cannot make that step from where it is, or not by this role";
+    NotAParticipant = "not_a_participant", 403, "Only the visit's patient and provider may do that";
+    VisitNotActive = "visit_not_active", 409, "The visit is not in a state that allows that";
+    InvalidSdp = "invalid_sdp", 422, "The SDP does not parse";
+    SdpTooLarge = "sdp_too_large", 413, "The SDP is larger than allowed";
+    InvalidCandidate = "invalid_candidate", 422, "The ICE candidate does not parse";
+    ConversationCapReached = "conversation_cap_reached", 429, "The caregiver already has as many open conversations as allowed";
+    NotInConversation = "not_in_conversation", 403, "Join the conversation first";
+    LocationMismatch = "location_mismatch", 409, "A visit moves only to the state its patient last said they are in";
     NotFound = "not_found", 404, "No such route";
     Unavailable = "unavailable", 503, "A backend is unavailable; retry";
     Internal = "internal", 500, "Internal error";

@@ -2,11 +2,13 @@
 //! every socket message, not only when a connection opens.
 
 pub mod dev_key;
+mod secret;
 mod tokens;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use secret::Secret;
 pub use tokens::{AUDIENCE, TokenKeys};
 
 use crate::error::{ErrorCode, HubError, HubResult};

@@ -48,6 +48,7 @@ impl Session {
                 self.token_deadline = deadline_of(fresh.expires_at);
                 Ok(json!({ "expires_at": fresh.expires_at }))
             }
+            _ => Err(HubError::code(ErrorCode::UnknownMessageType)),
         }
     }
 }

@@ -9,7 +9,9 @@ pub mod intake_rules;
 mod presence;
 pub mod queues;
 mod router;
+mod sdp_check;
 mod settings;
+pub mod turn;
 mod validate;
 mod visits;
 
@@ -22,6 +24,7 @@ pub use estimator::{EstimateInputs, Estimator, Staffing};
 pub use queues::QueueView;
 pub use router::SessionLink;
 pub use settings::SettingsPatch;
+pub use turn::TurnOptions;
 pub use visits::{IntakeReceipt, IntakeRequest, VisitView};
 
 use crate::auth::TokenKeys;
@@ -42,6 +45,15 @@ pub struct HubOptions {
     pub prior_visit_secs: u32,
     pub prior_pickup_secs: u32,
     pub estimator_alpha: f64,
+    pub max_sdp_bytes: usize,
+    pub max_live_visits_per_provider: u32,
+    pub max_conversations_per_caregiver: u32,
+    pub max_chat_body_chars: usize,
+    pub chat_page_max: u32,
+    pub abandon_grace_secs: u64,
+    pub still_there_after_secs: u64,
+    pub still_there_timeout_secs: u64,
+    pub turn: TurnOptions,
 }
 
 impl Default for HubOptions {
@@ -53,6 +65,15 @@ impl Default for HubOptions {
             prior_visit_secs: 15 * 60,
             prior_pickup_secs: 60,
             estimator_alpha: 0.2,
+            max_sdp_bytes: 16 * 1024,
+            max_live_visits_per_provider: 1,
+            max_conversations_per_caregiver: 20,
+            max_chat_body_chars: 4000,
+            chat_page_max: 100,
+            abandon_grace_secs: 120,
+            still_there_after_secs: 15 * 60,
+            still_there_timeout_secs: 120,
+            turn: TurnOptions { ttl_secs: 3600, ..TurnOptions::default() },
         }
     }
 }

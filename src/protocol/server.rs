@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::messages;
+use super::{SignalCandidate, SignalEnd, SignalSdp};
 use crate::hub::Staffing;
 use crate::model::{Role, UsState, VisitId, VisitStatus};
 
@@ -17,7 +18,115 @@ messages! {
         "queue.snapshot" => QueueSnapshot(QueueSnapshot),
         "queue.delta" => QueueDelta(QueueDelta),
         "visit.updated" => VisitUpdated(VisitUpdated),
+        "visit.started" => VisitStarted(VisitStarted),
+        "visit.still_there" => VisitStillThere(VisitStillThere),
+        "signal.offer" => SignalOffer(SignalSdp),
+        "signal.answer" => SignalAnswer(SignalSdp),
+        "signal.candidate" => SignalCandidate(SignalCandidate),
+        "signal.end_of_candidates" => SignalEndOfCandidates(SignalEnd),
+        "chat.message" => ChatMessage(ChatMessage),
+        "chat.typing" => ChatTyping(TypingEvent),
+        "chat.read" => ChatRead(ReadEvent),
+        "chat.participants" => ChatParticipants(ChatParticipants),
+        "presence.updated" => PresenceUpdated(ProviderPresence),
     }
+}
+
+/// Sent to each side when the video part of a visit starts (and again on request after a
+/// reconnect): its perfect-negotiation role and ICE servers with fresh TURN credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VisitStarted {
+    pub visit_id: VisitId,
+    /// The polite side yields when offers collide (the patient; the provider is impolite).
+    pub polite: bool,
+    pub peer: Participant,
+    pub ice_servers: Vec<IceServer>,
+    /// When the TURN credentials stop working (epoch seconds).
+    pub ice_servers_expire_at: i64,
+}
+
+/// One entry of `RTCConfiguration.iceServers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// "Still there?": answer with `visit.still_here` within the time or the visit is abandoned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VisitStillThere {
+    pub visit_id: VisitId,
+    pub respond_within_secs: u64,
+}
+
+/// Someone in a conversation, as the others see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Participant {
+    pub subject: String,
+    pub name: String,
+    pub role: Role,
+}
+
+/// A stored chat message. `seq` orders the conversation, from 1.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub visit_id: VisitId,
+    pub seq: u64,
+    pub message_id: String,
+    pub client_id: String,
+    pub from: Participant,
+    pub body: String,
+    pub sent_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for ChatMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Message bodies never reach a log.
+        f.debug_struct("ChatMessage").field("visit_id", &self.visit_id).field("seq", &self.seq).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingEvent {
+    pub visit_id: VisitId,
+    pub from: Participant,
+    pub typing: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadEvent {
+    pub visit_id: VisitId,
+    pub by: Participant,
+    pub up_to_seq: u64,
+}
+
+/// Who is in a conversation now: sent on joins, leaves and handoffs, so the patient always
+/// sees who is talking to them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatParticipants {
+    pub visit_id: VisitId,
+    pub participants: Vec<Participant>,
+}
+
+/// A provider's presence, for caregivers covering the provider's states.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderPresence {
+    pub subject: String,
+    pub name: String,
+    pub status: ProviderStatus,
+    pub states: Vec<UsState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderStatus {
+    Available,
+    Away,
+    InVisit,
+    Offline,
 }
 
 /// First message on every socket.

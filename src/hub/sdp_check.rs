@@ -1,0 +1,1 @@
+//! Validation of SDP and ICE candidates before they are relayed.
