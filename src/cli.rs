@@ -129,6 +129,50 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimator_alpha: Option<f64>,
+    /// STUN server URL handed to visit participants (repeatable).
+    #[arg(long = "stun-url")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stun_urls: Option<Vec<String>>,
+    /// TURN server URL handed with short-lived credentials (repeatable).
+    #[arg(long = "turn-url")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_urls: Option<Vec<String>>,
+    /// Lifetime in seconds of TURN credentials.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_ttl_secs: Option<u64>,
+    /// Largest SDP offer or answer in bytes.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sdp_bytes: Option<usize>,
+    /// Live visits (claimed, in visit, wrap-up) one provider may hold.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_live_visits_per_provider: Option<u32>,
+    /// Conversations one caregiver may have open at once.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_conversations_per_caregiver: Option<u32>,
+    /// Longest chat message in characters.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_chat_body_chars: Option<usize>,
+    /// Most chat messages in one history page.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_page_max: Option<u32>,
+    /// Seconds a patient may stay disconnected before a live visit is abandoned.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abandon_grace_secs: Option<u64>,
+    /// Seconds of waiting before a patient is asked "still there?".
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub still_there_after_secs: Option<u64>,
+    /// Seconds a patient has to answer "still there?".
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub still_there_timeout_secs: Option<u64>,
     /// Log filter, tracing EnvFilter syntax (RUST_LOG wins when set).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -216,7 +260,7 @@ mod tests {
             .to_string();
         let defaults = serde_json::to_value(Config::default()).unwrap();
         for (key, _) in defaults.as_object().unwrap() {
-            if key == "signing_key" {
+            if key == "signing_key" || key == "turn_secrets" {
                 // A secret is never a flag (it would show in `ps`); env or file only.
                 continue;
             }

@@ -47,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/visits", post(visits::intake))
         .route("/v1/visits/{id}", get(visits::get))
         .route("/v1/visits/{id}/cancel", post(visits::cancel))
+        .route("/v1/visits/{id}/messages", get(visits::messages))
+        .route("/v1/portal", get(states::portal))
         .route(
             "/v1/caregivers",
             post(caregivers::create).get(caregivers::list),

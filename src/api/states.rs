@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::extract::{Body, Caller};
 use super::problem::Problem;
-use crate::hub::{Hub, SettingsPatch};
+use crate::hub::{Hub, PortalSnapshot, SettingsPatch};
 use crate::model::{Role, StateSettings, UsState};
 use crate::protocol::QueueSnapshot;
 
@@ -57,6 +57,12 @@ pub async fn set_busy(
         hub.set_busy(&who, UsState::parse(&state)?, body.busy)
             .await?,
     ))
+}
+
+/// `GET /v1/portal`: everything a caregiver's console needs, in one call.
+pub async fn portal(State(hub): State<Arc<Hub>>, Caller(who): Caller) -> Result<Json<PortalSnapshot>, Problem> {
+    let views: Vec<_> = hub.covered_states(&who).iter().map(|s| hub.watch_queue(*s).borrow().clone()).collect();
+    Ok(Json(hub.portal(&who, &views).await?))
 }
 
 /// The queue of a state as its caregivers see it.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::extract::{Body, Caller};
 use super::problem::Problem;
 use crate::error::{ErrorCode, HubError};
-use crate::hub::{Hub, IntakeRequest, VisitView};
+use crate::hub::{HistoryPage, Hub, IntakeRequest, VisitView};
 use crate::model::UsState;
 
 #[derive(Deserialize)]
@@ -56,6 +56,23 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<VisitView>, Problem> {
     Ok(Json(hub.visit_view(&who, &id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    before_seq: Option<u64>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/visits/{id}/messages?before_seq=&limit=`: a page of the visit's conversation.
+pub async fn messages(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<HistoryPage>, Problem> {
+    Ok(Json(hub.chat_history(&who, &id, q.before_seq, q.limit).await?))
 }
 
 /// `POST /v1/visits/{id}/cancel`.

@@ -49,6 +49,8 @@ impl Claims {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub subject: String,
+    /// What others in a conversation see: the caregiver's name, the patient's display name.
+    pub name: String,
     pub role: Role,
     pub states: Vec<UsState>,
     pub visit: Option<VisitId>,
@@ -56,6 +58,16 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// How this principal appears to others in a conversation.
+    pub fn participant(&self) -> crate::protocol::Participant {
+        crate::protocol::Participant { subject: self.subject.clone(), name: self.name.clone(), role: self.role }
+    }
+
+    /// Whether this is the patient of `visit_id`.
+    pub fn is_patient_of(&self, visit_id: &str) -> bool {
+        self.role == Role::Patient && self.visit.as_deref() == Some(visit_id)
+    }
+
     pub fn is_caregiver(&self) -> bool {
         matches!(self.role, Role::Provider | Role::Support)
     }
@@ -105,6 +117,7 @@ mod tests {
     fn principal(role: Role, states: &[&str], visit: Option<&str>) -> Principal {
         Principal {
             subject: "s".into(),
+            name: "n".into(),
             role,
             states: states.iter().map(|s| UsState::parse(s).unwrap()).collect(),
             visit: visit.map(str::to_string),
@@ -122,6 +135,8 @@ mod tests {
             created_at: Utc::now(),
             estimated_wait_secs: None,
             waited_secs: None,
+            provider: None,
+            reported_state: None,
         }
     }
 

@@ -3,8 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::UsState;
-use crate::protocol::VisitUpdated;
+use crate::model::{UsState, VisitId};
+use crate::protocol::{
+    ChatMessage, ChatParticipants, Participant, ProviderPresence, ReadEvent, SignalCandidate, SignalEnd, SignalSdp,
+    TypingEvent, VisitUpdated,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -15,4 +18,25 @@ pub enum BusEvent {
     VisitUpdated(VisitUpdated),
     /// The user's access changed (deactivated, states changed): their sessions must reconnect.
     AccessChanged { subject: String },
+    /// The video part of a visit started: each side works out its role and ICE servers.
+    VisitStarted { visit_id: VisitId, patient: Participant, provider: Participant },
+    /// Signaling from one participant, for the other.
+    Signal { from_subject: String, signal: Signal },
+    ChatMessage(ChatMessage),
+    Typing(TypingEvent),
+    Read(ReadEvent),
+    Participants(ChatParticipants),
+    /// A provider's presence changed (for caregivers covering their states).
+    Presence(ProviderPresence),
+    /// A conversation was handed to this subject: their sessions join it.
+    ConversationAssigned { visit_id: VisitId },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Signal {
+    Offer(SignalSdp),
+    Answer(SignalSdp),
+    Candidate(SignalCandidate),
+    EndOfCandidates(SignalEnd),
 }

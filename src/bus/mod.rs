@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 
-pub use event::BusEvent;
+pub use event::{BusEvent, Signal};
 pub use memory::MemoryBus;
 
 use crate::model::{UsState, VisitId};
@@ -21,8 +21,12 @@ use crate::model::{UsState, VisitId};
 pub enum Topic {
     /// Changes to one state's queue (order, staffing, busy flag).
     Queue(UsState),
-    /// Events of one visit, for its participants.
+    /// Events of one visit (status, chat), for its patient, provider and conversation members.
     Visit(VisitId),
+    /// Signaling of one visit, for its patient and provider only.
+    Signal(VisitId),
+    /// Provider presence in one state, for caregivers covering it.
+    Staff(UsState),
     /// Events about one user (access revoked), for all of their sessions.
     Subject(String),
 }
@@ -32,6 +36,8 @@ impl fmt::Display for Topic {
         match self {
             Topic::Queue(s) => write!(f, "queue.{s}"),
             Topic::Visit(v) => write!(f, "visit.{v}"),
+            Topic::Signal(v) => write!(f, "signal.{v}"),
+            Topic::Staff(s) => write!(f, "staff.{s}"),
             Topic::Subject(s) => write!(f, "subject.{s}"),
         }
     }

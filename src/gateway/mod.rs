@@ -3,6 +3,7 @@
 //! for a client the hub will not serve.
 
 mod connections;
+mod events;
 mod outbound;
 mod requests;
 mod session;

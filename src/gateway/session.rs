@@ -32,7 +32,7 @@ use crate::protocol::{
 };
 
 /// Why the loop ended.
-enum Exit {
+pub(super) enum Exit {
     Close(CloseCode),
     /// The client closed or the connection broke: nothing more to send.
     Gone,
@@ -48,13 +48,16 @@ pub(super) struct Session {
     /// The last view sent per state (caregivers get deltas against it).
     pub sent_views: HashMap<UsState, Arc<QueueView>>,
     /// The last position sent to a patient.
-    sent_position: Option<QueuePosition>,
-    topics: Vec<Topic>,
-    link: SessionLink,
+    pub sent_position: Option<QueuePosition>,
+    pub topics: Vec<Topic>,
+    pub link: SessionLink,
     pub token_deadline: Instant,
     limiter: DefaultDirectRateLimiter,
     strikes: u32,
     strikes_since: Instant,
+    /// When a waiting patient is next asked "still there?", and by when they must answer.
+    pub still_there_at: Option<Instant>,
+    pub answer_by: Option<Instant>,
 }
 
 pub async fn run(socket: WebSocket, gw: Arc<Gateway>, principal: Principal, id: u64) {
@@ -80,6 +83,8 @@ async fn run_inner(socket: WebSocket, gw: Arc<Gateway>, principal: Principal, id
         limiter: RateLimiter::direct(Quota::per_second(rate)),
         strikes: 0,
         strikes_since: Instant::now(),
+        still_there_at: None,
+        answer_by: None,
         link,
         principal,
         id,
@@ -97,6 +102,10 @@ async fn run_inner(socket: WebSocket, gw: Arc<Gateway>, principal: Principal, id
 }
 
 /// The instant a token's `exp` (epoch seconds) falls due.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
 pub(super) fn deadline_of(exp: i64) -> Instant {
     let left = exp - chrono::Utc::now().timestamp();
     Instant::now() + Duration::from_secs(left.clamp(0, 10 * 365 * 24 * 3600) as u64)
@@ -121,31 +130,23 @@ impl Session {
             },
         };
         self.send(None, &ServerMessage::Welcome(welcome));
-        match (&self.principal.role, self.principal.visit.clone()) {
-            (Role::Patient, Some(visit_id)) => {
-                self.listen(Topic::Visit(visit_id.clone())).await?;
-                if let Some(visit) = self.gw.hub.store().get_visit(&visit_id).await?
-                    && visit.status == crate::model::VisitStatus::Waiting
-                {
-                    self.boards.insert(
-                        visit.state,
-                        WatchStream::new(self.gw.hub.watch_queue(visit.state)),
-                    );
-                }
-            }
-            _ => {
-                self.listen(Topic::Subject(self.principal.subject.clone()))
-                    .await?;
-                self.gw.hub.caregiver_online(&self.principal).await;
-            }
+        self.subscribe_for_role().await
+    }
+
+    /// Routes a topic to this session (once).
+    pub(super) async fn listen(&mut self, topic: Topic) -> anyhow::Result<()> {
+        if !self.topics.contains(&topic) {
+            self.gw.hub.listen(topic.clone(), self.link.clone()).await?;
+            self.topics.push(topic);
         }
         Ok(())
     }
 
-    async fn listen(&mut self, topic: Topic) -> anyhow::Result<()> {
-        self.gw.hub.listen(topic.clone(), self.link.clone()).await?;
-        self.topics.push(topic);
-        Ok(())
+    pub(super) async fn unlisten(&mut self, topic: &Topic) {
+        if let Some(i) = self.topics.iter().position(|t| t == topic) {
+            self.topics.swap_remove(i);
+            self.gw.hub.unlisten(topic, self.id).await;
+        }
     }
 
     async fn serve(
@@ -184,7 +185,19 @@ impl Session {
                         None => Some(Exit::Gone),
                     }
                 }
-                Some(event) = inbox.recv(), if self.out.has_room() => self.on_event(&event),
+                Some(event) = inbox.recv(), if self.out.has_room() => self.on_event(&event).await,
+                _ = sleep_until(self.still_there_at.unwrap_or_else(far_future)), if self.still_there_at.is_some() && self.answer_by.is_none() => {
+                    self.ask_still_there();
+                    None
+                }
+                _ = sleep_until(self.answer_by.unwrap_or_else(far_future)), if self.answer_by.is_some() => {
+                    self.answer_by = None;
+                    self.still_there_at = None;
+                    if let Some(visit_id) = self.principal.visit.clone() {
+                        self.gw.hub.abandon(&visit_id).await;
+                    }
+                    None
+                }
                 Some((state, view)) = self.boards.next(), if self.out.is_empty() => {
                     self.on_view(state, view);
                     None
@@ -275,50 +288,6 @@ impl Session {
             .then_some(Exit::Close(CloseCode::ProtocolViolation))
     }
 
-    fn on_event(&mut self, event: &BusEvent) -> Option<Exit> {
-        match event {
-            BusEvent::VisitUpdated(update) => {
-                if update.status != crate::model::VisitStatus::Waiting {
-                    self.boards.clear();
-                    self.sent_position = None;
-                }
-                self.send(None, &ServerMessage::VisitUpdated(update.clone()));
-                None
-            }
-            BusEvent::AccessChanged { .. } => Some(Exit::Close(CloseCode::AccessRevoked)),
-            BusEvent::QueueChanged { .. } => None,
-        }
-    }
-
-    fn on_view(&mut self, state: UsState, view: Arc<QueueView>) {
-        if self.principal.role == Role::Patient {
-            let Some(visit_id) = self.principal.visit.as_deref() else {
-                return;
-            };
-            match view.position_message(visit_id) {
-                Some(position) if self.sent_position.as_ref() != Some(&position) => {
-                    self.send(None, &ServerMessage::QueuePosition(position.clone()));
-                    self.sent_position = Some(position);
-                }
-                Some(_) => {}
-                // The visit left the queue; its `visit.updated` says why.
-                None if view.version > 0 && self.sent_position.is_some() => {
-                    self.boards.remove(&state);
-                }
-                None => {}
-            }
-            return;
-        }
-        let msg = match self.sent_views.get(&state) {
-            None => Some(ServerMessage::QueueSnapshot(view.snapshot())),
-            Some(old) => view.delta_since(old).map(ServerMessage::QueueDelta),
-        };
-        if let Some(msg) = msg {
-            self.send(None, &msg);
-        }
-        self.sent_views.insert(state, view);
-    }
-
     pub(super) fn send(&mut self, id: Option<&str>, msg: &ServerMessage) {
         // An overflow is caught by the loop's length check, which closes the session.
         if self.out.push(id, msg).is_err() {
@@ -326,7 +295,7 @@ impl Session {
         }
     }
 
-    fn send_error(&mut self, id: Option<&str>, err: &HubError) {
+    pub(super) fn send_error(&mut self, id: Option<&str>, err: &HubError) {
         let body = ErrorBody {
             code: err.code.as_str().to_string(),
             message: err.message.clone(),
@@ -349,8 +318,9 @@ impl Session {
         for topic in std::mem::take(&mut self.topics) {
             self.gw.hub.unlisten(&topic, self.id).await;
         }
-        if self.principal.role != Role::Patient {
-            self.gw.hub.caregiver_offline(&self.principal).await;
+        match (self.principal.role, self.principal.visit.as_deref()) {
+            (Role::Patient, Some(visit_id)) => self.gw.hub.patient_offline(visit_id).await,
+            _ => self.gw.hub.caregiver_offline(&self.principal).await,
         }
         if let Exit::Close(code) = exit {
             tracing::debug!(close = code.reason(), "closing session");

@@ -3,7 +3,10 @@
 
 use crate::auth::{Claims, Principal};
 use crate::error::{ErrorCode, HubError, HubResult};
-use crate::model::Role;
+use super::presence::Arrival;
+use crate::bus::{BusEvent, Topic};
+use crate::model::{CaregiverKind, Role};
+use crate::protocol::{PresenceStatus, ProviderPresence};
 
 use super::Hub;
 
@@ -22,17 +25,20 @@ impl Hub {
             exp,
             ..
         } = claims;
-        let states = match role {
+        let (states, name) = match role {
             Role::Patient => {
-                if visit.is_none() {
-                    return Err(HubError::new(
-                        ErrorCode::TokenInvalid,
-                        "a patient token must name its visit",
-                    ));
-                }
-                Vec::new()
+                let visit_id = visit.as_deref().ok_or_else(|| {
+                    HubError::new(ErrorCode::TokenInvalid, "a patient token must name its visit")
+                })?;
+                let record = self
+                    .store
+                    .get_visit(visit_id)
+                    .await
+                    .map_err(HubError::internal)?
+                    .ok_or_else(|| HubError::code(ErrorCode::VisitNotFound))?;
+                (Vec::new(), record.display_name)
             }
-            Role::Admin => Vec::new(),
+            Role::Admin => (Vec::new(), sub.clone()),
             Role::Provider | Role::Support => {
                 let record = self
                     .store
@@ -50,15 +56,14 @@ impl Hub {
                     ));
                 }
                 // A token may narrow the record's states, never widen them.
-                record
-                    .states
-                    .into_iter()
-                    .filter(|s| states.is_empty() || states.contains(s))
-                    .collect()
+                let covered =
+                    record.states.into_iter().filter(|s| states.is_empty() || states.contains(s)).collect();
+                (covered, record.name)
             }
         };
         Ok(Principal {
             subject: sub,
+            name,
             role,
             states,
             visit: if role == Role::Patient { visit } else { None },
@@ -67,29 +72,43 @@ impl Hub {
     }
 
     /// A caregiver's socket opened: counts toward staffing until it closes.
-    pub async fn caregiver_online(&self, who: &Principal) {
-        if let Some(kind) = who.role.caregiver_kind() {
-            let states = self.presence.connect(&who.subject, kind, &who.states);
-            self.staffing_changed(states).await;
+    pub async fn caregiver_online(&self, who: &Principal) -> HubResult<()> {
+        let Some(kind) = who.role.caregiver_kind() else { return Ok(()) };
+        let live = match kind {
+            CaregiverKind::Provider => {
+                self.store.live_visits_of(&who.subject).await.map_err(HubError::internal)?.len() as u32
+            }
+            CaregiverKind::Support => 0,
+        };
+        let arrival = Arrival { subject: &who.subject, name: &who.name, kind, states: &who.states, live };
+        if let Some(p) = self.presence.connect(arrival) {
+            self.presence_changed(p).await;
         }
+        Ok(())
     }
 
     pub async fn caregiver_offline(&self, who: &Principal) {
-        if who.is_caregiver() {
-            let states = self.presence.disconnect(&who.subject);
-            self.staffing_changed(states).await;
+        if who.is_caregiver()
+            && let Some(p) = self.presence.disconnect(&who.subject)
+        {
+            self.presence_changed(p).await;
         }
     }
 
-    pub async fn set_presence(
-        &self,
-        who: &Principal,
-        status: crate::protocol::PresenceStatus,
-    ) -> HubResult<()> {
+    pub async fn set_presence(&self, who: &Principal, status: PresenceStatus) -> HubResult<()> {
         who.require_role(&[Role::Provider, Role::Support])?;
-        let states = self.presence.set_status(&who.subject, status);
-        self.staffing_changed(states).await;
+        if let Some(p) = self.presence.set_status(&who.subject, status) {
+            self.presence_changed(p).await;
+        }
         Ok(())
+    }
+
+    /// A provider's presence changed: new estimates where they work, and caregivers there told.
+    pub(super) async fn presence_changed(&self, p: ProviderPresence) {
+        for state in &p.states {
+            self.publish(Topic::Staff(*state), BusEvent::Presence(p.clone())).await;
+        }
+        self.staffing_changed(p.states).await;
     }
 
     /// Signs claims with the hub's key (patient tokens, refreshed sessions in tests).

@@ -3,14 +3,19 @@
 
 mod access;
 mod caregivers;
+mod chat;
 pub mod estimator;
 pub mod hours;
 pub mod intake_rules;
+mod lifecycle;
+mod live;
+mod portal;
 mod presence;
 pub mod queues;
 mod router;
 mod sdp_check;
 mod settings;
+mod signaling;
 pub mod turn;
 mod validate;
 mod visits;
@@ -20,9 +25,11 @@ use std::sync::{Arc, Weak};
 use dashmap::DashMap;
 
 pub use caregivers::{CaregiverPatch, NewCaregiver};
+pub use chat::HistoryPage;
 pub use estimator::{EstimateInputs, Estimator, Staffing};
 pub use queues::QueueView;
 pub use router::SessionLink;
+pub use portal::{ConversationView, PortalSnapshot};
 pub use settings::SettingsPatch;
 pub use turn::TurnOptions;
 pub use visits::{IntakeReceipt, IntakeRequest, VisitView};
@@ -30,7 +37,7 @@ pub use visits::{IntakeReceipt, IntakeRequest, VisitView};
 use crate::auth::TokenKeys;
 use crate::bus::{Bus, BusEvent, BusHandler, Topic};
 use crate::clock::Clock;
-use crate::model::{StateSettings, UsState};
+use crate::model::{StateSettings, UsState, VisitId};
 use crate::store::Store;
 use presence::Presence;
 use queues::Queues;
@@ -89,6 +96,15 @@ pub struct Hub {
     router: Router,
     settings: DashMap<UsState, StateSettings>,
     estimators: DashMap<UsState, Estimator>,
+    live: live::LiveVisits,
+    /// Serializes each provider's claims, so the live-visit cap holds under concurrency.
+    claim_locks: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Serializes each conversation's appends and fan-out, so every member sees one order.
+    chat_locks: DashMap<VisitId, Arc<tokio::sync::Mutex<()>>>,
+    /// Patients' open sockets per visit, and the abandonment timers of those with none.
+    patient_sockets: DashMap<VisitId, u32>,
+    abandon_timers: DashMap<VisitId, tokio::task::AbortHandle>,
+    me: std::sync::OnceLock<Weak<Hub>>,
 }
 
 impl Hub {
@@ -108,16 +124,23 @@ impl Hub {
         );
         let hub = Arc::new(Hub {
             queues: Queues::new(prior.inputs(Staffing::default())),
-            options,
             store,
             bus,
             keys,
             clock,
-            presence: Presence::default(),
+            presence: Presence::new(options.max_live_visits_per_provider),
             router: Router::default(),
             settings: DashMap::new(),
             estimators: DashMap::new(),
+            live: live::LiveVisits::default(),
+            claim_locks: DashMap::new(),
+            chat_locks: DashMap::new(),
+            patient_sockets: DashMap::new(),
+            abandon_timers: DashMap::new(),
+            me: std::sync::OnceLock::new(),
+            options,
         });
+        let _ = hub.me.set(Arc::downgrade(&hub));
         for s in hub.store.state_settings().await? {
             hub.settings.insert(s.state, s);
         }
@@ -241,6 +264,11 @@ impl BusHandler for Hub {
     fn deliver(&self, topic: &Topic, event: Arc<BusEvent>) {
         match &*event {
             BusEvent::QueueChanged { state, .. } => self.refresh_board(*state),
+            BusEvent::VisitUpdated(u) => {
+                // Another node may have moved the visit: read it afresh next time.
+                self.live.forget_unless(&u.visit_id, u.status);
+                self.router.dispatch(topic, event)
+            }
             _ => self.router.dispatch(topic, event),
         }
     }

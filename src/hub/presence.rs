@@ -1,80 +1,125 @@
-//! Which caregivers are online, and for providers whether they are available. Feeds the
-//! estimator's staffing figures. A caregiver with several sockets is online while any is open.
+//! Which caregivers are online, and for providers whether they are available or in a visit.
+//! Feeds the estimator's staffing figures and the portal. A caregiver with several sockets is
+//! online while any is open.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::estimator::Staffing;
 use crate::model::{CaregiverKind, UsState};
-use crate::protocol::PresenceStatus;
+use crate::protocol::{PresenceStatus, ProviderPresence, ProviderStatus};
 
 struct Entry {
+    name: String,
     kind: CaregiverKind,
     states: Vec<UsState>,
     sessions: u32,
     status: PresenceStatus,
+    /// Live visits the provider holds.
+    live: u32,
 }
 
-#[derive(Default)]
 pub struct Presence {
+    max_live: u32,
     caregivers: Mutex<HashMap<String, Entry>>,
 }
 
+/// A caregiver coming online.
+pub struct Arrival<'a> {
+    pub subject: &'a str,
+    pub name: &'a str,
+    pub kind: CaregiverKind,
+    pub states: &'a [UsState],
+    pub live: u32,
+}
+
 impl Presence {
-    /// A caregiver's socket opened. Returns the states whose staffing may have changed.
-    pub fn connect(&self, subject: &str, kind: CaregiverKind, states: &[UsState]) -> Vec<UsState> {
+    pub fn new(max_live: u32) -> Presence {
+        Presence { max_live, caregivers: Mutex::new(HashMap::new()) }
+    }
+
+    fn view(&self, subject: &str, e: &Entry) -> Option<ProviderPresence> {
+        (e.kind == CaregiverKind::Provider).then(|| ProviderPresence {
+            subject: subject.to_string(),
+            name: e.name.clone(),
+            status: match (e.sessions, e.live, e.status) {
+                (0, _, _) => ProviderStatus::Offline,
+                (_, 1.., _) => ProviderStatus::InVisit,
+                (_, 0, PresenceStatus::Available) => ProviderStatus::Available,
+                (_, 0, PresenceStatus::Away) => ProviderStatus::Away,
+            },
+            states: e.states.clone(),
+        })
+    }
+
+    /// A caregiver's socket opened. Returns the provider's new presence, if a provider.
+    pub fn connect(&self, a: Arrival<'_>) -> Option<ProviderPresence> {
         let mut map = self.caregivers.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(subject.to_string()).or_insert_with(|| Entry {
-            kind,
+        let entry = map.entry(a.subject.to_string()).or_insert_with(|| Entry {
+            name: a.name.to_string(),
+            kind: a.kind,
             states: Vec::new(),
             sessions: 0,
             status: PresenceStatus::Available,
+            live: a.live,
         });
         entry.sessions += 1;
-        entry.kind = kind;
-        entry.states = states.to_vec();
-        entry.states.clone()
+        entry.kind = a.kind;
+        entry.states = a.states.to_vec();
+        let entry = &map[a.subject];
+        self.view(a.subject, entry)
     }
 
     /// A caregiver's socket closed.
-    pub fn disconnect(&self, subject: &str) -> Vec<UsState> {
+    pub fn disconnect(&self, subject: &str) -> Option<ProviderPresence> {
         let mut map = self.caregivers.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = map.get_mut(subject) else {
-            return Vec::new();
-        };
+        let entry = map.get_mut(subject)?;
         entry.sessions = entry.sessions.saturating_sub(1);
-        let states = entry.states.clone();
+        let view = self.view(subject, entry);
         if entry.sessions == 0 {
             map.remove(subject);
         }
-        states
+        view
     }
 
-    pub fn set_status(&self, subject: &str, status: PresenceStatus) -> Vec<UsState> {
+    pub fn set_status(&self, subject: &str, status: PresenceStatus) -> Option<ProviderPresence> {
+        self.update(subject, |e| std::mem::replace(&mut e.status, status) != status)
+    }
+
+    /// The number of live visits a provider holds changed.
+    pub fn set_live(&self, subject: &str, live: u32) -> Option<ProviderPresence> {
+        self.update(subject, |e| std::mem::replace(&mut e.live, live) != live)
+    }
+
+    fn update(&self, subject: &str, change: impl FnOnce(&mut Entry) -> bool) -> Option<ProviderPresence> {
         let mut map = self.caregivers.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get_mut(subject) {
-            Some(entry) if entry.status != status => {
-                entry.status = status;
-                entry.states.clone()
-            }
-            _ => Vec::new(),
-        }
+        let entry = map.get_mut(subject)?;
+        if change(entry) { self.view(subject, entry) } else { None }
     }
 
-    /// Providers online for `state`, and how many of them are available.
+    /// Providers online for `state`, and how many can take a visit now.
     pub fn staffing(&self, state: UsState) -> Staffing {
         let map = self.caregivers.lock().unwrap_or_else(|e| e.into_inner());
         let mut staffing = Staffing::default();
-        for entry in map
-            .values()
-            .filter(|e| e.kind == CaregiverKind::Provider && e.states.contains(&state))
-        {
+        for e in map.values().filter(|e| e.kind == CaregiverKind::Provider && e.states.contains(&state)) {
             staffing.online += 1;
-            if entry.status == PresenceStatus::Available {
+            if e.status == PresenceStatus::Available && e.live < self.max_live {
                 staffing.available += 1;
             }
         }
         staffing
+    }
+
+    /// Online providers covering any of `states`.
+    pub fn providers(&self, states: &[UsState]) -> Vec<ProviderPresence> {
+        let map = self.caregivers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = map
+            .iter()
+            .filter(|(_, e)| e.states.iter().any(|s| states.contains(s)))
+            .filter_map(|(subject, e)| self.view(subject, e))
+            .collect();
+        out.sort_by(|a, b| a.subject.cmp(&b.subject));
+        out
     }
 }
 
@@ -82,54 +127,33 @@ impl Presence {
 mod tests {
     use super::*;
 
+    fn arrive<'a>(p: &Presence, subject: &'a str, kind: CaregiverKind, states: &'a [UsState]) -> Option<ProviderPresence> {
+        p.connect(Arrival { subject, name: "N", kind, states, live: 0 })
+    }
+
     #[test]
     fn counts_providers_per_state_across_sessions() {
-        let p = Presence::default();
+        let p = Presence::new(1);
         let wa = UsState::parse("WA").unwrap();
         let or = UsState::parse("OR").unwrap();
-        p.connect("dr-1", CaregiverKind::Provider, &[wa, or]);
-        p.connect("dr-1", CaregiverKind::Provider, &[wa, or]);
-        p.connect("dr-2", CaregiverKind::Provider, &[or]);
-        p.connect("sup-1", CaregiverKind::Support, &[wa]);
-        assert_eq!(
-            p.staffing(wa),
-            Staffing {
-                online: 1,
-                available: 1
-            }
-        );
-        assert_eq!(
-            p.staffing(or),
-            Staffing {
-                online: 2,
-                available: 2
-            }
-        );
+        assert_eq!(arrive(&p, "dr-1", CaregiverKind::Provider, &[wa, or]).unwrap().status, ProviderStatus::Available);
+        arrive(&p, "dr-1", CaregiverKind::Provider, &[wa, or]);
+        arrive(&p, "dr-2", CaregiverKind::Provider, &[or]);
+        assert!(arrive(&p, "sup-1", CaregiverKind::Support, &[wa]).is_none());
+        assert_eq!(p.staffing(wa), Staffing { online: 1, available: 1 });
+        assert_eq!(p.staffing(or), Staffing { online: 2, available: 2 });
 
-        assert_eq!(p.set_status("dr-2", PresenceStatus::Away), vec![or]);
-        assert_eq!(
-            p.staffing(or),
-            Staffing {
-                online: 2,
-                available: 1
-            }
-        );
+        assert_eq!(p.set_status("dr-2", PresenceStatus::Away).unwrap().status, ProviderStatus::Away);
+        assert!(p.set_status("dr-2", PresenceStatus::Away).is_none(), "no change, nothing to tell");
+        assert_eq!(p.staffing(or), Staffing { online: 2, available: 1 });
 
-        p.disconnect("dr-1");
-        assert_eq!(
-            p.staffing(wa),
-            Staffing {
-                online: 1,
-                available: 1
-            }
-        );
-        p.disconnect("dr-1");
-        assert_eq!(
-            p.staffing(wa),
-            Staffing {
-                online: 0,
-                available: 0
-            }
-        );
+        assert_eq!(p.set_live("dr-1", 1).unwrap().status, ProviderStatus::InVisit);
+        assert_eq!(p.staffing(wa), Staffing { online: 1, available: 0 });
+        assert_eq!(p.providers(&[wa]).len(), 1);
+
+        assert_eq!(p.disconnect("dr-1").unwrap().status, ProviderStatus::InVisit);
+        assert_eq!(p.disconnect("dr-1").unwrap().status, ProviderStatus::Offline);
+        assert_eq!(p.staffing(wa), Staffing { online: 0, available: 0 });
+        assert!(p.providers(&[wa]).is_empty());
     }
 }

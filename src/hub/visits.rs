@@ -9,10 +9,8 @@ use super::intake_rules::{IntakeContext, check_intake};
 use super::queues::QueuedVisit;
 use super::{Hub, validate};
 use crate::auth::{Claims, Principal};
-use crate::bus::{BusEvent, Topic};
 use crate::error::{ErrorCode, HubError, HubResult};
-use crate::model::{Actor, Role, UsState, Visit, VisitId, VisitStatus, new_visit_id};
-use crate::protocol::VisitUpdated;
+use crate::model::{Actor, Role, UsState, Visit, VisitId, VisitStatus, new_visit_id, patient_subject};
 use crate::store::{IdempotencyKey, InsertOutcome};
 
 pub const MAX_DISPLAY_NAME_CHARS: usize = 80;
@@ -47,10 +45,6 @@ pub struct VisitView {
     pub visit: Visit,
     pub position: Option<u32>,
     pub current_estimated_wait_secs: Option<u64>,
-}
-
-fn patient_subject(visit_id: &str) -> String {
-    format!("patient:{visit_id}")
 }
 
 fn request_hash(req: &IntakeRequest) -> String {
@@ -119,6 +113,8 @@ impl Hub {
                 created_at: now,
                 estimated_wait_secs: Some(projected),
                 waited_secs: None,
+                provider: None,
+                reported_state: None,
             };
             let actor = Actor {
                 subject: patient_subject(&visit.id),
@@ -249,47 +245,17 @@ impl Hub {
     }
 
     pub async fn cancel_visit(&self, who: &Principal, visit_id: &str) -> HubResult<VisitView> {
-        let mut visit = self.load_visit(who, visit_id).await?;
+        let visit = self.load_visit(who, visit_id).await?;
         if !visit.status.can_become(VisitStatus::Cancelled) {
             return Err(HubError::code(ErrorCode::VisitNotCancellable));
         }
-        let actor = Actor {
-            subject: who.subject.clone(),
-            role: who.role.as_str(),
-        };
-        let at = self.clock.now();
-        let moved = self
-            .store
-            .transition_visit(&visit.id, visit.status, VisitStatus::Cancelled, &actor, at)
-            .await
-            .map_err(HubError::internal)?;
-        if !moved {
-            // Someone else moved it first (claimed, cancelled): the caller's view was stale.
-            return Err(HubError::code(ErrorCode::VisitNotCancellable));
-        }
-        let was_waiting = visit.status == VisitStatus::Waiting;
-        visit.status = VisitStatus::Cancelled;
-        if was_waiting {
-            self.leave_queue(visit.state, &visit.id).await;
-        }
-        let update = VisitUpdated {
-            visit_id: visit.id.clone(),
-            status: visit.status,
-            at,
-        };
-        self.publish(
-            Topic::Visit(visit.id.clone()),
-            BusEvent::VisitUpdated(update),
-        )
-        .await;
-        Ok(VisitView {
-            visit,
-            position: None,
-            current_estimated_wait_secs: None,
-        })
+        let actor = Actor { subject: who.subject.clone(), role: who.role.as_str() };
+        // `None`: someone else moved it first (claimed, cancelled): the caller's view was stale.
+        let visit = self.apply(&visit, VisitStatus::Cancelled, &actor).await?.ok_or_else(|| HubError::code(ErrorCode::VisitNotCancellable))?;
+        Ok(VisitView { visit, position: None, current_estimated_wait_secs: None })
     }
 
-    async fn leave_queue(&self, state: UsState, visit_id: &str) {
+    pub(super) async fn leave_queue(&self, state: UsState, visit_id: &str) {
         let version = self.queues.lane(state).mutate(|entries| {
             let before = entries.len();
             entries.retain(|e| &*e.visit_id != visit_id);

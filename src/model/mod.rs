@@ -11,4 +11,4 @@ pub use caregiver::{Caregiver, CaregiverKind};
 pub use role::Role;
 pub use settings::{DayHours, Minutes, StateSettings, WeeklyHours};
 pub use us_state::UsState;
-pub use visit::{Actor, Visit, VisitId, VisitStatus, new_visit_id};
+pub use visit::{Actor, Visit, VisitId, VisitStatus, new_visit_id, patient_subject};

@@ -93,6 +93,29 @@ pub struct Visit {
     pub estimated_wait_secs: Option<u64>,
     /// Real wait, recorded when a provider picks the visit up.
     pub waited_secs: Option<u64>,
+    /// The provider who claimed the visit, while it is claimed or later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The state the patient last said they are in, when it differs from the queue's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_state: Option<UsState>,
+}
+
+impl Visit {
+    /// The token subject of the visit's patient.
+    pub fn patient_subject(&self) -> String {
+        patient_subject(&self.id)
+    }
+
+    /// Claimed, in the visit, or wrapping up: a provider holds it.
+    pub fn is_live(&self) -> bool {
+        matches!(self.status, VisitStatus::Claimed | VisitStatus::InVisit | VisitStatus::WrapUp)
+    }
+}
+
+/// Patients have no account: their tokens name the visit, and this is their subject.
+pub fn patient_subject(visit_id: &str) -> String {
+    format!("patient:{visit_id}")
 }
 
 /// Who made a transition, as stored with it.

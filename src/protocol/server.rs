@@ -207,4 +207,10 @@ pub struct VisitUpdated {
     pub visit_id: VisitId,
     pub status: VisitStatus,
     pub at: DateTime<Utc>,
+    /// Set when the visit moved to another state's queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<UsState>,
+    /// Set when the patient said they are in another state now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_state: Option<UsState>,
 }

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 
 pub use sqlite::SqliteStore;
 
-use crate::model::{Actor, Caregiver, StateSettings, Visit, VisitId, VisitStatus};
+use crate::model::{Actor, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
+use crate::protocol::{ChatMessage, Participant};
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -49,6 +50,28 @@ pub struct Transition {
     pub actor_role: String,
 }
 
+/// A chat message to store; the store assigns its `seq`.
+#[derive(Clone)]
+pub struct NewMessage {
+    pub visit_id: VisitId,
+    pub message_id: String,
+    pub client_id: String,
+    pub from: Participant,
+    pub body: String,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// A conversation a caregiver is in, with what they have read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    pub visit_id: VisitId,
+    pub state: UsState,
+    pub status: VisitStatus,
+    pub patient_name: String,
+    pub last_seq: u64,
+    pub read_seq: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new waiting visit and its first transition, and the idempotency key if any,
@@ -68,6 +91,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Moves a visit from `from` to `to` if it is still in `from` (compare-and-set), storing
     /// the transition. Returns false, storing nothing, when the visit was not in `from`.
+    /// Back to `waiting` (a released claim) clears the provider.
     async fn transition_visit(
         &self,
         id: &str,
@@ -76,6 +100,19 @@ pub trait Store: Send + Sync + 'static {
         actor: &Actor,
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
+
+    /// Claims a waiting visit for `provider` (compare-and-set) and records the real wait.
+    /// Exactly one of many concurrent claims returns true.
+    async fn claim_visit(&self, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool>;
+
+    /// Moves a waiting visit to another state's queue (compare-and-set on the state).
+    async fn move_visit(&self, id: &str, from: UsState, to: UsState, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool>;
+
+    /// Records the state the patient says they are in now.
+    async fn report_state(&self, id: &str, state: UsState) -> StoreResult<()>;
+
+    /// Visits a provider holds (claimed, in visit, wrap-up).
+    async fn live_visits_of(&self, provider: &str) -> StoreResult<Vec<Visit>>;
 
     async fn transitions(&self, id: &str) -> StoreResult<Vec<Transition>>;
 
@@ -94,6 +131,23 @@ pub trait Store: Send + Sync + 'static {
 
     async fn state_settings(&self) -> StoreResult<Vec<StateSettings>>;
     async fn put_state_settings(&self, settings: &StateSettings) -> StoreResult<()>;
+
+    /// Appends a message, or returns the one stored before under the same sender and
+    /// `client_id` (a retry). The flag is true when this call stored it.
+    async fn append_message(&self, msg: &NewMessage) -> StoreResult<(ChatMessage, bool)>;
+
+    /// Messages with `seq < before_seq` (all when `None`), the newest `limit`, oldest first.
+    async fn messages(&self, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>>;
+
+    /// Raises (never lowers) what `subject` has read; returns the new read position.
+    async fn mark_read(&self, visit_id: &str, subject: &str, up_to_seq: u64) -> StoreResult<u64>;
+
+    /// Returns false when the member was in the conversation already.
+    async fn join_conversation(&self, visit_id: &str, member: &Participant, at: DateTime<Utc>) -> StoreResult<bool>;
+    async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool>;
+    async fn conversation_members(&self, visit_id: &str) -> StoreResult<Vec<Participant>>;
+    /// Conversations `subject` is in whose visit is not over.
+    async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>>;
 
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;

@@ -307,6 +307,26 @@ impl Ws {
         }
     }
 
+    /// Skips frames until one of any of `kinds`.
+    pub async fn next_of_any(&mut self, kinds: &[&str]) -> ServerFrame {
+        loop {
+            let f = self.next().await;
+            if kinds.contains(&f.msg.kind()) {
+                return f;
+            }
+        }
+    }
+
+    /// Skips frames until one of type `kind` for which `pred` holds.
+    pub async fn next_of_filtered(&mut self, kind: &str, pred: impl Fn(&ServerFrame) -> bool) -> ServerFrame {
+        loop {
+            let f = self.next_of(kind).await;
+            if pred(&f) {
+                return f;
+            }
+        }
+    }
+
     /// Sends a request and returns its reply (ack or error), skipping events before it.
     pub async fn request(&mut self, msg: &ClientMessage) -> ServerFrame {
         let id = self.send(msg).await;

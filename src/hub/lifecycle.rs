@@ -1,0 +1,276 @@
+//! The visit lifecycle: `waiting -> claimed -> in_visit -> wrap_up -> ended`, plus `cancelled`
+//! and `abandoned`. Every step is a compare-and-set in the store, so concurrent attempts have
+//! exactly one winner, and every step is stored with its time and actor and told to everyone
+//! in the visit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::Hub;
+use super::queues::QueuedVisit;
+use crate::auth::Principal;
+use crate::bus::{BusEvent, Topic};
+use crate::error::{ErrorCode, HubError, HubResult};
+use crate::model::{Actor, Role, UsState, Visit, VisitStatus};
+use crate::protocol::{Participant, VisitUpdated};
+
+const HUB_ACTOR: &str = "visithub";
+
+impl Hub {
+    /// A provider licensed in the visit's state claims it. Of many concurrent claims exactly
+    /// one wins; the others get `visit_already_claimed`.
+    pub async fn claim_visit(&self, who: &Principal, visit_id: &str) -> HubResult<Visit> {
+        who.require_role(&[Role::Provider])?;
+        let visit = self.visit(visit_id).await?;
+        who.require_covers(visit.state)?;
+        if visit.status != VisitStatus::Waiting {
+            return Err(HubError::code(if visit.is_live() { ErrorCode::VisitAlreadyClaimed } else { ErrorCode::InvalidTransition }));
+        }
+        let lock = self.claim_locks.entry(who.subject.clone()).or_default().clone();
+        let at = self.clock.now();
+        {
+            let _one_claim_at_a_time = lock.lock().await;
+            let held = self.store.live_visits_of(&who.subject).await.map_err(HubError::internal)?.len() as u32;
+            if held >= self.options.max_live_visits_per_provider {
+                return Err(HubError::code(ErrorCode::ProviderBusy));
+            }
+            let waited = (at - visit.created_at).num_seconds().max(0) as u64;
+            if !self.store.claim_visit(&visit.id, &who.subject, at, waited).await.map_err(HubError::internal)? {
+                self.live.forget(&visit.id);
+                return Err(HubError::code(ErrorCode::VisitAlreadyClaimed));
+            }
+        }
+        let mut next = (*visit).clone();
+        next.status = VisitStatus::Claimed;
+        next.provider = Some(who.subject.clone());
+        next.waited_secs = next.waited_secs.or(Some((at - visit.created_at).num_seconds().max(0) as u64));
+        // The provider joins the visit's conversation with the patient.
+        self.store.join_conversation(&visit.id, &who.participant(), at).await.map_err(HubError::internal)?;
+        self.after_transition(&visit, next.clone(), at).await;
+        self.announce_participants(&visit.id).await;
+        Ok(next)
+    }
+
+    /// Any other step, by who may take it: the claiming provider releases (`waiting`), starts
+    /// (`in_visit`), ends the call (`wrap_up`, the patient may too) and finishes (`ended`).
+    pub async fn transition_visit(&self, who: &Principal, visit_id: &str, to: VisitStatus) -> HubResult<Visit> {
+        if to == VisitStatus::Cancelled {
+            return self.cancel_visit(who, visit_id).await.map(|v| v.visit);
+        }
+        let visit = self.visit(visit_id).await?;
+        let is_provider = who.role == Role::Provider && visit.provider.as_deref() == Some(who.subject.as_str());
+        let is_patient = who.is_patient_of(&visit.id);
+        let is_admin = who.role == Role::Admin;
+        if !(is_provider || is_patient || is_admin) {
+            return Err(HubError::code(ErrorCode::NotAParticipant));
+        }
+        let allowed = match (visit.status, to) {
+            (VisitStatus::Claimed, VisitStatus::Waiting | VisitStatus::InVisit)
+            | (VisitStatus::WrapUp, VisitStatus::Ended) => is_provider || is_admin,
+            (VisitStatus::InVisit, VisitStatus::WrapUp) => true,
+            _ => false,
+        };
+        if !allowed || !visit.status.can_become(to) {
+            return Err(HubError::new(
+                ErrorCode::InvalidTransition,
+                format!("{} cannot go to {} by this role", visit.status.as_str(), to.as_str()),
+            ));
+        }
+        let actor = Actor { subject: who.subject.clone(), role: who.role.as_str() };
+        self.apply(&visit, to, &actor)
+            .await?
+            .ok_or_else(|| HubError::new(ErrorCode::InvalidTransition, "the visit changed meanwhile"))
+    }
+
+    /// Stores `visit -> to` and tells everyone. `None` when the visit moved meanwhile.
+    pub(super) async fn apply(&self, visit: &Visit, to: VisitStatus, actor: &Actor) -> HubResult<Option<Visit>> {
+        let at = self.clock.now();
+        let moved = self.store.transition_visit(&visit.id, visit.status, to, actor, at).await.map_err(HubError::internal)?;
+        if !moved {
+            self.live.forget(&visit.id);
+            return Ok(None);
+        }
+        let mut next = visit.clone();
+        next.status = to;
+        if to == VisitStatus::Waiting {
+            next.provider = None;
+        }
+        self.after_transition(visit, next.clone(), at).await;
+        Ok(Some(next))
+    }
+
+    async fn after_transition(&self, before: &Visit, after: Visit, at: DateTime<Utc>) {
+        let after = self.live.put(after);
+        if before.status == VisitStatus::Waiting && after.status != VisitStatus::Waiting {
+            self.leave_queue(before.state, &before.id).await;
+        }
+        if after.status == VisitStatus::Waiting && before.status != VisitStatus::Waiting {
+            self.join_queue(&after).await;
+        }
+        if before.status == VisitStatus::InVisit && after.status == VisitStatus::WrapUp {
+            self.learn_duration(&after, at).await;
+        }
+        if let Some(provider) = before.provider.as_deref().or(after.provider.as_deref())
+            && before.is_live() != after.is_live()
+        {
+            self.refresh_provider_load(provider).await;
+        }
+        let update = VisitUpdated { visit_id: after.id.clone(), status: after.status, at, state: None, reported_state: None };
+        self.publish(Topic::Visit(after.id.clone()), BusEvent::VisitUpdated(update)).await;
+        if after.status == VisitStatus::InVisit
+            && let Some(parties) = self.parties(&after).await
+        {
+            let (patient, provider) = parties;
+            self.publish(Topic::Signal(after.id.clone()), BusEvent::VisitStarted { visit_id: after.id.clone(), patient, provider })
+                .await;
+        }
+        if after.status.is_final() {
+            self.chat_locks.remove(&after.id);
+            if let Some((_, timer)) = self.abandon_timers.remove(&after.id) {
+                timer.abort();
+            }
+        }
+    }
+
+    /// The patient and provider of a visit, as each sees the other.
+    pub(super) async fn parties(&self, visit: &Visit) -> Option<(Participant, Participant)> {
+        let provider = visit.provider.as_deref()?;
+        let name = match self.store.get_caregiver(provider).await {
+            Ok(Some(c)) => c.name,
+            _ => provider.to_string(),
+        };
+        let patient = Participant { subject: visit.patient_subject(), name: visit.display_name.clone(), role: Role::Patient };
+        Some((patient, Participant { subject: provider.to_string(), name, role: Role::Provider }))
+    }
+
+    async fn learn_duration(&self, visit: &Visit, at: DateTime<Utc>) {
+        let Ok(transitions) = self.store.transitions(&visit.id).await else { return };
+        if let Some(start) = transitions.iter().rev().find(|t| t.to == VisitStatus::InVisit) {
+            let secs = (at - start.at).num_seconds().max(0) as u64;
+            let prior = || super::Estimator::new(self.options.prior_visit_secs, self.options.prior_pickup_secs, self.options.estimator_alpha);
+            self.estimators.entry(visit.state).or_insert_with(prior).record_visit_duration(secs);
+        }
+    }
+
+    pub(super) async fn refresh_provider_load(&self, provider: &str) {
+        let Ok(live) = self.store.live_visits_of(provider).await else { return };
+        if let Some(p) = self.presence.set_live(provider, live.len() as u32) {
+            self.presence_changed(p).await;
+        }
+    }
+
+    /// Puts a visit back in its state's queue at its place by arrival.
+    async fn join_queue(&self, visit: &Visit) {
+        let entry = Arc::new(QueuedVisit {
+            visit_id: visit.id.as_str().into(),
+            display_name: visit.display_name.clone(),
+            reason: visit.reason.clone(),
+            enqueued_at: visit.created_at,
+        });
+        let version = self.queues.lane(visit.state).mutate(|entries| {
+            let at = entries.partition_point(|e| (e.enqueued_at, &*e.visit_id) < (entry.enqueued_at, &*entry.visit_id));
+            entries.insert(at, entry);
+            true
+        });
+        if let Some(version) = version {
+            self.announce_queue(visit.state, version).await;
+        }
+    }
+
+    /// A patient says they are in another state now (a new intake answer).
+    pub async fn report_location(&self, who: &Principal, visit_id: &str, state: UsState) -> HubResult<()> {
+        if !who.is_patient_of(visit_id) {
+            return Err(HubError::code(ErrorCode::NotYourVisit));
+        }
+        let visit = self.visit(visit_id).await?;
+        if visit.status.is_final() {
+            return Err(HubError::code(ErrorCode::VisitNotActive));
+        }
+        self.store.report_state(visit_id, state).await.map_err(HubError::internal)?;
+        let mut next = (*visit).clone();
+        next.reported_state = Some(state);
+        self.live.put(next);
+        let at = self.clock.now();
+        let update = VisitUpdated { visit_id: visit.id.clone(), status: visit.status, at, state: None, reported_state: Some(state) };
+        self.publish(Topic::Visit(visit.id.clone()), BusEvent::VisitUpdated(update)).await;
+        Ok(())
+    }
+
+    /// Staff move a waiting visit to the queue of the state its patient last said they are in;
+    /// never anywhere else.
+    pub async fn move_visit(&self, who: &Principal, visit_id: &str, to: UsState) -> HubResult<Visit> {
+        who.require_role(&[Role::Support, Role::Provider, Role::Admin])?;
+        let visit = self.visit(visit_id).await?;
+        who.require_covers(visit.state)?;
+        if visit.status != VisitStatus::Waiting {
+            return Err(HubError::code(ErrorCode::VisitNotActive));
+        }
+        if visit.reported_state != Some(to) || to == visit.state {
+            return Err(HubError::code(ErrorCode::LocationMismatch));
+        }
+        let at = self.clock.now();
+        let actor = Actor { subject: who.subject.clone(), role: who.role.as_str() };
+        if !self.store.move_visit(&visit.id, visit.state, to, &actor, at).await.map_err(HubError::internal)? {
+            self.live.forget(&visit.id);
+            return Err(HubError::code(ErrorCode::VisitNotActive));
+        }
+        let mut next = (*visit).clone();
+        next.state = to;
+        next.reported_state = None;
+        let next = self.live.put(next);
+        self.leave_queue(visit.state, &visit.id).await;
+        self.join_queue(&next).await;
+        let update = VisitUpdated { visit_id: visit.id.clone(), status: next.status, at, state: Some(to), reported_state: None };
+        self.publish(Topic::Visit(visit.id.clone()), BusEvent::VisitUpdated(update)).await;
+        Ok((*next).clone())
+    }
+
+    /// A patient's socket opened: a pending abandonment is called off.
+    pub fn patient_online(&self, visit_id: &str) {
+        *self.patient_sockets.entry(visit_id.to_string()).or_insert(0) += 1;
+        if let Some((_, timer)) = self.abandon_timers.remove(visit_id) {
+            timer.abort();
+        }
+    }
+
+    /// A patient's socket closed: with none left, the visit is abandoned after the grace
+    /// period unless the patient comes back.
+    pub async fn patient_offline(&self, visit_id: &str) {
+        let left = self.patient_sockets.remove_if_mut(visit_id, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+        if left.is_none() {
+            return;
+        }
+        let Ok(visit) = self.visit(visit_id).await else { return };
+        if !visit.status.can_become(VisitStatus::Abandoned) {
+            return;
+        }
+        let Some(hub) = self.me.get().and_then(std::sync::Weak::upgrade) else { return };
+        let grace = Duration::from_secs(self.options.abandon_grace_secs);
+        let id = visit_id.to_string();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            hub.abandon_timers.remove(&id);
+            hub.abandon(&id).await;
+        });
+        if let Some(old) = self.abandon_timers.insert(visit_id.to_string(), task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    /// The patient left (gone past the grace period, or no answer to "still there?").
+    pub async fn abandon(&self, visit_id: &str) {
+        let Ok(visit) = self.visit(visit_id).await else { return };
+        if !visit.status.can_become(VisitStatus::Abandoned) {
+            return;
+        }
+        let actor = Actor { subject: HUB_ACTOR.to_string(), role: "system" };
+        if let Err(e) = self.apply(&visit, VisitStatus::Abandoned, &actor).await {
+            tracing::warn!(error = %e, "abandoning a visit failed");
+        }
+    }
+}

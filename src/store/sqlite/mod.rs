@@ -1,0 +1,166 @@
+//! The SQLite store: one file in WAL mode, migrations embedded in the binary and run at open.
+//! Queries live beside what they own: visits, chat, directory (caregivers and settings).
+
+mod chat;
+mod directory;
+mod visits;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use super::{ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, Store, StoreError, StoreResult, Transition};
+use crate::model::{Actor, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
+use crate::protocol::{ChatMessage, Participant};
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs migrations.
+    pub async fn open(path: &Path) -> anyhow::Result<SqliteStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
+        Self::connect(options, 4).await
+    }
+
+    /// A private in-memory database, for tests.
+    pub async fn in_memory() -> anyhow::Result<SqliteStore> {
+        // One connection: each in-memory connection would be its own database.
+        Self::connect(SqliteConnectOptions::from_str("sqlite::memory:")?, 1).await
+    }
+
+    async fn connect(options: SqliteConnectOptions, max_connections: u32) -> anyhow::Result<SqliteStore> {
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL with NORMAL is durable across a process crash; only a power loss can drop
+            // the last commits, which the fsync cost per intake is not worth on a laptop node.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(options).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_visit(&self, visit: &Visit, actor: &Actor, key: Option<&IdempotencyKey>) -> StoreResult<InsertOutcome> {
+        visits::insert(&self.pool, visit, actor, key).await
+    }
+
+    async fn idempotent_visit(&self, key: &str) -> StoreResult<Option<(VisitId, String)>> {
+        visits::idempotent(&self.pool, key).await
+    }
+
+    async fn get_visit(&self, id: &str) -> StoreResult<Option<Visit>> {
+        visits::get(&self.pool, id).await
+    }
+
+    async fn transition_visit(&self, id: &str, from: VisitStatus, to: VisitStatus, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool> {
+        visits::transition(&self.pool, id, from, to, actor, at).await
+    }
+
+    async fn claim_visit(&self, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool> {
+        visits::claim(&self.pool, id, provider, at, waited_secs).await
+    }
+
+    async fn move_visit(&self, id: &str, from: UsState, to: UsState, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool> {
+        visits::relocate(&self.pool, id, from, to, actor, at).await
+    }
+
+    async fn report_state(&self, id: &str, state: UsState) -> StoreResult<()> {
+        visits::report_state(&self.pool, id, state).await
+    }
+
+    async fn live_visits_of(&self, provider: &str) -> StoreResult<Vec<Visit>> {
+        visits::live_of(&self.pool, provider).await
+    }
+
+    async fn transitions(&self, id: &str) -> StoreResult<Vec<Transition>> {
+        visits::transitions(&self.pool, id).await
+    }
+
+    async fn waiting_visits(&self) -> StoreResult<Vec<Visit>> {
+        visits::waiting(&self.pool).await
+    }
+
+    async fn count_visits(&self) -> StoreResult<u64> {
+        visits::count(&self.pool).await
+    }
+
+    async fn insert_caregiver(&self, caregiver: &Caregiver) -> StoreResult<bool> {
+        directory::insert_caregiver(&self.pool, caregiver).await
+    }
+
+    async fn get_caregiver(&self, subject: &str) -> StoreResult<Option<Caregiver>> {
+        directory::get_caregiver(&self.pool, subject).await
+    }
+
+    async fn list_caregivers(&self) -> StoreResult<Vec<Caregiver>> {
+        directory::list_caregivers(&self.pool).await
+    }
+
+    async fn update_caregiver(&self, caregiver: &Caregiver) -> StoreResult<bool> {
+        directory::update_caregiver(&self.pool, caregiver).await
+    }
+
+    async fn state_settings(&self) -> StoreResult<Vec<StateSettings>> {
+        directory::state_settings(&self.pool).await
+    }
+
+    async fn put_state_settings(&self, settings: &StateSettings) -> StoreResult<()> {
+        directory::put_state_settings(&self.pool, settings).await
+    }
+
+    async fn append_message(&self, msg: &NewMessage) -> StoreResult<(ChatMessage, bool)> {
+        chat::append(&self.pool, msg).await
+    }
+
+    async fn messages(&self, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>> {
+        chat::page(&self.pool, visit_id, before_seq, limit).await
+    }
+
+    async fn mark_read(&self, visit_id: &str, subject: &str, up_to_seq: u64) -> StoreResult<u64> {
+        chat::mark_read(&self.pool, visit_id, subject, up_to_seq).await
+    }
+
+    async fn join_conversation(&self, visit_id: &str, member: &Participant, at: DateTime<Utc>) -> StoreResult<bool> {
+        chat::join(&self.pool, visit_id, member, at).await
+    }
+
+    async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool> {
+        chat::leave(&self.pool, visit_id, subject).await
+    }
+
+    async fn conversation_members(&self, visit_id: &str) -> StoreResult<Vec<Participant>> {
+        chat::members(&self.pool, visit_id).await
+    }
+
+    async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>> {
+        chat::conversations_of(&self.pool, subject).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
