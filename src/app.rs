@@ -15,7 +15,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::hub::Hub;
-use crate::store::{SqliteStore, Store};
+use crate::metrics::Metrics;
+use crate::store::{Metered, SqliteStore, Store};
 
 /// The swappable pieces, chosen once from configuration.
 pub struct Backends {
@@ -28,11 +29,7 @@ pub struct Backends {
 /// How the signing key was found, for the start-up banner.
 pub enum KeySource {
     Configured,
-    Development {
-        path: std::path::PathBuf,
-        fingerprint: String,
-        created: bool,
-    },
+    Development { path: std::path::PathBuf, fingerprint: String, created: bool },
 }
 
 pub struct App {
@@ -56,8 +53,7 @@ pub fn signing_key(config: &Config) -> anyhow::Result<(Vec<u8>, KeySource)> {
 pub fn token_keys(config: &Config, secret: &[u8]) -> anyhow::Result<TokenKeys> {
     let mut keys = TokenKeys::new(secret)?;
     for path in &config.jwt_public_keys {
-        let pem = std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         keys.accept_public_key_pem(&pem)?;
     }
     Ok(keys)
@@ -78,15 +74,11 @@ impl App {
 
     pub async fn with_backends(config: Config, b: Backends) -> anyhow::Result<App> {
         let config = Arc::new(config);
-        let hub = Hub::start(config.hub_options(), b.store, b.bus, b.keys, b.clock).await?;
+        let metrics = Arc::new(Metrics::new(&config.node_id));
+        let store: Arc<dyn Store> = Arc::new(Metered::new(b.store, metrics.clone()));
+        let hub = Hub::start(config.hub_options(), store, b.bus, b.keys, b.clock, metrics).await?;
         let gateway = Arc::new(Gateway::new(hub.clone(), config.clone()));
-        Ok(App {
-            state: AppState {
-                hub,
-                config,
-                gateway,
-            },
-        })
+        Ok(App { state: AppState { hub, config, gateway } })
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -96,6 +88,24 @@ impl App {
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.state.gateway
     }
+}
+
+/// Serves `/metrics` (Prometheus text format) on its own listener until `shutdown` resolves,
+/// so scraping never competes with clients for the public port.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let hub = hub.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], hub.render_metrics()) }
+        }),
+    );
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    Ok(())
 }
 
 /// Serves until `shutdown` resolves, then: stop accepting, tell every socket to reconnect
@@ -131,14 +141,8 @@ pub async fn serve(
         _ = deadline => tracing::warn!("shutdown grace period over; requests still open are dropped"),
     }
     gateway.sessions.close();
-    if tokio::time::timeout(grace, gateway.sessions.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            open = gateway.connections.open(),
-            "sessions still open at the shutdown deadline"
-        );
+    if tokio::time::timeout(grace, gateway.sessions.wait()).await.is_err() {
+        tracing::warn!(open = gateway.connections.open(), "sessions still open at the shutdown deadline");
     }
     Ok(())
 }

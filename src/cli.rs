@@ -10,11 +10,7 @@ use crate::config::{Config, LogFormat};
 use crate::model::{Role, UsState};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "visithub",
-    version,
-    about = "Real-time signaling hub for on-demand virtual healthcare visits"
-)]
+#[command(name = "visithub", version, about = "Real-time signaling hub for on-demand virtual healthcare visits")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
@@ -26,6 +22,26 @@ pub enum Cmd {
     Serve(Box<ServeArgs>),
     /// Mint an access token with the hub's signing key (development and tests).
     Token(TokenArgs),
+    /// Check the audit trail: `visithub audit verify` reports the first broken record.
+    Audit(AuditArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub action: AuditAction,
+    /// TOML configuration file (for `data_dir`).
+    #[arg(long, env = "VISITHUB_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Folder holding the database.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditAction {
+    /// Walk the hash chain; exit 1 and name the first broken record if any.
+    Verify,
 }
 
 /// Flags of `serve`. Each overrides the TOML file and `VISITHUB_<NAME>` variables; absent
@@ -40,6 +56,14 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// Address of the Prometheus /metrics listener.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// This node's name in metrics and logs.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     /// Folder of the SQLite database and the development signing key.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -220,10 +244,7 @@ fn parse_state(s: &str) -> Result<UsState, String> {
 pub fn command() -> Command {
     let defaults = serde_json::to_value(Config::default()).expect("config serializes");
     Cli::command().mut_subcommand("serve", |serve| {
-        let ids: Vec<String> = serve
-            .get_arguments()
-            .map(|a| a.get_id().to_string())
-            .collect();
+        let ids: Vec<String> = serve.get_arguments().map(|a| a.get_id().to_string()).collect();
         ids.into_iter().fold(serve, |serve, id| {
             let Some(default) = defaults.get(&id) else {
                 return serve;
@@ -253,11 +274,7 @@ mod tests {
 
     #[test]
     fn serve_help_documents_every_limit_with_its_default() {
-        let help = command()
-            .find_subcommand_mut("serve")
-            .unwrap()
-            .render_long_help()
-            .to_string();
+        let help = command().find_subcommand_mut("serve").unwrap().render_long_help().to_string();
         let defaults = serde_json::to_value(Config::default()).unwrap();
         for (key, _) in defaults.as_object().unwrap() {
             if key == "signing_key" || key == "turn_secrets" {

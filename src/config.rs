@@ -25,6 +25,10 @@ pub enum LogFormat {
 pub struct Config {
     /// Address of the WebSocket and REST listener.
     pub listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` listener.
+    pub metrics_listen: SocketAddr,
+    /// This node's name in metrics and logs.
+    pub node_id: String,
     /// Folder of the SQLite database and the development signing key.
     pub data_dir: PathBuf,
     /// HS256 secret (at least 32 bytes) for tokens; a development key is made when absent.
@@ -107,13 +111,12 @@ impl Default for Config {
         let hub = HubOptions::default();
         Config {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
+            metrics_listen: "127.0.0.1:9100".parse().expect("valid address"),
+            node_id: "local".into(),
             data_dir: PathBuf::from("visithub-data"),
             signing_key: None,
             jwt_public_keys: Vec::new(),
-            allowed_origins: vec![
-                "http://localhost:8080".into(),
-                "http://127.0.0.1:8080".into(),
-            ],
+            allowed_origins: vec!["http://localhost:8080".into(), "http://127.0.0.1:8080".into()],
             max_message_bytes: 64 * 1024,
             max_body_bytes: 16 * 1024,
             rate_patient: 5,
@@ -156,11 +159,7 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: impl Serialize) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
-            anyhow::ensure!(
-                file.exists(),
-                "config file {} does not exist",
-                file.display()
-            );
+            anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
             figment = figment.merge(Toml::file(file));
         }
         let config: Config = figment
@@ -173,37 +172,18 @@ impl Config {
     }
 
     fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.max_message_bytes >= 1024,
-            "max_message_bytes must be at least 1024"
-        );
-        anyhow::ensure!(
-            self.outbound_queue >= 8,
-            "outbound_queue must be at least 8"
-        );
+        anyhow::ensure!(self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024");
+        anyhow::ensure!(self.outbound_queue >= 8, "outbound_queue must be at least 8");
         anyhow::ensure!(
             self.ping_interval_secs >= 1 && self.pong_timeout_secs >= 1,
             "ping and pong times must be at least 1 s"
         );
+        anyhow::ensure!(self.max_connections_per_user >= 1, "max_connections_per_user must be at least 1");
         anyhow::ensure!(
-            self.max_connections_per_user >= 1,
-            "max_connections_per_user must be at least 1"
-        );
-        anyhow::ensure!(
-            [
-                self.rate_patient,
-                self.rate_support,
-                self.rate_provider,
-                self.rate_admin
-            ]
-            .iter()
-            .all(|r| *r >= 1),
+            [self.rate_patient, self.rate_support, self.rate_provider, self.rate_admin].iter().all(|r| *r >= 1),
             "message rates must be at least 1 per second"
         );
-        anyhow::ensure!(
-            self.estimator_alpha > 0.0 && self.estimator_alpha <= 1.0,
-            "estimator_alpha must be in (0, 1]"
-        );
+        anyhow::ensure!(self.estimator_alpha > 0.0 && self.estimator_alpha <= 1.0, "estimator_alpha must be in (0, 1]");
         Ok(())
     }
 
@@ -268,13 +248,7 @@ mod tests {
             let path = jail.directory().join("hub.toml");
             let c = Config::load(Some(&path), Flags { rate_patient: None }).unwrap();
             assert_eq!((c.rate_patient, c.max_message_bytes), (7, 4096));
-            let c = Config::load(
-                Some(&path),
-                Flags {
-                    rate_patient: Some(9),
-                },
-            )
-            .unwrap();
+            let c = Config::load(Some(&path), Flags { rate_patient: Some(9) }).unwrap();
             assert_eq!(c.rate_patient, 9);
             assert!(!format!("{c:?}").contains("s3cret"));
             Ok(())

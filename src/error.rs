@@ -99,11 +99,7 @@ pub struct HubError {
 
 impl HubError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        HubError {
-            code,
-            message: message.into(),
-            retry_after_secs: None,
-        }
+        HubError { code, message: message.into(), retry_after_secs: None }
     }
 
     /// The error with its code's title as message.

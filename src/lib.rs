@@ -14,6 +14,8 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod hub;
+pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod store;

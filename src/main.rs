@@ -4,11 +4,10 @@ use std::path::Path;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 use visithub::app::{self, App, KeySource};
 use visithub::auth::{Claims, TokenKeys};
-use visithub::cli::{self, Cmd, ServeArgs, TokenArgs};
-use visithub::config::{Config, LogFormat};
+use visithub::cli::{self, AuditArgs, Cmd, ServeArgs, TokenArgs};
+use visithub::config::Config;
 use visithub::model::Role;
 
 #[tokio::main]
@@ -16,35 +15,27 @@ async fn main() -> anyhow::Result<()> {
     match cli::parse().command {
         Cmd::Serve(args) => serve(*args).await,
         Cmd::Token(args) => token(args),
-    }
-}
-
-fn init_logs(config: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log_format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
-        LogFormat::Human => builder.init(),
+        Cmd::Audit(args) => audit(args).await,
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), &args)?;
-    init_logs(&config);
+    visithub::logging::init(&config);
     tracing::info!(?config, "configuration");
-    let listen = config.listen;
+    let (listen, metrics_listen) = (config.listen, config.metrics_listen);
     let data_dir = config.data_dir.clone();
     let (app, key) = App::from_config(config).await?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let metrics_listener =
+        TcpListener::bind(metrics_listen).await.with_context(|| format!("cannot listen on {metrics_listen}"))?;
     let addr = listener.local_addr()?;
     announce(addr, &data_dir, &key);
-    app::serve(listener, app, shutdown_signal()).await?;
+    println!("Prometheus metrics on http://{}/metrics", metrics_listener.local_addr()?);
+    let draining = app.gateway().shutdown.clone();
+    let metrics = app::serve_metrics(metrics_listener, app.hub().clone(), async move { draining.cancelled().await });
+    let (served, _) = tokio::join!(app::serve(listener, app, shutdown_signal()), metrics);
+    served?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -52,17 +43,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// The start-up banner on stdout (not the log): where to connect and how to get a token.
 fn announce(addr: std::net::SocketAddr, data_dir: &Path, key: &KeySource) {
     println!("visithub listening on http://{addr} (WebSocket ws://{addr}/v1/ws)");
-    if let KeySource::Development {
-        path,
-        fingerprint,
-        created,
-    } = key
-    {
+    if let KeySource::Development { path, fingerprint, created } = key {
         let made = if *created { "created now" } else { "reused" };
-        println!(
-            "Development signing key {} ({made}, fingerprint {fingerprint}).",
-            path.display()
-        );
+        println!("Development signing key {} ({made}, fingerprint {fingerprint}).", path.display());
         println!("Not for production: set VISITHUB_SIGNING_KEY or signing_key in a config file.");
         let exe = std::env::args().next().unwrap_or_else(|| "visithub".into());
         let dir = if data_dir == Path::new("visithub-data") {
@@ -101,16 +84,12 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         #[serde(skip_serializing_if = "Option::is_none")]
         data_dir: Option<std::path::PathBuf>,
     }
-    let config = Config::load(
-        args.config.as_deref(),
-        Overrides {
-            data_dir: args.data_dir.clone(),
-        },
-    )?;
+    let config = Config::load(args.config.as_deref(), Overrides { data_dir: args.data_dir.clone() })?;
     let secret = match &config.signing_key {
         Some(s) => s.expose().as_bytes().to_vec(),
-        None => visithub::auth::dev_key::load(&visithub::auth::dev_key::path_in(&config.data_dir))
-            .context("no signing key: start `visithub serve` once to create the development key, or set VISITHUB_SIGNING_KEY")?,
+        None => visithub::auth::dev_key::load(&visithub::auth::dev_key::path_in(&config.data_dir)).context(
+            "no signing key: start `visithub serve` once to create the development key, or set VISITHUB_SIGNING_KEY",
+        )?,
     };
     if args.role == Role::Patient && args.visit.is_none() {
         anyhow::bail!("a patient token needs --visit");
@@ -120,4 +99,27 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     claims.visit = args.visit;
     println!("{}", TokenKeys::new(&secret)?.sign(&claims));
     Ok(())
+}
+
+/// `visithub audit verify`: walks the hash chain of the audit trail.
+async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Overrides {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data_dir: Option<std::path::PathBuf>,
+    }
+    let config = Config::load(args.config.as_deref(), Overrides { data_dir: args.data_dir.clone() })?;
+    let path = config.database_path();
+    anyhow::ensure!(path.exists(), "no database at {}", path.display());
+    let store = visithub::store::SqliteStore::open(&path).await?;
+    match visithub::hub::audit::verify(&store).await? {
+        Ok(n) => {
+            println!("audit trail intact: {n} records");
+            Ok(())
+        }
+        Err(id) => {
+            println!("audit trail broken at record {id}");
+            std::process::exit(1);
+        }
+    }
 }

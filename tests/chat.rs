@@ -7,7 +7,9 @@ use std::time::Duration;
 use common::*;
 use reqwest::StatusCode;
 use visithub::model::Role;
-use visithub::protocol::{ChatHandoff, ChatHistory, ChatRead, ChatSend, ChatTyping, ClientMessage, Ping, ServerMessage, VisitRef};
+use visithub::protocol::{
+    ChatHandoff, ChatHistory, ChatRead, ChatSend, ChatTyping, ClientMessage, Ping, ServerMessage, VisitRef,
+};
 
 fn join(visit_id: &str) -> ClientMessage {
     ClientMessage::ChatJoin(VisitRef { visit_id: visit_id.into() })
@@ -35,7 +37,10 @@ async fn support_chats_with_many_patients_over_one_socket() {
     // Each patient sees who is talking to them.
     for (_, ws) in patients.iter_mut() {
         let ServerMessage::ChatParticipants(p) = ws.next_of("chat.participants").await.msg else { unreachable!() };
-        assert_eq!(p.participants.iter().map(|p| (p.name.as_str(), p.role)).collect::<Vec<_>>()[1], ("Caregiver sup", Role::Support));
+        assert_eq!(
+            p.participants.iter().map(|p| (p.name.as_str(), p.role)).collect::<Vec<_>>()[1],
+            ("Caregiver sup", Role::Support)
+        );
     }
     for (i, (visit_id, _)) in patients.iter().enumerate() {
         assert!(is_ack(&sup.request(&say(visit_id, &format!("m{i}"), &format!("hello {i}"))).await));
@@ -81,7 +86,9 @@ async fn a_retried_message_is_stored_and_delivered_once_and_history_pages_cover_
     let mut b = hub.ws(&token).await;
     let first = a.request(&say(&visit_id, "same-id", "hello")).await;
     let again = a.request(&say(&visit_id, "same-id", "hello")).await;
-    let (ServerMessage::Ack(x), ServerMessage::Ack(y)) = (&first.msg, &again.msg) else { panic!("{first:?} {again:?}") };
+    let (ServerMessage::Ack(x), ServerMessage::Ack(y)) = (&first.msg, &again.msg) else {
+        panic!("{first:?} {again:?}")
+    };
     assert_eq!(x["message_id"], y["message_id"]);
     assert_eq!(x["seq"], 1);
     // The other tab got it exactly once: the next message it sees is the next one.
@@ -97,7 +104,13 @@ async fn a_retried_message_is_stored_and_delivered_once_and_history_pages_cover_
     let mut seen = Vec::new();
     let mut before = None;
     loop {
-        let page = a.request(&ClientMessage::ChatHistory(ChatHistory { visit_id: visit_id.clone(), before_seq: before, limit: Some(10) })).await;
+        let page = a
+            .request(&ClientMessage::ChatHistory(ChatHistory {
+                visit_id: visit_id.clone(),
+                before_seq: before,
+                limit: Some(10),
+            }))
+            .await;
         let ServerMessage::Ack(page) = page.msg else { panic!("{page:?}") };
         let seqs: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
         seen.splice(0..0, seqs.iter().copied());
@@ -157,7 +170,8 @@ async fn a_conversation_is_handed_to_another_caregiver() {
     let mut b = hub.ws(&hub.token(Role::Support, "sup-b", &[], 3600)).await;
     b.next_of("welcome").await;
     assert!(is_ack(&a.request(&join(&visit_id)).await));
-    let handoff = |to: &str| ClientMessage::ChatHandoff(ChatHandoff { visit_id: visit_id.clone(), to_subject: to.into() });
+    let handoff =
+        |to: &str| ClientMessage::ChatHandoff(ChatHandoff { visit_id: visit_id.clone(), to_subject: to.into() });
     assert_eq!(error_code(&a.request(&handoff("sup-or")).await), "state_not_covered");
     assert!(is_ack(&a.request(&handoff("sup-b")).await));
     // The patient sees who is talking to them now.
@@ -167,7 +181,10 @@ async fn a_conversation_is_handed_to_another_caregiver() {
             break p;
         }
     };
-    assert_eq!(last.participants.iter().map(|p| p.subject.as_str()).collect::<Vec<_>>(), vec![format!("patient:{visit_id}").as_str(), "sup-b"]);
+    assert_eq!(
+        last.participants.iter().map(|p| p.subject.as_str()).collect::<Vec<_>>(),
+        vec![format!("patient:{visit_id}").as_str(), "sup-b"]
+    );
     // The new caregiver's open socket follows the conversation; the old one is out of it.
     assert!(is_ack(&patient.request(&say(&visit_id, "p1", "hello?")).await));
     let ServerMessage::ChatMessage(m) = b.next_of("chat.message").await.msg else { unreachable!() };

@@ -20,46 +20,28 @@ async fn shutdown_tells_clients_to_reconnect_and_stops_accepting() {
     b.next_of("welcome").await;
     let addr = hub.addr;
     hub.shutdown().await;
-    assert_eq!(
-        a.ended(Duration::from_secs(5)).await,
-        Ended::Closed(CloseCode::ServerShutdown.code())
-    );
-    assert_eq!(
-        b.ended(Duration::from_secs(5)).await,
-        Ended::Closed(CloseCode::ServerShutdown.code())
-    );
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "the listener is closed"
-    );
+    assert_eq!(a.ended(Duration::from_secs(5)).await, Ended::Closed(CloseCode::ServerShutdown.code()));
+    assert_eq!(b.ended(Duration::from_secs(5)).await, Ended::Closed(CloseCode::ServerShutdown.code()));
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
 }
 
 #[tokio::test]
 async fn an_expired_token_closes_the_socket_unless_refreshed() {
     let hub = TestHub::start().await;
     let mut short = hub.ws(&hub.token(Role::Admin, "admin-1", &[], 2)).await;
-    let ServerMessage::Welcome(w) = short.next_of("welcome").await.msg else {
-        unreachable!()
-    };
+    let ServerMessage::Welcome(w) = short.next_of("welcome").await.msg else { unreachable!() };
     assert!(w.limits.token_expires_at > 0);
-    assert_eq!(
-        short.ended(Duration::from_secs(6)).await,
-        Ended::Closed(CloseCode::TokenExpired.code())
-    );
+    assert_eq!(short.ended(Duration::from_secs(6)).await, Ended::Closed(CloseCode::TokenExpired.code()));
 
     let mut refreshed = hub.ws(&hub.token(Role::Admin, "admin-2", &[], 2)).await;
     refreshed.next_of("welcome").await;
     let ack = refreshed
-        .request(&ClientMessage::SessionRefresh(SessionRefresh {
-            token: hub.token(Role::Admin, "admin-2", &[], 3600),
-        }))
+        .request(&ClientMessage::SessionRefresh(SessionRefresh { token: hub.token(Role::Admin, "admin-2", &[], 3600) }))
         .await;
     assert!(is_ack(&ack), "{ack:?}");
     // Another subject's token cannot take over the session.
     let other = refreshed
-        .request(&ClientMessage::SessionRefresh(SessionRefresh {
-            token: hub.token(Role::Admin, "admin-3", &[], 3600),
-        }))
+        .request(&ClientMessage::SessionRefresh(SessionRefresh { token: hub.token(Role::Admin, "admin-3", &[], 3600) }))
         .await;
     assert_eq!(error_code(&other), "forbidden");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -76,50 +58,23 @@ async fn deactivating_a_caregiver_closes_their_sockets_and_keeps_them_out() {
     let token = hub.token(Role::Provider, "dr-1", &[], 3600);
     let mut ws = hub.ws(&token).await;
     ws.next_of("welcome").await;
-    let r = hub
-        .call(
-            "POST",
-            "/v1/caregivers/dr-1/deactivate",
-            Some(&hub.admin()),
-            None,
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.body["active"].clone()),
-        (StatusCode::OK, json!(false))
-    );
-    assert_eq!(
-        ws.ended(Duration::from_secs(5)).await,
-        Ended::Closed(CloseCode::AccessRevoked.code())
-    );
+    let r = hub.call("POST", "/v1/caregivers/dr-1/deactivate", Some(&hub.admin()), None).await;
+    assert_eq!((r.status, r.body["active"].clone()), (StatusCode::OK, json!(false)));
+    assert_eq!(ws.ended(Duration::from_secs(5)).await, Ended::Closed(CloseCode::AccessRevoked.code()));
     let (status, body) = hub.try_ws(&token, None).await.err().unwrap();
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (403, Some("caregiver_inactive"))
-    );
+    assert_eq!((status, body["code"].as_str()), (403, Some("caregiver_inactive")));
 
     // Changing a caregiver's states also makes them reconnect, under the new scope.
     hub.onboard("sup-1", "support", &["WA"]).await;
     let token = hub.token(Role::Support, "sup-1", &[], 3600);
     let mut ws = hub.ws(&token).await;
     ws.next_of("welcome").await;
-    let r = hub
-        .call(
-            "PATCH",
-            "/v1/caregivers/sup-1",
-            Some(&hub.admin()),
-            Some(json!({ "states": ["OR", "WA"] })),
-        )
-        .await;
+    let r =
+        hub.call("PATCH", "/v1/caregivers/sup-1", Some(&hub.admin()), Some(json!({ "states": ["OR", "WA"] }))).await;
     assert_eq!(r.body["states"], json!(["OR", "WA"]), "{}", r.body);
-    assert_eq!(
-        ws.ended(Duration::from_secs(5)).await,
-        Ended::Closed(CloseCode::AccessRevoked.code())
-    );
+    assert_eq!(ws.ended(Duration::from_secs(5)).await, Ended::Closed(CloseCode::AccessRevoked.code()));
     let mut ws = hub.ws(&token).await;
-    let ServerMessage::Welcome(w) = ws.next_of("welcome").await.msg else {
-        unreachable!()
-    };
+    let ServerMessage::Welcome(w) = ws.next_of("welcome").await.msg else { unreachable!() };
     assert_eq!(w.states.len(), 2);
 }
 
@@ -137,10 +92,7 @@ async fn a_silent_client_is_closed_by_the_heartbeat() {
     ws.next_of("welcome").await;
     // Not reading means tungstenite answers no pings: after interval + timeout, 4006.
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert_eq!(
-        ws.ended(Duration::from_secs(5)).await,
-        Ended::Closed(CloseCode::HeartbeatTimeout.code())
-    );
+    assert_eq!(ws.ended(Duration::from_secs(5)).await, Ended::Closed(CloseCode::HeartbeatTimeout.code()));
 }
 
 #[tokio::test]
@@ -149,21 +101,7 @@ async fn a_patient_is_told_when_the_visit_is_cancelled() {
     let intake = hub.intake("Ann", "WA", None).await;
     let mut ws = hub.ws(&intake.str("patient_token")).await;
     ws.next_of("queue.position").await;
-    hub.call(
-        "POST",
-        &format!("/v1/visits/{}/cancel", intake.str("visit_id")),
-        Some(&hub.admin()),
-        None,
-    )
-    .await;
-    let ServerMessage::VisitUpdated(u) = ws.next_of("visit.updated").await.msg else {
-        unreachable!()
-    };
-    assert_eq!(
-        (u.visit_id, u.status),
-        (
-            intake.str("visit_id"),
-            visithub::model::VisitStatus::Cancelled
-        )
-    );
+    hub.call("POST", &format!("/v1/visits/{}/cancel", intake.str("visit_id")), Some(&hub.admin()), None).await;
+    let ServerMessage::VisitUpdated(u) = ws.next_of("visit.updated").await.msg else { unreachable!() };
+    assert_eq!((u.visit_id, u.status), (intake.str("visit_id"), visithub::model::VisitStatus::Cancelled));
 }

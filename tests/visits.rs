@@ -69,7 +69,15 @@ async fn of_a_hundred_concurrent_claims_exactly_one_wins() {
     assert_eq!(winners, 1);
     assert_eq!(losers.len(), 99);
     assert!(losers.iter().all(|c| c == "visit_already_claimed"), "{losers:?}");
-    let claimed = hub.app_hub.store().transitions(&visit_id).await.unwrap().iter().filter(|t| t.to == VisitStatus::Claimed).count();
+    let claimed = hub
+        .app_hub
+        .store()
+        .transitions(&visit_id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|t| t.to == VisitStatus::Claimed)
+        .count();
     assert_eq!(claimed, 1);
 }
 
@@ -108,7 +116,12 @@ async fn a_whole_visit_with_signaling_relayed_in_order() {
     }
     patient.next_of("signal.end_of_candidates").await;
     // The answer goes the other way.
-    let answer = ClientMessage::SignalAnswer(SignalSdp { visit_id: visit_id.clone(), sdp: OFFER.into(), ice_restart: false, from: None });
+    let answer = ClientMessage::SignalAnswer(SignalSdp {
+        visit_id: visit_id.clone(),
+        sdp: OFFER.into(),
+        ice_restart: false,
+        from: None,
+    });
     assert!(is_ack(&patient.request(&answer).await));
     let ServerMessage::SignalAnswer(a) = dr.next_of("signal.answer").await.msg else { unreachable!() };
     assert_eq!(a.from, Some(Role::Patient));
@@ -121,7 +134,15 @@ async fn a_whole_visit_with_signaling_relayed_in_order() {
     let ended = |f: &visithub::protocol::ServerFrame| matches!(&f.msg, ServerMessage::VisitUpdated(u) if u.status == VisitStatus::Ended);
     dr.next_of_filtered("visit.updated", ended).await;
     patient.next_of_filtered("visit.updated", ended).await;
-    let path: Vec<_> = hub.app_hub.store().transitions(&visit_id).await.unwrap().iter().map(|t| (t.to, t.actor_role.clone())).collect();
+    let path: Vec<_> = hub
+        .app_hub
+        .store()
+        .transitions(&visit_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| (t.to, t.actor_role.clone()))
+        .collect();
     assert_eq!(
         path,
         vec![
@@ -145,7 +166,10 @@ async fn signaling_refusals_are_not_forwarded() {
     assert_eq!(error_code(&dr.request(&offer(&visit_id, "v=0\r\nthis is not sdp")).await), "invalid_sdp");
     let oversized = format!("{OFFER}{}", "a=x-padding:0123456789\r\n".repeat(100));
     assert_eq!(error_code(&dr.request(&offer(&visit_id, &oversized)).await), "sdp_too_large");
-    assert_eq!(error_code(&dr.request(&candidate(&visit_id, "candidate:1 1 udp 1 127.0.0.1 9 typ nonsense")).await), "invalid_candidate");
+    assert_eq!(
+        error_code(&dr.request(&candidate(&visit_id, "candidate:1 1 udp 1 127.0.0.1 9 typ nonsense")).await),
+        "invalid_candidate"
+    );
     assert_eq!(error_code(&dr.request(&candidate("no-such-visit", CANDIDATE)).await), "visit_not_found");
 
     // Another patient cannot signal into this visit, nor a provider who did not claim it.
@@ -223,7 +247,9 @@ async fn a_patient_who_does_not_answer_still_there_is_abandoned() {
     let mut bob = hub.ws(&silent.str("patient_token")).await;
     let ServerMessage::VisitStillThere(ask) = ann.next_of("visit.still_there").await.msg else { unreachable!() };
     assert_eq!(ask.respond_within_secs, 1);
-    assert!(is_ack(&ann.request(&ClientMessage::VisitStillHere(VisitRef { visit_id: answering.str("visit_id") })).await));
+    assert!(is_ack(
+        &ann.request(&ClientMessage::VisitStillHere(VisitRef { visit_id: answering.str("visit_id") })).await
+    ));
     bob.next_of("visit.still_there").await;
     let ServerMessage::VisitUpdated(u) = bob.next_of("visit.updated").await.msg else { unreachable!() };
     assert_eq!(u.status, VisitStatus::Abandoned);
@@ -248,7 +274,13 @@ async fn support_moves_a_visit_only_to_the_state_the_patient_names() {
     assert!(is_ack(&patient.request(&said).await));
     assert_eq!(error_code(&sup.request(&mv(UsState::parse("ID").unwrap())).await), "location_mismatch");
     assert!(is_ack(&sup.request(&mv(or)).await));
-    let ServerMessage::VisitUpdated(u) = patient.next_of_filtered("visit.updated", |f| matches!(&f.msg, ServerMessage::VisitUpdated(u) if u.state.is_some())).await.msg else { unreachable!() };
+    let ServerMessage::VisitUpdated(u) = patient
+        .next_of_filtered("visit.updated", |f| matches!(&f.msg, ServerMessage::VisitUpdated(u) if u.state.is_some()))
+        .await
+        .msg
+    else {
+        unreachable!()
+    };
     assert_eq!(u.state, Some(or));
     let ServerMessage::QueuePosition(p) = patient.next_of("queue.position").await.msg else { unreachable!() };
     assert_eq!((p.state, p.position), (or, 1));

@@ -7,8 +7,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
 use super::extract::{Body, Caller};
-use super::problem::Problem;
-use crate::hub::{CaregiverPatch, Hub, NewCaregiver};
+use super::problem::{Problem, audited};
+use crate::hub::{CaregiverPatch, Hub, NewCaregiver, Scope};
 use crate::model::Caregiver;
 
 pub async fn create(
@@ -16,16 +16,12 @@ pub async fn create(
     Caller(who): Caller,
     Body(new): Body<NewCaregiver>,
 ) -> Result<(StatusCode, Json<Caregiver>), Problem> {
-    Ok((
-        StatusCode::CREATED,
-        Json(hub.create_caregiver(&who, new).await?),
-    ))
+    let target = new.subject.clone().unwrap_or_default();
+    let result = hub.create_caregiver(&who, new).await;
+    Ok((StatusCode::CREATED, Json(audited(&hub, &who, "caregiver.create", Scope::target(target), result).await?)))
 }
 
-pub async fn list(
-    State(hub): State<Arc<Hub>>,
-    Caller(who): Caller,
-) -> Result<Json<Vec<Caregiver>>, Problem> {
+pub async fn list(State(hub): State<Arc<Hub>>, Caller(who): Caller) -> Result<Json<Vec<Caregiver>>, Problem> {
     Ok(Json(hub.list_caregivers(&who).await?))
 }
 
@@ -43,7 +39,8 @@ pub async fn update(
     Path(subject): Path<String>,
     Body(patch): Body<CaregiverPatch>,
 ) -> Result<Json<Caregiver>, Problem> {
-    Ok(Json(hub.update_caregiver(&who, &subject, patch).await?))
+    let result = hub.update_caregiver(&who, &subject, patch).await;
+    Ok(Json(audited(&hub, &who, "caregiver.update", Scope::target(subject), result).await?))
 }
 
 /// Deactivation closes the caregiver's open sockets.
@@ -52,9 +49,7 @@ pub async fn deactivate(
     Caller(who): Caller,
     Path(subject): Path<String>,
 ) -> Result<Json<Caregiver>, Problem> {
-    let patch = CaregiverPatch {
-        active: Some(false),
-        ..CaregiverPatch::default()
-    };
-    Ok(Json(hub.update_caregiver(&who, &subject, patch).await?))
+    let patch = CaregiverPatch { active: Some(false), ..CaregiverPatch::default() };
+    let result = hub.update_caregiver(&who, &subject, patch).await;
+    Ok(Json(audited(&hub, &who, "caregiver.update", Scope::target(subject), result).await?))
 }

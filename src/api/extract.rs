@@ -27,19 +27,12 @@ where
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Body(v)),
             Err(rejection) => Err(Problem(match rejection {
-                JsonRejection::JsonSyntaxError(e) => {
-                    HubError::new(ErrorCode::MalformedJson, e.body_text())
+                JsonRejection::JsonSyntaxError(e) => HubError::new(ErrorCode::MalformedJson, e.body_text()),
+                JsonRejection::JsonDataError(e) => HubError::new(ErrorCode::ValidationFailed, e.body_text()),
+                JsonRejection::MissingJsonContentType(_) => {
+                    HubError::new(ErrorCode::ValidationFailed, "send `Content-Type: application/json`")
                 }
-                JsonRejection::JsonDataError(e) => {
-                    HubError::new(ErrorCode::ValidationFailed, e.body_text())
-                }
-                JsonRejection::MissingJsonContentType(_) => HubError::new(
-                    ErrorCode::ValidationFailed,
-                    "send `Content-Type: application/json`",
-                ),
-                JsonRejection::BytesRejection(e)
-                    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
-                {
+                JsonRejection::BytesRejection(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
                     HubError::code(ErrorCode::MessageTooLarge)
                 }
                 other => HubError::new(ErrorCode::ValidationFailed, other.body_text()),

@@ -18,13 +18,6 @@ pub async fn ready(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     let bus = app.hub.bus().is_connected();
     let draining = app.gateway.shutdown.is_cancelled();
     let ok = store && bus && !draining;
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(json!({ "ready": ok, "store": store, "bus": bus, "draining": draining })),
-    )
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": ok, "store": store, "bus": bus, "draining": draining })))
 }

@@ -48,24 +48,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/visits/{id}", get(visits::get))
         .route("/v1/visits/{id}/cancel", post(visits::cancel))
         .route("/v1/visits/{id}/messages", get(visits::messages))
+        .route("/v1/visits/{id}/audit", get(visits::audit))
         .route("/v1/portal", get(states::portal))
-        .route(
-            "/v1/caregivers",
-            post(caregivers::create).get(caregivers::list),
-        )
-        .route(
-            "/v1/caregivers/{subject}",
-            get(caregivers::get).patch(caregivers::update),
-        )
-        .route(
-            "/v1/caregivers/{subject}/deactivate",
-            post(caregivers::deactivate),
-        )
+        .route("/v1/caregivers", post(caregivers::create).get(caregivers::list))
+        .route("/v1/caregivers/{subject}", get(caregivers::get).patch(caregivers::update))
+        .route("/v1/caregivers/{subject}/deactivate", post(caregivers::deactivate))
         .route("/v1/states", get(states::list))
-        .route(
-            "/v1/states/{state}/settings",
-            get(states::get).patch(states::update),
-        )
+        .route("/v1/states/{state}/settings", get(states::get).patch(states::update))
         .route("/v1/states/{state}/busy", put(states::set_busy))
         .route("/v1/states/{state}/queue", get(states::queue))
         .route("/healthz", get(health::alive))
@@ -74,10 +63,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         // Spans name the route template, never the path: ids stay out of the logs.
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let route = req
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or("unmatched", |p| p.as_str());
+            let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
             tracing::info_span!("request", method = %req.method(), route)
         }))
         .with_state(state)

@@ -38,8 +38,7 @@ struct Body<'a> {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let e = self.0;
-        let status =
-            StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = Body {
             kind: format!("urn:visithub:error:{}", e.code),
             title: e.code.title(),
@@ -50,13 +49,23 @@ impl IntoResponse for Problem {
         };
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(secs) = e.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
+}
+
+/// Records the outcome of a caller's action in the audit trail and turns a refusal into a
+/// problem response.
+pub async fn audited<T>(
+    hub: &crate::hub::Hub,
+    who: &crate::auth::Principal,
+    action: &str,
+    scope: crate::hub::Scope,
+    result: crate::error::HubResult<T>,
+) -> Result<T, Problem> {
+    hub.audit(who, action, scope, result.as_ref().map(|_| ()).map_err(|e| e.code)).await;
+    result.map_err(Problem)
 }

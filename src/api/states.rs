@@ -7,8 +7,8 @@ use axum::extract::{Path, State};
 use serde::Deserialize;
 
 use super::extract::{Body, Caller};
-use super::problem::Problem;
-use crate::hub::{Hub, PortalSnapshot, SettingsPatch};
+use super::problem::{Problem, audited};
+use crate::hub::{Hub, PortalSnapshot, Scope, SettingsPatch};
 use crate::model::{Role, StateSettings, UsState};
 use crate::protocol::QueueSnapshot;
 
@@ -18,10 +18,7 @@ pub struct BusyBody {
     busy: bool,
 }
 
-pub async fn list(
-    State(hub): State<Arc<Hub>>,
-    Caller(who): Caller,
-) -> Result<Json<Vec<StateSettings>>, Problem> {
+pub async fn list(State(hub): State<Arc<Hub>>, Caller(who): Caller) -> Result<Json<Vec<StateSettings>>, Problem> {
     who.require_role(&[Role::Provider, Role::Support, Role::Admin])?;
     Ok(Json(hub.all_state_settings()))
 }
@@ -41,10 +38,8 @@ pub async fn update(
     Path(state): Path<String>,
     Body(patch): Body<SettingsPatch>,
 ) -> Result<Json<StateSettings>, Problem> {
-    Ok(Json(
-        hub.update_state_settings(&who, UsState::parse(&state)?, patch)
-            .await?,
-    ))
+    let result = hub.update_state_settings(&who, UsState::parse(&state)?, patch).await;
+    Ok(Json(audited(&hub, &who, "settings.update", Scope::target(state), result).await?))
 }
 
 pub async fn set_busy(
@@ -53,16 +48,15 @@ pub async fn set_busy(
     Path(state): Path<String>,
     Body(body): Body<BusyBody>,
 ) -> Result<Json<StateSettings>, Problem> {
-    Ok(Json(
-        hub.set_busy(&who, UsState::parse(&state)?, body.busy)
-            .await?,
-    ))
+    let result = hub.set_busy(&who, UsState::parse(&state)?, body.busy).await;
+    Ok(Json(audited(&hub, &who, "state.set_busy", Scope::target(state), result).await?))
 }
 
 /// `GET /v1/portal`: everything a caregiver's console needs, in one call.
 pub async fn portal(State(hub): State<Arc<Hub>>, Caller(who): Caller) -> Result<Json<PortalSnapshot>, Problem> {
     let views: Vec<_> = hub.covered_states(&who).iter().map(|s| hub.watch_queue(*s).borrow().clone()).collect();
-    Ok(Json(hub.portal(&who, &views).await?))
+    let result = hub.portal(&who, &views).await;
+    Ok(Json(audited(&hub, &who, "portal.view", Scope::default(), result).await?))
 }
 
 /// The queue of a state as its caregivers see it.
@@ -72,7 +66,6 @@ pub async fn queue(
     Path(state): Path<String>,
 ) -> Result<Json<QueueSnapshot>, Problem> {
     let state = UsState::parse(&state)?;
-    who.require_covers(state)?;
-    let snapshot = hub.watch_queue(state).borrow().snapshot();
-    Ok(Json(snapshot))
+    let result = who.require_covers(state).map(|()| hub.watch_queue(state).borrow().snapshot());
+    Ok(Json(audited(&hub, &who, "queue.view", Scope::target(state.code()), result).await?))
 }

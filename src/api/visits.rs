@@ -9,9 +9,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::extract::{Body, Caller};
-use super::problem::Problem;
+use super::problem::{Problem, audited};
 use crate::error::{ErrorCode, HubError};
-use crate::hub::{HistoryPage, Hub, IntakeRequest, VisitView};
+use crate::hub::{HistoryPage, Hub, IntakeRequest, Scope, VisitView};
+use crate::model::AuditRecord;
 use crate::model::UsState;
 
 #[derive(Deserialize)]
@@ -30,22 +31,15 @@ pub async fn intake(
     Body(body): Body<IntakeBody>,
 ) -> Result<Response, Problem> {
     let key = match headers.get("idempotency-key") {
-        Some(v) => Some(v.to_str().map_err(|_| {
-            HubError::new(ErrorCode::ValidationFailed, "Idempotency-Key must be ASCII")
-        })?),
+        Some(v) => {
+            Some(v.to_str().map_err(|_| HubError::new(ErrorCode::ValidationFailed, "Idempotency-Key must be ASCII"))?)
+        }
         None => None,
     };
-    let req = IntakeRequest {
-        display_name: body.display_name,
-        state: UsState::parse(&body.state)?,
-        reason: body.reason,
-    };
+    let req =
+        IntakeRequest { display_name: body.display_name, state: UsState::parse(&body.state)?, reason: body.reason };
     let receipt = hub.intake(req, key).await?;
-    let status = if receipt.replayed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let status = if receipt.replayed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(receipt)).into_response())
 }
 
@@ -55,7 +49,8 @@ pub async fn get(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<VisitView>, Problem> {
-    Ok(Json(hub.visit_view(&who, &id).await?))
+    let result = hub.visit_view(&who, &id).await;
+    Ok(Json(audited(&hub, &who, "visit.view", Scope::visit(&id), result).await?))
 }
 
 #[derive(Deserialize)]
@@ -72,7 +67,8 @@ pub async fn messages(
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<HistoryPage>, Problem> {
-    Ok(Json(hub.chat_history(&who, &id, q.before_seq, q.limit).await?))
+    let result = hub.chat_history(&who, &id, q.before_seq, q.limit).await;
+    Ok(Json(audited(&hub, &who, "chat.history", Scope::visit(&id), result).await?))
 }
 
 /// `POST /v1/visits/{id}/cancel`.
@@ -81,5 +77,16 @@ pub async fn cancel(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<VisitView>, Problem> {
-    Ok(Json(hub.cancel_visit(&who, &id).await?))
+    let result = hub.cancel_visit(&who, &id).await;
+    Ok(Json(audited(&hub, &who, "visit.cancel", Scope::visit(&id), result).await?))
+}
+
+/// `GET /v1/visits/{id}/audit`: who did what to the visit (admins).
+pub async fn audit(
+    State(hub): State<Arc<Hub>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<AuditRecord>>, Problem> {
+    let result = hub.visit_audit(&who, &id).await;
+    Ok(Json(audited(&hub, &who, "audit.view", Scope::visit(&id), result).await?))
 }

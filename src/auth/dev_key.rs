@@ -61,10 +61,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path_in(dir.path()))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(path_in(dir.path())).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -76,10 +76,7 @@ impl Principal {
         if allowed.contains(&self.role) {
             Ok(())
         } else {
-            Err(HubError::new(
-                ErrorCode::Forbidden,
-                format!("the {} role may not do that", self.role.as_str()),
-            ))
+            Err(HubError::new(ErrorCode::Forbidden, format!("the {} role may not do that", self.role.as_str())))
         }
     }
 
@@ -88,14 +85,10 @@ impl Principal {
         match self.role {
             Role::Admin => Ok(()),
             Role::Provider | Role::Support if self.states.contains(&state) => Ok(()),
-            Role::Provider | Role::Support => Err(HubError::new(
-                ErrorCode::StateNotCovered,
-                format!("not licensed in or covering {state}"),
-            )),
-            Role::Patient => Err(HubError::new(
-                ErrorCode::Forbidden,
-                "patients may not do that",
-            )),
+            Role::Provider | Role::Support => {
+                Err(HubError::new(ErrorCode::StateNotCovered, format!("not licensed in or covering {state}")))
+            }
+            Role::Patient => Err(HubError::new(ErrorCode::Forbidden, "patients may not do that")),
         }
     }
 
@@ -144,34 +137,16 @@ mod tests {
     fn caregivers_see_only_their_states() {
         let or_provider = principal(Role::Provider, &["OR"], None);
         assert!(or_provider.require_visit(&visit("v1", "OR")).is_ok());
-        assert_eq!(
-            or_provider
-                .require_visit(&visit("v1", "WA"))
-                .unwrap_err()
-                .code,
-            ErrorCode::StateNotCovered
-        );
-        assert!(
-            principal(Role::Admin, &[], None)
-                .require_visit(&visit("v1", "WA"))
-                .is_ok()
-        );
+        assert_eq!(or_provider.require_visit(&visit("v1", "WA")).unwrap_err().code, ErrorCode::StateNotCovered);
+        assert!(principal(Role::Admin, &[], None).require_visit(&visit("v1", "WA")).is_ok());
     }
 
     #[test]
     fn patients_see_only_their_visit() {
         let p = principal(Role::Patient, &[], Some("v1"));
         assert!(p.require_visit(&visit("v1", "WA")).is_ok());
-        assert_eq!(
-            p.require_visit(&visit("v2", "WA")).unwrap_err().code,
-            ErrorCode::NotYourVisit
-        );
-        assert_eq!(
-            p.require_covers(UsState::parse("WA").unwrap())
-                .unwrap_err()
-                .code,
-            ErrorCode::Forbidden
-        );
+        assert_eq!(p.require_visit(&visit("v2", "WA")).unwrap_err().code, ErrorCode::NotYourVisit);
+        assert_eq!(p.require_covers(UsState::parse("WA").unwrap()).unwrap_err().code, ErrorCode::Forbidden);
     }
 
     #[test]
@@ -183,32 +158,15 @@ mod tests {
         let token = keys.sign(&claims);
         assert_eq!(keys.verify(&token).unwrap(), claims);
 
-        let expired = keys.sign(&Claims::new(
-            "dr-1",
-            Role::Provider,
-            now - chrono::Duration::hours(2),
-            60,
-        ));
-        assert_eq!(
-            keys.verify(&expired).unwrap_err().code,
-            ErrorCode::TokenExpired
-        );
+        let expired = keys.sign(&Claims::new("dr-1", Role::Provider, now - chrono::Duration::hours(2), 60));
+        assert_eq!(keys.verify(&expired).unwrap_err().code, ErrorCode::TokenExpired);
 
         let forged = TokenKeys::new(&[8u8; 32]).unwrap().sign(&claims);
-        assert_eq!(
-            keys.verify(&forged).unwrap_err().code,
-            ErrorCode::TokenInvalid
-        );
-        assert_eq!(
-            keys.verify("not.a.token").unwrap_err().code,
-            ErrorCode::TokenInvalid
-        );
+        assert_eq!(keys.verify(&forged).unwrap_err().code, ErrorCode::TokenInvalid);
+        assert_eq!(keys.verify("not.a.token").unwrap_err().code, ErrorCode::TokenInvalid);
 
         let mut wrong_aud = claims.clone();
         wrong_aud.aud = "other".into();
-        assert_eq!(
-            keys.verify(&keys.sign(&wrong_aud)).unwrap_err().code,
-            ErrorCode::TokenInvalid
-        );
+        assert_eq!(keys.verify(&keys.sign(&wrong_aud)).unwrap_err().code, ErrorCode::TokenInvalid);
     }
 }

@@ -20,10 +20,7 @@ pub struct TokenKeys {
 
 impl TokenKeys {
     pub fn new(hs256_secret: &[u8]) -> anyhow::Result<TokenKeys> {
-        anyhow::ensure!(
-            hs256_secret.len() >= 32,
-            "the signing secret must be at least 32 bytes"
-        );
+        anyhow::ensure!(hs256_secret.len() >= 32, "the signing secret must be at least 32 bytes");
         Ok(TokenKeys {
             encoding: EncodingKey::from_secret(hs256_secret)?,
             hs256: DecodingKey::from_secret(hs256_secret)?,
@@ -58,22 +55,15 @@ impl TokenKeys {
         let key = if header.alg == Algorithm::HS256 {
             &self.hs256
         } else {
-            &self
-                .public
-                .iter()
-                .find(|(alg, _)| *alg == header.alg)
-                .ok_or_else(invalid)?
-                .1
+            &self.public.iter().find(|(alg, _)| *alg == header.alg).ok_or_else(invalid)?.1
         };
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECS;
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "sub", "aud"]);
-        jsonwebtoken::decode::<Claims>(token, key, &validation)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => HubError::code(ErrorCode::TokenExpired),
-                _ => invalid(),
-            })
+        jsonwebtoken::decode::<Claims>(token, key, &validation).map(|d| d.claims).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => HubError::code(ErrorCode::TokenExpired),
+            _ => invalid(),
+        })
     }
 }

@@ -13,15 +13,29 @@ use crate::protocol::{
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BusEvent {
     /// The queue of `state` changed; `version` orders the changes.
-    QueueChanged { state: UsState, version: u64 },
+    QueueChanged {
+        state: UsState,
+        version: u64,
+    },
     /// A visit moved through its lifecycle.
     VisitUpdated(VisitUpdated),
     /// The user's access changed (deactivated, states changed): their sessions must reconnect.
-    AccessChanged { subject: String },
+    AccessChanged {
+        subject: String,
+    },
     /// The video part of a visit started: each side works out its role and ICE servers.
-    VisitStarted { visit_id: VisitId, patient: Participant, provider: Participant },
+    VisitStarted {
+        visit_id: VisitId,
+        patient: Participant,
+        provider: Participant,
+    },
     /// Signaling from one participant, for the other.
-    Signal { from_subject: String, signal: Signal },
+    Signal {
+        from_subject: String,
+        signal: Signal,
+        /// When the hub received it (epoch microseconds), for relay latency.
+        received_at_us: i64,
+    },
     ChatMessage(ChatMessage),
     Typing(TypingEvent),
     Read(ReadEvent),
@@ -29,7 +43,9 @@ pub enum BusEvent {
     /// A provider's presence changed (for caregivers covering their states).
     Presence(ProviderPresence),
     /// A conversation was handed to this subject: their sessions join it.
-    ConversationAssigned { visit_id: VisitId },
+    ConversationAssigned {
+        visit_id: VisitId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -120,10 +120,12 @@ impl Session {
                 }
                 ServerMessage::VisitStarted(self.gw.hub.visit_started_for(&me, visit_id, patient, provider))
             }
-            BusEvent::Signal { from_subject, signal } => {
+            BusEvent::Signal { from_subject, signal, received_at_us } => {
                 if *from_subject == me {
                     return None;
                 }
+                let lag_us = chrono::Utc::now().timestamp_micros().saturating_sub(*received_at_us).max(0);
+                self.gw.hub.metrics().relay_latency.observe(lag_us as f64 / 1e6);
                 match signal.clone() {
                     Signal::Offer(s) => ServerMessage::SignalOffer(s),
                     Signal::Answer(s) => ServerMessage::SignalAnswer(s),
@@ -131,7 +133,10 @@ impl Session {
                     Signal::EndOfCandidates(e) => ServerMessage::SignalEndOfCandidates(e),
                 }
             }
-            BusEvent::ChatMessage(m) => ServerMessage::ChatMessage(m.clone()),
+            BusEvent::ChatMessage(m) => {
+                self.gw.hub.metrics().chat_delivered.with_label_values(&[self.principal.role.as_str()]).inc();
+                ServerMessage::ChatMessage(m.clone())
+            }
             BusEvent::Typing(t) if t.from.subject == me => return None,
             BusEvent::Typing(t) => ServerMessage::ChatTyping(t.clone()),
             BusEvent::Read(r) => ServerMessage::ChatRead(r.clone()),

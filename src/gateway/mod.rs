@@ -62,10 +62,7 @@ fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
         // Native apps and servers send no Origin; browsers always do.
         None => true,
         Some(origin) => origin.to_str().is_ok_and(|o| {
-            config
-                .allowed_origins
-                .iter()
-                .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(o))
+            config.allowed_origins.iter().any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(o))
         }),
     }
 }
@@ -110,7 +107,10 @@ pub async fn upgrade(
                     drop(token);
                 })
         }
-        Err(problem) => problem.into_response(),
+        Err(problem) => {
+            gw.hub.metrics().handshake_refusals.with_label_values(&[problem.0.code.as_str()]).inc();
+            problem.into_response()
+        }
     }
 }
 
@@ -120,11 +120,7 @@ async fn admit(
     query: WsQuery,
 ) -> Result<(crate::auth::Principal, connections::ConnectionGuard), Problem> {
     if gw.shutdown.is_cancelled() {
-        return Err(
-            HubError::new(ErrorCode::Unavailable, "the node is shutting down")
-                .retry_after(1)
-                .into(),
-        );
+        return Err(HubError::new(ErrorCode::Unavailable, "the node is shutting down").retry_after(1).into());
     }
     if !origin_allowed(&gw.config, headers) {
         return Err(ErrorCode::OriginNotAllowed.into());
@@ -136,9 +132,7 @@ async fn admit(
         )
         .into());
     }
-    let token = bearer(headers)
-        .or(query.access_token.as_deref())
-        .ok_or(ErrorCode::TokenMissing)?;
+    let token = bearer(headers).or(query.access_token.as_deref()).ok_or(ErrorCode::TokenMissing)?;
     let principal = gw.hub.authenticate(token).await?;
     let guard = gw
         .connections

@@ -4,15 +4,18 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::Arc;
 use std::task::Poll;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::{Sink, SinkExt};
 
+use crate::metrics::Metrics;
 use crate::protocol::{ServerMessage, encode_server};
 
 pub struct Outbound {
+    metrics: Arc<Metrics>,
     queue: VecDeque<Message>,
     capacity: usize,
     seq: u64,
@@ -25,19 +28,16 @@ pub struct Outbound {
 pub struct Overflow;
 
 impl Outbound {
-    pub fn new(capacity: usize) -> Outbound {
-        Outbound {
-            queue: VecDeque::new(),
-            capacity,
-            seq: 0,
-            written: 0,
-        }
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Outbound {
+        Outbound { metrics, queue: VecDeque::new(), capacity, seq: 0, written: 0 }
     }
 
     /// Queues a hub message with the next sequence number.
     pub fn push(&mut self, id: Option<&str>, msg: &ServerMessage) -> Result<(), Overflow> {
         self.seq += 1;
         let text = encode_server(self.seq, id, msg);
+        self.metrics.messages_out.with_label_values(&[msg.kind()]).inc();
+        self.metrics.outbound_queue.observe(self.queue.len() as f64);
         self.push_raw(Message::Text(text.into()))
     }
 
@@ -70,10 +70,7 @@ impl Outbound {
     /// Writes queued frames until the queue is empty and the socket flushed. A frame leaves
     /// the queue only once the socket has taken it, so dropping this future mid-way loses
     /// nothing and sends nothing twice.
-    pub async fn flush(
-        &mut self,
-        sink: &mut SplitSink<WebSocket, Message>,
-    ) -> Result<(), axum::Error> {
+    pub async fn flush(&mut self, sink: &mut SplitSink<WebSocket, Message>) -> Result<(), axum::Error> {
         poll_fn(|cx| {
             while !self.queue.is_empty() {
                 match sink.poll_ready_unpin(cx) {

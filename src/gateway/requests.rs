@@ -8,6 +8,13 @@ use crate::bus::{Signal, Topic};
 use crate::error::{ErrorCode, HubError, HubResult};
 use crate::protocol::ClientMessage;
 
+/// Requests recorded in the audit trail even when they succeed: everything that reads or
+/// changes a visit, a queue, a conversation or settings. (Every refusal is recorded.)
+pub(super) fn audited(kind: &str) -> bool {
+    !matches!(kind, "ping" | "session.refresh" | "presence.set" | "chat.typing" | "chat.read" | "queue.unsubscribe")
+        && !kind.starts_with("signal.")
+}
+
 fn to_json(v: impl serde::Serialize) -> HubResult<Value> {
     serde_json::to_value(v).map_err(HubError::internal)
 }

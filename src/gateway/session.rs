@@ -24,11 +24,10 @@ use super::outbound::Outbound;
 use crate::auth::Principal;
 use crate::bus::{BusEvent, Topic};
 use crate::error::{ErrorCode, HubError};
-use crate::hub::{QueueView, SessionLink};
+use crate::hub::{QueueView, Scope, SessionLink};
 use crate::model::{Role, UsState};
 use crate::protocol::{
-    CloseCode, ErrorBody, PROTOCOL_VERSION, QueuePosition, ServerMessage, SessionLimits, Welcome,
-    decode_client,
+    CloseCode, ErrorBody, PROTOCOL_VERSION, QueuePosition, ServerMessage, SessionLimits, Welcome, decode_client,
 };
 
 /// Why the loop ended.
@@ -67,14 +66,10 @@ pub async fn run(socket: WebSocket, gw: Arc<Gateway>, principal: Principal, id: 
 
 async fn run_inner(socket: WebSocket, gw: Arc<Gateway>, principal: Principal, id: u64) {
     let (inbox_tx, inbox) = mpsc::channel(gw.config.outbound_queue);
-    let link = SessionLink {
-        id,
-        inbox: inbox_tx,
-        overflowed: CancellationToken::new(),
-    };
+    let link = SessionLink { id, inbox: inbox_tx, overflowed: CancellationToken::new() };
     let rate = NonZeroU32::new(gw.config.rate_for(principal.role)).unwrap_or(NonZeroU32::MIN);
     let mut session = Session {
-        out: Outbound::new(gw.config.outbound_queue),
+        out: Outbound::new(gw.config.outbound_queue, gw.hub.metrics().clone()),
         boards: StreamMap::new(),
         sent_views: HashMap::new(),
         sent_position: None,
@@ -91,6 +86,10 @@ async fn run_inner(socket: WebSocket, gw: Arc<Gateway>, principal: Principal, id
         gw,
     };
     let (mut sink, stream) = socket.split();
+    let metrics = session.gw.hub.metrics().clone();
+    let role = session.principal.role.as_str();
+    metrics.connections_accepted.with_label_values(&[role]).inc();
+    metrics.connections_open.with_label_values(&[role]).inc();
     let exit = match session.open().await {
         Ok(()) => session.serve(&mut sink, stream, inbox).await,
         Err(e) => {
@@ -98,7 +97,13 @@ async fn run_inner(socket: WebSocket, gw: Arc<Gateway>, principal: Principal, id
             Exit::Close(CloseCode::ServerShutdown)
         }
     };
+    let reason = match &exit {
+        Exit::Close(code) => code.reason(),
+        Exit::Gone => "client_gone",
+    };
     session.close(&mut sink, exit).await;
+    metrics.connections_open.with_label_values(&[role]).dec();
+    metrics.disconnects.with_label_values(&[reason]).inc();
 }
 
 /// The instant a token's `exp` (epoch seconds) falls due.
@@ -226,10 +231,9 @@ impl Session {
     async fn on_frame(&mut self, msg: Message) -> Option<Exit> {
         match msg {
             Message::Text(text) => self.on_text(text.as_str()).await,
-            Message::Binary(_) => self.refuse(
-                None,
-                HubError::new(ErrorCode::InvalidMessage, "only text frames are accepted"),
-            ),
+            Message::Binary(_) => {
+                self.refuse(None, HubError::new(ErrorCode::InvalidMessage, "only text frames are accepted"))
+            }
             Message::Ping(_) | Message::Pong(_) => None,
             Message::Close(_) => Some(Exit::Gone),
         }
@@ -250,22 +254,27 @@ impl Session {
             let limit = self.gw.config.max_message_bytes;
             return self.refuse(
                 None,
-                HubError::new(
-                    ErrorCode::MessageTooLarge,
-                    format!("messages are limited to {limit} bytes"),
-                ),
+                HubError::new(ErrorCode::MessageTooLarge, format!("messages are limited to {limit} bytes")),
             );
         }
         if self.limiter.check().is_err() {
+            self.gw.hub.metrics().rate_limited.with_label_values(&[self.principal.role.as_str()]).inc();
             let id = decode_client(text).ok().map(|f| f.id);
-            return self.refuse(
-                id.as_deref(),
-                HubError::code(ErrorCode::RateLimited).retry_after(1),
-            );
+            return self.refuse(id.as_deref(), HubError::code(ErrorCode::RateLimited).retry_after(1));
         }
         match decode_client(text) {
             Ok(frame) => {
+                let kind = frame.msg.kind();
+                self.gw.hub.metrics().messages_in.with_label_values(&[kind]).inc();
+                let scope = Scope {
+                    visit_id: frame.msg.visit_id().map(str::to_string),
+                    target: frame.msg.state().map(|s| s.code().to_string()),
+                };
                 let result = self.handle(frame.msg).await;
+                let outcome = result.as_ref().map(|_| ()).map_err(|e| e.code);
+                if outcome.is_err() || super::requests::audited(kind) {
+                    self.gw.hub.audit(&self.principal, kind, scope, outcome).await;
+                }
                 match result {
                     Ok(data) => self.send(Some(&frame.id), &ServerMessage::Ack(data)),
                     Err(e) => self.send_error(Some(&frame.id), &e),
@@ -284,8 +293,7 @@ impl Session {
             self.strikes_since = Instant::now();
         }
         self.strikes += 1;
-        (self.strikes > self.gw.config.max_invalid_per_minute)
-            .then_some(Exit::Close(CloseCode::ProtocolViolation))
+        (self.strikes > self.gw.config.max_invalid_per_minute).then_some(Exit::Close(CloseCode::ProtocolViolation))
     }
 
     pub(super) fn send(&mut self, id: Option<&str>, msg: &ServerMessage) {
@@ -310,11 +318,7 @@ impl Session {
         }
     }
 
-    async fn close(
-        mut self,
-        sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-        exit: Exit,
-    ) {
+    async fn close(mut self, sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, exit: Exit) {
         for topic in std::mem::take(&mut self.topics) {
             self.gw.hub.unlisten(&topic, self.id).await;
         }
@@ -324,10 +328,7 @@ impl Session {
         }
         if let Exit::Close(code) = exit {
             tracing::debug!(close = code.reason(), "closing session");
-            let frame = CloseFrame {
-                code: code.code(),
-                reason: code.reason().into(),
-            };
+            let frame = CloseFrame { code: code.code(), reason: code.reason().into() };
             // A slow consumer gets no more queued frames: only the close, briefly tried.
             let patience = if code == CloseCode::SlowConsumer {
                 Duration::from_millis(200)

@@ -1,10 +1,10 @@
 //! Turning a token into a [`Principal`]: signature and expiry, then for caregivers an active
 //! caregiver record of the matching kind, whose states bound what the token may claim.
 
-use crate::auth::{Claims, Principal};
-use crate::error::{ErrorCode, HubError, HubResult};
 use super::presence::Arrival;
+use crate::auth::{Claims, Principal};
 use crate::bus::{BusEvent, Topic};
+use crate::error::{ErrorCode, HubError, HubResult};
 use crate::model::{CaregiverKind, Role};
 use crate::protocol::{PresenceStatus, ProviderPresence};
 
@@ -17,19 +17,12 @@ impl Hub {
     }
 
     async fn principal_for(&self, claims: Claims) -> HubResult<Principal> {
-        let Claims {
-            sub,
-            role,
-            states,
-            visit,
-            exp,
-            ..
-        } = claims;
+        let Claims { sub, role, states, visit, exp, .. } = claims;
         let (states, name) = match role {
             Role::Patient => {
-                let visit_id = visit.as_deref().ok_or_else(|| {
-                    HubError::new(ErrorCode::TokenInvalid, "a patient token must name its visit")
-                })?;
+                let visit_id = visit
+                    .as_deref()
+                    .ok_or_else(|| HubError::new(ErrorCode::TokenInvalid, "a patient token must name its visit"))?;
                 let record = self
                     .store
                     .get_visit(visit_id)
@@ -56,8 +49,7 @@ impl Hub {
                     ));
                 }
                 // A token may narrow the record's states, never widen them.
-                let covered =
-                    record.states.into_iter().filter(|s| states.is_empty() || states.contains(s)).collect();
+                let covered = record.states.into_iter().filter(|s| states.is_empty() || states.contains(s)).collect();
                 (covered, record.name)
             }
         };

@@ -40,20 +40,13 @@ fn checked_states(mut states: Vec<UsState>) -> HubResult<Vec<UsState>> {
     states.sort();
     states.dedup();
     if states.is_empty() {
-        return Err(HubError::new(
-            ErrorCode::ValidationFailed,
-            "`states` must name at least one state",
-        ));
+        return Err(HubError::new(ErrorCode::ValidationFailed, "`states` must name at least one state"));
     }
     Ok(states)
 }
 
 impl Hub {
-    pub async fn create_caregiver(
-        &self,
-        who: &Principal,
-        new: NewCaregiver,
-    ) -> HubResult<Caregiver> {
+    pub async fn create_caregiver(&self, who: &Principal, new: NewCaregiver) -> HubResult<Caregiver> {
         who.require_role(&[Role::Admin])?;
         let subject = match new.subject {
             Some(s) => validate::identifier("subject", &s, MAX_SUBJECT_LEN)?,
@@ -69,12 +62,7 @@ impl Hub {
             created_at: now,
             updated_at: now,
         };
-        if !self
-            .store
-            .insert_caregiver(&caregiver)
-            .await
-            .map_err(HubError::internal)?
-        {
+        if !self.store.insert_caregiver(&caregiver).await.map_err(HubError::internal)? {
             return Err(HubError::code(ErrorCode::CaregiverExists));
         }
         Ok(caregiver)
@@ -82,10 +70,7 @@ impl Hub {
 
     pub async fn list_caregivers(&self, who: &Principal) -> HubResult<Vec<Caregiver>> {
         who.require_role(&[Role::Admin])?;
-        self.store
-            .list_caregivers()
-            .await
-            .map_err(HubError::internal)
+        self.store.list_caregivers().await.map_err(HubError::internal)
     }
 
     pub async fn get_caregiver(&self, who: &Principal, subject: &str) -> HubResult<Caregiver> {
@@ -122,20 +107,11 @@ impl Hub {
             caregiver.active = active;
         }
         caregiver.updated_at = self.clock.now();
-        if !self
-            .store
-            .update_caregiver(&caregiver)
-            .await
-            .map_err(HubError::internal)?
-        {
+        if !self.store.update_caregiver(&caregiver).await.map_err(HubError::internal)? {
             return Err(HubError::code(ErrorCode::CaregiverNotFound));
         }
         let subject = caregiver.subject.clone();
-        self.publish(
-            Topic::Subject(subject.clone()),
-            BusEvent::AccessChanged { subject },
-        )
-        .await;
+        self.publish(Topic::Subject(subject.clone()), BusEvent::AccessChanged { subject }).await;
         Ok(caregiver)
     }
 }

@@ -24,7 +24,11 @@ pub struct HistoryPage {
 impl Hub {
     /// Everyone in a conversation: the patient, then caregivers in the order they joined.
     pub async fn participants(&self, visit: &Visit) -> HubResult<Vec<Participant>> {
-        let mut all = vec![Participant { subject: visit.patient_subject(), name: visit.display_name.clone(), role: Role::Patient }];
+        let mut all = vec![Participant {
+            subject: visit.patient_subject(),
+            name: visit.display_name.clone(),
+            role: Role::Patient,
+        }];
         all.extend(self.store.conversation_members(&visit.id).await.map_err(HubError::internal)?);
         Ok(all)
     }
@@ -87,7 +91,13 @@ impl Hub {
         Ok(())
     }
 
-    pub async fn chat_send(&self, who: &Principal, visit_id: &str, client_id: &str, body: &str) -> HubResult<ChatMessage> {
+    pub async fn chat_send(
+        &self,
+        who: &Principal,
+        visit_id: &str,
+        client_id: &str,
+        body: &str,
+    ) -> HubResult<ChatMessage> {
         let visit = self.require_member(who, visit_id).await?;
         if visit.status.is_final() {
             return Err(HubError::code(ErrorCode::VisitNotActive));
@@ -106,12 +116,19 @@ impl Hub {
         };
         let (stored, appended) = self.store.append_message(&new).await.map_err(HubError::internal)?;
         if appended {
+            self.metrics.chat_stored.with_label_values(&[who.role.as_str()]).inc();
             self.publish(Topic::Visit(visit.id.clone()), BusEvent::ChatMessage(stored.clone())).await;
         }
         Ok(stored)
     }
 
-    pub async fn chat_history(&self, who: &Principal, visit_id: &str, before_seq: Option<u64>, limit: Option<u32>) -> HubResult<HistoryPage> {
+    pub async fn chat_history(
+        &self,
+        who: &Principal,
+        visit_id: &str,
+        before_seq: Option<u64>,
+        limit: Option<u32>,
+    ) -> HubResult<HistoryPage> {
         self.require_member(who, visit_id).await?;
         let limit = limit.unwrap_or(self.options.chat_page_max).clamp(1, self.options.chat_page_max);
         // One extra row tells whether an older page exists.
@@ -152,7 +169,12 @@ impl Hub {
             .await
             .map_err(HubError::internal)?
             .filter(|c| c.covers(visit.state))
-            .ok_or_else(|| HubError::new(ErrorCode::StateNotCovered, "the new caregiver must be active and cover the visit's state"))?;
+            .ok_or_else(|| {
+                HubError::new(
+                    ErrorCode::StateNotCovered,
+                    "the new caregiver must be active and cover the visit's state",
+                )
+            })?;
         let role = match target.kind {
             crate::model::CaregiverKind::Provider => Role::Provider,
             crate::model::CaregiverKind::Support => Role::Support,
@@ -163,7 +185,8 @@ impl Hub {
         if who.role != Role::Admin {
             self.store.leave_conversation(visit_id, &who.subject).await.map_err(HubError::internal)?;
         }
-        self.publish(Topic::Subject(target.subject), BusEvent::ConversationAssigned { visit_id: visit.id.clone() }).await;
+        self.publish(Topic::Subject(target.subject), BusEvent::ConversationAssigned { visit_id: visit.id.clone() })
+            .await;
         self.announce_participants(visit_id).await;
         self.participants(&visit).await
     }

@@ -24,9 +24,7 @@ pub fn opening(now: DateTime<Utc>, tz: Tz, hours: &WeeklyHours) -> Opening {
         && today.open.0 <= minute
         && minute < today.close.0
     {
-        return Opening::Open {
-            closes_at: closing_time(date, weekday, hours, tz),
-        };
+        return Opening::Open { closes_at: closing_time(date, weekday, hours, tz) };
     }
     for ahead in 0..8u32 {
         let Some(day) = hours.day(weekday + ahead) else {
@@ -36,27 +34,17 @@ pub fn opening(now: DateTime<Utc>, tz: Tz, hours: &WeeklyHours) -> Opening {
             continue;
         }
         let day_date = date + Duration::days(ahead as i64);
-        return Opening::Closed {
-            opens_at: Some(to_utc(day_date, day.open.0, tz)),
-        };
+        return Opening::Closed { opens_at: Some(to_utc(day_date, day.open.0, tz)) };
     }
     Opening::Closed { opens_at: None }
 }
 
 /// When today's opening ends, following days that continue it without a break
 /// (closing at 24:00 and opening at 00:00 the next day).
-fn closing_time(
-    date: NaiveDate,
-    weekday: u32,
-    hours: &WeeklyHours,
-    tz: Tz,
-) -> Option<DateTime<Utc>> {
+fn closing_time(date: NaiveDate, weekday: u32, hours: &WeeklyHours, tz: Tz) -> Option<DateTime<Utc>> {
     for ahead in 0..7u32 {
         let day = hours.day(weekday + ahead)?;
-        let continues = day.close.0 == 1440
-            && hours
-                .day(weekday + ahead + 1)
-                .is_some_and(|next| next.open.0 == 0);
+        let continues = day.close.0 == 1440 && hours.day(weekday + ahead + 1).is_some_and(|next| next.open.0 == 0);
         if !continues {
             return Some(to_utc(date + Duration::days(ahead as i64), day.close.0, tz));
         }
@@ -67,14 +55,10 @@ fn closing_time(
 /// Local wall-clock minutes on a date to UTC. A time that does not exist (spring forward) is
 /// taken an hour later; an ambiguous one (fall back) the earlier.
 fn to_utc(date: NaiveDate, minutes: u16, tz: Tz) -> DateTime<Utc> {
-    let naive: NaiveDateTime =
-        date.and_hms_opt(0, 0, 0).expect("midnight exists") + Duration::minutes(minutes as i64);
+    let naive: NaiveDateTime = date.and_hms_opt(0, 0, 0).expect("midnight exists") + Duration::minutes(minutes as i64);
     tz.from_local_datetime(&naive)
         .earliest()
-        .or_else(|| {
-            tz.from_local_datetime(&(naive + Duration::hours(1)))
-                .earliest()
-        })
+        .or_else(|| tz.from_local_datetime(&(naive + Duration::hours(1))).earliest())
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_else(|| Utc.from_utc_datetime(&naive))
 }
@@ -89,26 +73,12 @@ mod tests {
     }
 
     fn weekdays_9_to_17() -> WeeklyHours {
-        let d = Some(DayHours {
-            open: m(9 * 60),
-            close: m(17 * 60),
-        });
-        WeeklyHours {
-            mon: d,
-            tue: d,
-            wed: d,
-            thu: d,
-            fri: d,
-            sat: None,
-            sun: None,
-        }
+        let d = Some(DayHours { open: m(9 * 60), close: m(17 * 60) });
+        WeeklyHours { mon: d, tue: d, wed: d, thu: d, fri: d, sat: None, sun: None }
     }
 
     fn la(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-        chrono_tz::America::Los_Angeles
-            .with_ymd_and_hms(y, mo, d, h, mi, 0)
-            .unwrap()
-            .with_timezone(&Utc)
+        chrono_tz::America::Los_Angeles.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap().with_timezone(&Utc)
     }
 
     #[test]
@@ -117,9 +87,7 @@ mod tests {
         let now = la(2026, 11, 25, 10, 0);
         assert_eq!(
             opening(now, chrono_tz::America::Los_Angeles, &weekdays_9_to_17()),
-            Opening::Open {
-                closes_at: Some(la(2026, 11, 25, 17, 0))
-            }
+            Opening::Open { closes_at: Some(la(2026, 11, 25, 17, 0)) }
         );
     }
 
@@ -129,22 +97,16 @@ mod tests {
         let tz = chrono_tz::America::Los_Angeles;
         assert_eq!(
             opening(la(2026, 11, 25, 7, 0), tz, &hours),
-            Opening::Closed {
-                opens_at: Some(la(2026, 11, 25, 9, 0))
-            }
+            Opening::Closed { opens_at: Some(la(2026, 11, 25, 9, 0)) }
         );
         assert_eq!(
             opening(la(2026, 11, 25, 17, 0), tz, &hours),
-            Opening::Closed {
-                opens_at: Some(la(2026, 11, 26, 9, 0))
-            }
+            Opening::Closed { opens_at: Some(la(2026, 11, 26, 9, 0)) }
         );
         // Friday evening opens on Monday.
         assert_eq!(
             opening(la(2026, 11, 27, 18, 0), tz, &hours),
-            Opening::Closed {
-                opens_at: Some(la(2026, 11, 30, 9, 0))
-            }
+            Opening::Closed { opens_at: Some(la(2026, 11, 30, 9, 0)) }
         );
     }
 
@@ -152,39 +114,20 @@ mod tests {
     fn around_the_clock_never_closes_and_closed_week_never_opens() {
         let tz = chrono_tz::America::New_York;
         let now = la(2026, 11, 25, 3, 0);
-        assert_eq!(
-            opening(now, tz, &WeeklyHours::ALWAYS_OPEN),
-            Opening::Open { closes_at: None }
-        );
-        let closed = WeeklyHours {
-            mon: None,
-            tue: None,
-            wed: None,
-            thu: None,
-            fri: None,
-            sat: None,
-            sun: None,
-        };
-        assert_eq!(
-            opening(now, tz, &closed),
-            Opening::Closed { opens_at: None }
-        );
+        assert_eq!(opening(now, tz, &WeeklyHours::ALWAYS_OPEN), Opening::Open { closes_at: None });
+        let closed = WeeklyHours { mon: None, tue: None, wed: None, thu: None, fri: None, sat: None, sun: None };
+        assert_eq!(opening(now, tz, &closed), Opening::Closed { opens_at: None });
     }
 
     #[test]
     fn overnight_continuation_closes_at_the_last_break() {
         let tz = chrono_tz::America::Los_Angeles;
         let mut hours = WeeklyHours::ALWAYS_OPEN;
-        hours.thu = Some(DayHours {
-            open: m(0),
-            close: m(12 * 60),
-        });
+        hours.thu = Some(DayHours { open: m(0), close: m(12 * 60) });
         // Monday 10:00: open through Thursday noon.
         assert_eq!(
             opening(la(2026, 11, 23, 10, 0), tz, &hours),
-            Opening::Open {
-                closes_at: Some(la(2026, 11, 26, 12, 0))
-            }
+            Opening::Open { closes_at: Some(la(2026, 11, 26, 12, 0)) }
         );
     }
 

@@ -19,11 +19,7 @@ pub struct BusyWindow {
 
 impl BusyWindow {
     fn trim(&mut self, now: DateTime<Utc>) {
-        while self
-            .admitted
-            .front()
-            .is_some_and(|t| *t <= now - Duration::hours(1))
-        {
+        while self.admitted.front().is_some_and(|t| *t <= now - Duration::hours(1)) {
             self.admitted.pop_front();
         }
     }
@@ -67,10 +63,7 @@ pub fn check_intake(ctx: &IntakeContext<'_>, busy: &mut BusyWindow) -> Result<()
     let tz = s.tz();
     let closes_at = match opening(ctx.now, tz, &s.hours) {
         Opening::Closed { opens_at } => {
-            let err = HubError::new(
-                ErrorCode::OutsideHours,
-                "the queue for this state is closed now",
-            );
+            let err = HubError::new(ErrorCode::OutsideHours, "the queue for this state is closed now");
             return Err(match opens_at {
                 Some(t) => err.retry_after(secs_until(ctx.now, t)),
                 None => err,
@@ -79,18 +72,13 @@ pub fn check_intake(ctx: &IntakeContext<'_>, busy: &mut BusyWindow) -> Result<()
         Opening::Open { closes_at } => closes_at,
     };
     if ctx.waiting >= s.queue_cap {
-        return Err(
-            HubError::new(ErrorCode::QueueFull, "the queue for this state is full")
-                .retry_after(ctx.slot_free_secs.max(1)),
-        );
+        return Err(HubError::new(ErrorCode::QueueFull, "the queue for this state is full")
+            .retry_after(ctx.slot_free_secs.max(1)));
     }
     if let Some(close) = closes_at
         && ctx.now + Duration::seconds(ctx.projected_wait_secs as i64) > close
     {
-        let err = HubError::new(
-            ErrorCode::QueueClosing,
-            "the queue could not be seen before closing today",
-        );
+        let err = HubError::new(ErrorCode::QueueClosing, "the queue could not be seen before closing today");
         return Err(match opening(close, tz, &s.hours) {
             Opening::Closed { opens_at: Some(t) } => err.retry_after(secs_until(ctx.now, t)),
             _ => err,
@@ -99,10 +87,7 @@ pub fn check_intake(ctx: &IntakeContext<'_>, busy: &mut BusyWindow) -> Result<()
     if s.busy
         && let Some(wait) = busy.wait_for_slot(ctx.now, s.busy_intake_per_hour)
     {
-        return Err(
-            HubError::new(ErrorCode::StateBusy, "the state is busy; intake is slowed")
-                .retry_after(wait.max(1)),
-        );
+        return Err(HubError::new(ErrorCode::StateBusy, "the state is busy; intake is slowed").retry_after(wait.max(1)));
     }
     Ok(())
 }
@@ -120,38 +105,18 @@ mod tests {
 
     fn settings() -> StateSettings {
         let mut s = StateSettings::default_for(UsState::parse("WA").unwrap(), 3, 2);
-        let d = Some(DayHours {
-            open: Minutes(9 * 60),
-            close: Minutes(17 * 60),
-        });
-        s.hours = WeeklyHours {
-            mon: d,
-            tue: d,
-            wed: d,
-            thu: d,
-            fri: d,
-            sat: None,
-            sun: None,
-        };
+        let d = Some(DayHours { open: Minutes(9 * 60), close: Minutes(17 * 60) });
+        s.hours = WeeklyHours { mon: d, tue: d, wed: d, thu: d, fri: d, sat: None, sun: None };
         s
     }
 
     fn at(h: u32, m: u32) -> DateTime<Utc> {
         // Wednesday 2026-11-25 in Seattle.
-        chrono_tz::America::Los_Angeles
-            .with_ymd_and_hms(2026, 11, 25, h, m, 0)
-            .unwrap()
-            .with_timezone(&Utc)
+        chrono_tz::America::Los_Angeles.with_ymd_and_hms(2026, 11, 25, h, m, 0).unwrap().with_timezone(&Utc)
     }
 
     fn ctx(s: &StateSettings, now: DateTime<Utc>, waiting: u32, wait: u64) -> IntakeContext<'_> {
-        IntakeContext {
-            settings: s,
-            now,
-            waiting,
-            projected_wait_secs: wait,
-            slot_free_secs: 120,
-        }
+        IntakeContext { settings: s, now, waiting, projected_wait_secs: wait, slot_free_secs: 120 }
     }
 
     #[test]
@@ -179,8 +144,7 @@ mod tests {
     #[test]
     fn refuses_when_wait_runs_past_closing() {
         let s = settings();
-        let err =
-            check_intake(&ctx(&s, at(16, 30), 1, 3600), &mut BusyWindow::default()).unwrap_err();
+        let err = check_intake(&ctx(&s, at(16, 30), 1, 3600), &mut BusyWindow::default()).unwrap_err();
         assert_eq!(err.code, ErrorCode::QueueClosing);
         // Next opening is tomorrow 09:00, 16.5 hours away.
         assert_eq!(err.retry_after_secs, Some(16 * 3600 + 1800));

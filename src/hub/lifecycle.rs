@@ -26,7 +26,11 @@ impl Hub {
         let visit = self.visit(visit_id).await?;
         who.require_covers(visit.state)?;
         if visit.status != VisitStatus::Waiting {
-            return Err(HubError::code(if visit.is_live() { ErrorCode::VisitAlreadyClaimed } else { ErrorCode::InvalidTransition }));
+            return Err(HubError::code(if visit.is_live() {
+                ErrorCode::VisitAlreadyClaimed
+            } else {
+                ErrorCode::InvalidTransition
+            }));
         }
         let lock = self.claim_locks.entry(who.subject.clone()).or_default().clone();
         let at = self.clock.now();
@@ -41,6 +45,12 @@ impl Hub {
                 self.live.forget(&visit.id);
                 return Err(HubError::code(ErrorCode::VisitAlreadyClaimed));
             }
+        }
+        let waited = (at - visit.created_at).num_seconds().max(0) as u64;
+        let state = visit.state.code();
+        self.metrics.time_to_provider.with_label_values(&[state]).observe(waited as f64);
+        if let Some(estimate) = visit.estimated_wait_secs {
+            self.metrics.estimator_error.with_label_values(&[state]).observe(waited.abs_diff(estimate) as f64);
         }
         let mut next = (*visit).clone();
         next.status = VisitStatus::Claimed;
@@ -87,7 +97,8 @@ impl Hub {
     /// Stores `visit -> to` and tells everyone. `None` when the visit moved meanwhile.
     pub(super) async fn apply(&self, visit: &Visit, to: VisitStatus, actor: &Actor) -> HubResult<Option<Visit>> {
         let at = self.clock.now();
-        let moved = self.store.transition_visit(&visit.id, visit.status, to, actor, at).await.map_err(HubError::internal)?;
+        let moved =
+            self.store.transition_visit(&visit.id, visit.status, to, actor, at).await.map_err(HubError::internal)?;
         if !moved {
             self.live.forget(&visit.id);
             return Ok(None);
@@ -117,16 +128,21 @@ impl Hub {
         {
             self.refresh_provider_load(provider).await;
         }
-        let update = VisitUpdated { visit_id: after.id.clone(), status: after.status, at, state: None, reported_state: None };
+        let update =
+            VisitUpdated { visit_id: after.id.clone(), status: after.status, at, state: None, reported_state: None };
         self.publish(Topic::Visit(after.id.clone()), BusEvent::VisitUpdated(update)).await;
         if after.status == VisitStatus::InVisit
             && let Some(parties) = self.parties(&after).await
         {
             let (patient, provider) = parties;
-            self.publish(Topic::Signal(after.id.clone()), BusEvent::VisitStarted { visit_id: after.id.clone(), patient, provider })
-                .await;
+            self.publish(
+                Topic::Signal(after.id.clone()),
+                BusEvent::VisitStarted { visit_id: after.id.clone(), patient, provider },
+            )
+            .await;
         }
         if after.status.is_final() {
+            self.metrics.visits_finished.with_label_values(&[after.state.code(), after.status.as_str()]).inc();
             self.chat_locks.remove(&after.id);
             if let Some((_, timer)) = self.abandon_timers.remove(&after.id) {
                 timer.abort();
@@ -141,7 +157,8 @@ impl Hub {
             Ok(Some(c)) => c.name,
             _ => provider.to_string(),
         };
-        let patient = Participant { subject: visit.patient_subject(), name: visit.display_name.clone(), role: Role::Patient };
+        let patient =
+            Participant { subject: visit.patient_subject(), name: visit.display_name.clone(), role: Role::Patient };
         Some((patient, Participant { subject: provider.to_string(), name, role: Role::Provider }))
     }
 
@@ -149,7 +166,13 @@ impl Hub {
         let Ok(transitions) = self.store.transitions(&visit.id).await else { return };
         if let Some(start) = transitions.iter().rev().find(|t| t.to == VisitStatus::InVisit) {
             let secs = (at - start.at).num_seconds().max(0) as u64;
-            let prior = || super::Estimator::new(self.options.prior_visit_secs, self.options.prior_pickup_secs, self.options.estimator_alpha);
+            let prior = || {
+                super::Estimator::new(
+                    self.options.prior_visit_secs,
+                    self.options.prior_pickup_secs,
+                    self.options.estimator_alpha,
+                )
+            };
             self.estimators.entry(visit.state).or_insert_with(prior).record_visit_duration(secs);
         }
     }
@@ -193,7 +216,13 @@ impl Hub {
         next.reported_state = Some(state);
         self.live.put(next);
         let at = self.clock.now();
-        let update = VisitUpdated { visit_id: visit.id.clone(), status: visit.status, at, state: None, reported_state: Some(state) };
+        let update = VisitUpdated {
+            visit_id: visit.id.clone(),
+            status: visit.status,
+            at,
+            state: None,
+            reported_state: Some(state),
+        };
         self.publish(Topic::Visit(visit.id.clone()), BusEvent::VisitUpdated(update)).await;
         Ok(())
     }
@@ -222,7 +251,8 @@ impl Hub {
         let next = self.live.put(next);
         self.leave_queue(visit.state, &visit.id).await;
         self.join_queue(&next).await;
-        let update = VisitUpdated { visit_id: visit.id.clone(), status: next.status, at, state: Some(to), reported_state: None };
+        let update =
+            VisitUpdated { visit_id: visit.id.clone(), status: next.status, at, state: Some(to), reported_state: None };
         self.publish(Topic::Visit(visit.id.clone()), BusEvent::VisitUpdated(update)).await;
         Ok((*next).clone())
     }

@@ -2,6 +2,7 @@
 //! framework, Redis or SQL type: it talks to the [`Store`] and [`Bus`] traits.
 
 mod access;
+pub mod audit;
 mod caregivers;
 mod chat;
 pub mod estimator;
@@ -24,12 +25,13 @@ use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
 
+pub use audit::Scope;
 pub use caregivers::{CaregiverPatch, NewCaregiver};
 pub use chat::HistoryPage;
 pub use estimator::{EstimateInputs, Estimator, Staffing};
+pub use portal::{ConversationView, PortalSnapshot};
 pub use queues::QueueView;
 pub use router::SessionLink;
-pub use portal::{ConversationView, PortalSnapshot};
 pub use settings::SettingsPatch;
 pub use turn::TurnOptions;
 pub use visits::{IntakeReceipt, IntakeRequest, VisitView};
@@ -37,6 +39,7 @@ pub use visits::{IntakeReceipt, IntakeRequest, VisitView};
 use crate::auth::TokenKeys;
 use crate::bus::{Bus, BusEvent, BusHandler, Topic};
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::model::{StateSettings, UsState, VisitId};
 use crate::store::Store;
 use presence::Presence;
@@ -91,6 +94,7 @@ pub struct Hub {
     bus: Arc<dyn Bus>,
     keys: TokenKeys,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
     queues: Queues,
     presence: Presence,
     router: Router,
@@ -116,18 +120,16 @@ impl Hub {
         bus: Arc<dyn Bus>,
         keys: TokenKeys,
         clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Hub>> {
-        let prior = Estimator::new(
-            options.prior_visit_secs,
-            options.prior_pickup_secs,
-            options.estimator_alpha,
-        );
+        let prior = Estimator::new(options.prior_visit_secs, options.prior_pickup_secs, options.estimator_alpha);
         let hub = Arc::new(Hub {
             queues: Queues::new(prior.inputs(Staffing::default())),
             store,
             bus,
             keys,
             clock,
+            metrics,
             presence: Presence::new(options.max_live_visits_per_provider),
             router: Router::default(),
             settings: DashMap::new(),
@@ -156,6 +158,25 @@ impl Hub {
 
     pub fn keys(&self) -> &TokenKeys {
         &self.keys
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The metrics page, with the queue gauges read now.
+    pub fn render_metrics(&self) -> String {
+        let now = self.clock.now();
+        for view in self.queues.views() {
+            let state = view.state.code();
+            let m = &self.metrics;
+            m.queue_depth.with_label_values(&[state]).set(view.len() as i64);
+            let oldest = view.entries.first().map_or(0, |e| (now - e.enqueued_at).num_seconds().max(0));
+            m.queue_oldest_wait.with_label_values(&[state]).set(oldest);
+            m.queue_estimated_wait.with_label_values(&[state]).set(view.estimate.wait_for(view.len() + 1) as i64);
+        }
+        self.metrics.store_pool_in_use.set(self.store.connections_in_use() as i64);
+        self.metrics.render()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -202,21 +223,12 @@ impl Hub {
 
     fn refresh_board(&self, state: UsState) {
         let busy = self.settings.get(&state).is_some_and(|s| s.busy);
-        self.queues
-            .lane(state)
-            .refresh_board(state, busy, self.estimate(state));
+        self.queues.lane(state).refresh_board(state, busy, self.estimate(state));
     }
 
     /// Tells every node (this one included) that a state's queue changed.
     async fn announce_queue(&self, state: UsState, version: u64) {
-        if let Err(e) = self
-            .bus
-            .publish(
-                &Topic::Queue(state),
-                BusEvent::QueueChanged { state, version },
-            )
-            .await
-        {
+        if let Err(e) = self.bus.publish(&Topic::Queue(state), BusEvent::QueueChanged { state, version }).await {
             // The change is stored; nodes that missed it catch up on the next change.
             tracing::warn!(state = %state, error = %e, "queue change not published");
         }

@@ -127,7 +127,12 @@ impl Presence {
 mod tests {
     use super::*;
 
-    fn arrive<'a>(p: &Presence, subject: &'a str, kind: CaregiverKind, states: &'a [UsState]) -> Option<ProviderPresence> {
+    fn arrive<'a>(
+        p: &Presence,
+        subject: &'a str,
+        kind: CaregiverKind,
+        states: &'a [UsState],
+    ) -> Option<ProviderPresence> {
         p.connect(Arrival { subject, name: "N", kind, states, live: 0 })
     }
 

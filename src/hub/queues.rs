@@ -43,19 +43,8 @@ impl QueueView {
         estimate: EstimateInputs,
         entries: Vec<Arc<QueuedVisit>>,
     ) -> QueueView {
-        let index = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.visit_id.clone(), i as u32 + 1))
-            .collect();
-        QueueView {
-            state,
-            version,
-            busy,
-            estimate,
-            entries,
-            index,
-        }
+        let index = entries.iter().enumerate().map(|(i, e)| (e.visit_id.clone(), i as u32 + 1)).collect();
+        QueueView { state, version, busy, estimate, entries, index }
     }
 
     /// 1-based position of a waiting visit.
@@ -108,12 +97,8 @@ impl QueueView {
     /// What changed since `older`, or `None` if nothing a caregiver sees did.
     pub fn delta_since(&self, older: &QueueView) -> Option<QueueDelta> {
         let now: HashSet<&str> = self.entries.iter().map(|e| &*e.visit_id).collect();
-        let removed: Vec<String> = older
-            .entries
-            .iter()
-            .filter(|e| !now.contains(&*e.visit_id))
-            .map(|e| e.visit_id.to_string())
-            .collect();
+        let removed: Vec<String> =
+            older.entries.iter().filter(|e| !now.contains(&*e.visit_id)).map(|e| e.visit_id.to_string()).collect();
         let added: Vec<QueueEntry> = self
             .entries
             .iter()
@@ -121,10 +106,8 @@ impl QueueView {
             .filter(|(_, e)| older.position_of(&e.visit_id).is_none())
             .map(|(i, _)| self.entry(i as u32 + 1))
             .collect();
-        let unchanged = removed.is_empty()
-            && added.is_empty()
-            && self.busy == older.busy
-            && self.estimate == older.estimate;
+        let unchanged =
+            removed.is_empty() && added.is_empty() && self.busy == older.busy && self.estimate == older.estimate;
         (!unchanged).then_some(QueueDelta {
             state: self.state,
             version: self.version,
@@ -189,11 +172,7 @@ impl Lane {
     }
 
     pub fn waiting(&self) -> u32 {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entries
-            .len() as u32
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).entries.len() as u32
     }
 }
 
@@ -205,10 +184,7 @@ pub struct Queues {
 
 impl Queues {
     pub fn new(empty_estimate: EstimateInputs) -> Queues {
-        Queues {
-            lanes: DashMap::new(),
-            empty_estimate,
-        }
+        Queues { lanes: DashMap::new(), empty_estimate }
     }
 
     pub fn lane(&self, state: UsState) -> Arc<Lane> {
@@ -226,6 +202,11 @@ impl Queues {
                 })
             })
             .clone()
+    }
+
+    /// The newest view of every state's queue that has been used.
+    pub fn views(&self) -> Vec<Arc<QueueView>> {
+        self.lanes.iter().map(|lane| lane.board.borrow().clone()).collect()
     }
 
     pub fn subscribe(&self, state: UsState) -> watch::Receiver<Arc<QueueView>> {
@@ -248,17 +229,8 @@ mod tests {
     }
 
     fn view(version: u64, ids: &[&str]) -> QueueView {
-        let est = Estimator::new(600, 30, 0.2).inputs(Staffing {
-            online: 1,
-            available: 0,
-        });
-        QueueView::new(
-            UsState::parse("WA").unwrap(),
-            version,
-            false,
-            est,
-            ids.iter().map(|i| visit(i)).collect(),
-        )
+        let est = Estimator::new(600, 30, 0.2).inputs(Staffing { online: 1, available: 0 });
+        QueueView::new(UsState::parse("WA").unwrap(), version, false, est, ids.iter().map(|i| visit(i)).collect())
     }
 
     #[test]
@@ -278,10 +250,7 @@ mod tests {
         let d = new.delta_since(&old).unwrap();
         assert_eq!(d.removed, vec!["a".to_string()]);
         assert_eq!(d.added.len(), 1);
-        assert_eq!(
-            (d.added[0].visit_id.as_str(), d.added[0].position),
-            ("d", 3)
-        );
+        assert_eq!((d.added[0].visit_id.as_str(), d.added[0].position), ("d", 3));
         assert!(new.delta_since(&view(3, &["b", "c", "d"])).is_none());
     }
 

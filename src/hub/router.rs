@@ -72,20 +72,11 @@ mod tests {
 
     fn link(id: u64, capacity: usize) -> (SessionLink, mpsc::Receiver<Arc<BusEvent>>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (
-            SessionLink {
-                id,
-                inbox: tx,
-                overflowed: CancellationToken::new(),
-            },
-            rx,
-        )
+        (SessionLink { id, inbox: tx, overflowed: CancellationToken::new() }, rx)
     }
 
     fn event() -> Arc<BusEvent> {
-        Arc::new(BusEvent::AccessChanged {
-            subject: "x".into(),
-        })
+        Arc::new(BusEvent::AccessChanged { subject: "x".into() })
     }
 
     #[test]

@@ -63,9 +63,7 @@ pub fn check_sdp(sdp: &str, max_bytes: usize) -> HubResult<()> {
         in_use += 1;
         let group = mid(i).and_then(|id| bundles.iter().find(|g| g.contains(&id)));
         let in_group = |j: &usize| group.is_some_and(|g| mid(*j).is_some_and(|id| g.contains(&id)));
-        let sections: Vec<usize> = std::iter::once(i)
-            .chain((0..media.len()).filter(in_group))
-            .collect();
+        let sections: Vec<usize> = std::iter::once(i).chain((0..media.len()).filter(in_group)).collect();
         for (key, valid) in TRANSPORT {
             let value = (sections.iter())
                 .find_map(|&j| attr(&media[j].attributes, key))
@@ -322,10 +320,9 @@ mod tests {
         ] {
             refusal(check_sdp(&sdp, MAX), ErrorCode::InvalidSdp);
         }
-        for candidate in [
-            "1 1 udp 1 198.51.100.7 70000 typ host",
-            "1 1 udp 1 2001:db8::1 9 typ srflx raddr 203.0.113.5:1 rport 9",
-        ] {
+        for candidate in
+            ["1 1 udp 1 198.51.100.7 70000 typ host", "1 1 udp 1 2001:db8::1 9 typ srflx raddr 203.0.113.5:1 rport 9"]
+        {
             refusal(check_candidate(candidate), ErrorCode::InvalidCandidate);
         }
     }

@@ -28,16 +28,9 @@ pub struct SettingsPatch {
 impl Hub {
     /// The state's settings, or the defaults when nobody set them.
     pub fn state_settings(&self, state: UsState) -> StateSettings {
-        self.settings
-            .get(&state)
-            .map(|s| s.clone())
-            .unwrap_or_else(|| {
-                StateSettings::default_for(
-                    state,
-                    self.options.default_queue_cap,
-                    self.options.default_busy_intake_per_hour,
-                )
-            })
+        self.settings.get(&state).map(|s| s.clone()).unwrap_or_else(|| {
+            StateSettings::default_for(state, self.options.default_queue_cap, self.options.default_busy_intake_per_hour)
+        })
     }
 
     pub fn all_state_settings(&self) -> Vec<StateSettings> {
@@ -54,19 +47,13 @@ impl Hub {
         let mut s = self.state_settings(state);
         if let Some(tz) = patch.time_zone {
             tz.parse::<chrono_tz::Tz>().map_err(|_| {
-                HubError::new(
-                    ErrorCode::ValidationFailed,
-                    "`time_zone` must be an IANA time zone name",
-                )
+                HubError::new(ErrorCode::ValidationFailed, "`time_zone` must be an IANA time zone name")
             })?;
             s.time_zone = tz;
         }
         if let Some(hours) = patch.hours {
             if !hours.is_valid() {
-                return Err(HubError::new(
-                    ErrorCode::ValidationFailed,
-                    "each day's `open` must be before its `close`",
-                ));
+                return Err(HubError::new(ErrorCode::ValidationFailed, "each day's `open` must be before its `close`"));
             }
             s.hours = hours;
         }
@@ -93,12 +80,7 @@ impl Hub {
     }
 
     /// Staff covering the state (or an admin) mark it busy or not.
-    pub async fn set_busy(
-        &self,
-        who: &Principal,
-        state: UsState,
-        busy: bool,
-    ) -> HubResult<StateSettings> {
+    pub async fn set_busy(&self, who: &Principal, state: UsState, busy: bool) -> HubResult<StateSettings> {
         who.require_role(&[Role::Provider, Role::Support, Role::Admin])?;
         who.require_covers(state)?;
         let s = self.state_settings(state);
@@ -114,10 +96,7 @@ impl Hub {
             window.clear();
         }
         s.busy = busy;
-        self.store
-            .put_state_settings(&s)
-            .await
-            .map_err(HubError::internal)?;
+        self.store.put_state_settings(&s).await.map_err(HubError::internal)?;
         self.settings.insert(s.state, s.clone());
         drop(window);
         let version = lane.bump();

@@ -29,7 +29,11 @@ impl Signal {
 
 impl Hub {
     /// Whether `who` is the patient or the provider of the visit.
-    async fn require_participant(&self, who: &Principal, visit_id: &str) -> HubResult<std::sync::Arc<crate::model::Visit>> {
+    async fn require_participant(
+        &self,
+        who: &Principal,
+        visit_id: &str,
+    ) -> HubResult<std::sync::Arc<crate::model::Visit>> {
         if who.role == Role::Patient && !who.is_patient_of(visit_id) {
             return Err(HubError::code(ErrorCode::NotYourVisit));
         }
@@ -42,6 +46,7 @@ impl Hub {
     }
 
     pub async fn relay_signal(&self, who: &Principal, mut signal: Signal) -> HubResult<()> {
+        let received_at_us = chrono::Utc::now().timestamp_micros();
         let visit = self.require_participant(who, signal.visit_id()).await?;
         if visit.status != VisitStatus::InVisit {
             return Err(HubError::new(ErrorCode::VisitNotActive, "signaling is open while the visit is in_visit"));
@@ -52,7 +57,7 @@ impl Hub {
             Signal::EndOfCandidates(_) => {}
         }
         signal.stamp(who.role);
-        let event = BusEvent::Signal { from_subject: who.subject.clone(), signal };
+        let event = BusEvent::Signal { from_subject: who.subject.clone(), signal, received_at_us };
         self.bus
             .publish(&Topic::Signal(visit.id.clone()), event)
             .await
@@ -61,7 +66,13 @@ impl Hub {
 
     /// What one side of a started visit needs: its negotiation role, its peer, and ICE
     /// servers with fresh TURN credentials.
-    pub fn visit_started_for(&self, me: &str, visit_id: &str, patient: &crate::protocol::Participant, provider: &crate::protocol::Participant) -> VisitStarted {
+    pub fn visit_started_for(
+        &self,
+        me: &str,
+        visit_id: &str,
+        patient: &crate::protocol::Participant,
+        provider: &crate::protocol::Participant,
+    ) -> VisitStarted {
         let (servers, expires): (Vec<IceServer>, i64) = self.options.turn.ice_servers(self.clock.now());
         let i_am_patient = patient.subject == me;
         VisitStarted {
@@ -80,6 +91,9 @@ impl Hub {
         if visit.status != VisitStatus::InVisit {
             return Ok(None);
         }
-        Ok(self.parties(&visit).await.map(|(patient, provider)| self.visit_started_for(&who.subject, visit_id, &patient, &provider)))
+        Ok(self
+            .parties(&visit)
+            .await
+            .map(|(patient, provider)| self.visit_started_for(&who.subject, visit_id, &patient, &provider)))
     }
 }

@@ -35,15 +35,10 @@ impl TurnOptions {
         let expires_at = now.timestamp().saturating_add(ttl);
         let mut servers = Vec::with_capacity(2);
         if !self.stun_urls.is_empty() {
-            servers.push(IceServer {
-                urls: self.stun_urls.clone(),
-                username: None,
-                credential: None,
-            });
+            servers.push(IceServer { urls: self.stun_urls.clone(), username: None, credential: None });
         }
         if let (false, Some(secret)) = (self.turn_urls.is_empty(), self.secrets.first()) {
-            let (username, credential) =
-                turn_credential(secret.expose().as_bytes(), expires_at, &opaque_id());
+            let (username, credential) = turn_credential(secret.expose().as_bytes(), expires_at, &opaque_id());
             servers.push(IceServer {
                 urls: self.turn_urls.clone(),
                 username: Some(username),
@@ -83,9 +78,7 @@ mod tests {
     use super::*;
 
     fn at(secs: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(secs, 0)
-            .single()
-            .expect("valid timestamp")
+        Utc.timestamp_opt(secs, 0).single().expect("valid timestamp")
     }
 
     fn options(secrets: &[&str]) -> TurnOptions {
@@ -101,18 +94,14 @@ mod tests {
     }
 
     fn turn_entry(servers: &[IceServer]) -> &IceServer {
-        servers
-            .iter()
-            .find(|s| s.username.is_some())
-            .expect("a TURN entry with credentials")
+        servers.iter().find(|s| s.username.is_some()).expect("a TURN entry with credentials")
     }
 
     #[test]
     fn known_vector() {
         // python3: base64.b64encode(hmac.new(b'north-star-secret',
         //     b'1700000000:0123456789abcdef', hashlib.sha1).digest())
-        let (username, password) =
-            turn_credential(b"north-star-secret", 1_700_000_000, "0123456789abcdef");
+        let (username, password) = turn_credential(b"north-star-secret", 1_700_000_000, "0123456789abcdef");
         assert_eq!(username, "1700000000:0123456789abcdef");
         assert_eq!(password, "PcytyVNiCvoFSIK5MsrEDCysAnw=");
     }
@@ -132,10 +121,7 @@ mod tests {
     fn stun_has_no_credentials() {
         let (servers, _) = options(&["s1"]).ice_servers(at(1_750_000_000));
         assert_eq!(servers.len(), 2);
-        assert_eq!(
-            servers[0].urls,
-            vec!["stun:stun.visithub.test:3478".to_string()]
-        );
+        assert_eq!(servers[0].urls, vec!["stun:stun.visithub.test:3478".to_string()]);
         assert_eq!(servers[0].username, None);
         assert_eq!(servers[0].credential, None);
     }
@@ -151,10 +137,7 @@ mod tests {
         assert_ne!(ua, ub, "each call gets its own opaque id");
         for u in [&ua, &ub] {
             let lower = u.to_lowercase();
-            assert!(
-                !lower.contains("patient") && !lower.contains("visit"),
-                "{u}"
-            );
+            assert!(!lower.contains("patient") && !lower.contains("visit"), "{u}");
             let (expiry, id) = u.split_once(':').expect("<expiry>:<id>");
             assert_eq!(expiry, "1750000600");
             assert_eq!(id.len(), 16, "{u}");
@@ -166,20 +149,9 @@ mod tests {
     fn stun_only_without_secret() {
         let (servers, _) = options(&[]).ice_servers(at(1_750_000_000));
         assert_eq!(servers.len(), 1);
-        assert_eq!(
-            servers[0].urls,
-            vec!["stun:stun.visithub.test:3478".to_string()]
-        );
-        assert!(
-            servers
-                .iter()
-                .all(|s| s.username.is_none() && s.credential.is_none())
-        );
-        assert!(
-            servers
-                .iter()
-                .all(|s| !s.urls.iter().any(|u| u.starts_with("turn")))
-        );
+        assert_eq!(servers[0].urls, vec!["stun:stun.visithub.test:3478".to_string()]);
+        assert!(servers.iter().all(|s| s.username.is_none() && s.credential.is_none()));
+        assert!(servers.iter().all(|s| !s.urls.iter().any(|u| u.starts_with("turn"))));
     }
 
     #[test]
@@ -190,8 +162,7 @@ mod tests {
 
     #[test]
     fn first_secret_signs() {
-        let (servers, expires_at) =
-            options(&["new-secret", "old-secret"]).ice_servers(at(1_750_000_000));
+        let (servers, expires_at) = options(&["new-secret", "old-secret"]).ice_servers(at(1_750_000_000));
         let turn = turn_entry(&servers);
         let username = turn.username.as_deref().unwrap();
         let (_, id) = username.split_once(':').unwrap();
@@ -203,10 +174,7 @@ mod tests {
 
     #[test]
     fn huge_ttl_saturates() {
-        let opts = TurnOptions {
-            ttl_secs: u64::MAX,
-            ..options(&["s1"])
-        };
+        let opts = TurnOptions { ttl_secs: u64::MAX, ..options(&["s1"]) };
         let (_, expires_at) = opts.ice_servers(at(1_750_000_000));
         assert_eq!(expires_at, i64::MAX);
     }

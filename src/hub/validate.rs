@@ -26,10 +26,16 @@ pub fn text(field: &str, value: &str, max_chars: usize) -> HubResult<String> {
 pub fn message(field: &str, value: &str, max_chars: usize) -> HubResult<String> {
     let chars = value.chars().count();
     if value.trim().is_empty() || chars > max_chars {
-        return Err(HubError::new(ErrorCode::ValidationFailed, format!("`{field}` must be 1 to {max_chars} characters")));
+        return Err(HubError::new(
+            ErrorCode::ValidationFailed,
+            format!("`{field}` must be 1 to {max_chars} characters"),
+        ));
     }
     if value.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
-        return Err(HubError::new(ErrorCode::ValidationFailed, format!("`{field}` must not contain control characters")));
+        return Err(HubError::new(
+            ErrorCode::ValidationFailed,
+            format!("`{field}` must not contain control characters"),
+        ));
     }
     Ok(value.to_string())
 }
@@ -38,9 +44,7 @@ pub fn message(field: &str, value: &str, max_chars: usize) -> HubResult<String> 
 pub fn identifier(field: &str, value: &str, max: usize) -> HubResult<String> {
     let ok = !value.is_empty()
         && value.len() <= max
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b));
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b));
     if ok {
         Ok(value.to_string())
     } else {

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::intake_rules::{IntakeContext, check_intake};
 use super::queues::QueuedVisit;
-use super::{Hub, validate};
+use super::{Hub, Scope, validate};
 use crate::auth::{Claims, Principal};
 use crate::error::{ErrorCode, HubError, HubResult};
 use crate::model::{Actor, Role, UsState, Visit, VisitId, VisitStatus, new_visit_id, patient_subject};
@@ -57,27 +57,37 @@ fn request_hash(req: &IntakeRequest) -> String {
 }
 
 impl Hub {
-    pub async fn intake(
-        &self,
-        req: IntakeRequest,
-        idempotency_key: Option<&str>,
-    ) -> HubResult<IntakeReceipt> {
+    /// Takes a visit into its state's queue, or refuses it with nothing stored.
+    pub async fn intake(&self, req: IntakeRequest, idempotency_key: Option<&str>) -> HubResult<IntakeReceipt> {
+        let state = req.state;
+        let result = self.admit(req, idempotency_key).await;
+        let m = &self.metrics;
+        match &result {
+            Ok(r) if !r.replayed => {
+                m.intakes.with_label_values(&[state.code()]).inc();
+                let subject = patient_subject(&r.visit_id);
+                self.audit_as(&subject, Role::Patient, "visit.create", Scope::visit(&r.visit_id), Ok(())).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                m.intake_refusals.with_label_values(&[state.code(), e.code.as_str()]).inc();
+                let scope = Scope::target(state.code());
+                self.audit_as("anonymous", Role::Patient, "visit.create", scope, Err(e.code)).await;
+            }
+        }
+        result
+    }
+
+    async fn admit(&self, req: IntakeRequest, idempotency_key: Option<&str>) -> HubResult<IntakeReceipt> {
         let req = IntakeRequest {
-            display_name: validate::text(
-                "display_name",
-                &req.display_name,
-                MAX_DISPLAY_NAME_CHARS,
-            )?,
+            display_name: validate::text("display_name", &req.display_name, MAX_DISPLAY_NAME_CHARS)?,
             reason: validate::text("reason", &req.reason, MAX_REASON_CHARS)?,
             state: req.state,
         };
         let key = idempotency_key
             .map(|k| validate::identifier("Idempotency-Key", k, MAX_IDEMPOTENCY_KEY_LEN))
             .transpose()?
-            .map(|key| IdempotencyKey {
-                key,
-                request_hash: request_hash(&req),
-            });
+            .map(|key| IdempotencyKey { key, request_hash: request_hash(&req) });
 
         let lane = self.queues.lane(req.state);
         let gate_and_version = {
@@ -116,23 +126,12 @@ impl Hub {
                 provider: None,
                 reported_state: None,
             };
-            let actor = Actor {
-                subject: patient_subject(&visit.id),
-                role: Role::Patient.as_str(),
-            };
-            match self
-                .store
-                .insert_visit(&visit, &actor, key.as_ref())
-                .await
-                .map_err(HubError::internal)?
-            {
+            let actor = Actor { subject: patient_subject(&visit.id), role: Role::Patient.as_str() };
+            match self.store.insert_visit(&visit, &actor, key.as_ref()).await.map_err(HubError::internal)? {
                 InsertOutcome::Inserted => {}
                 InsertOutcome::Replayed { .. } => {
                     let key = key.as_ref().expect("a replay needs a key");
-                    return self
-                        .replay_intake(key)
-                        .await?
-                        .ok_or_else(|| HubError::code(ErrorCode::Internal));
+                    return self.replay_intake(key).await?.ok_or_else(|| HubError::code(ErrorCode::Internal));
                 }
             }
             if settings.busy {
@@ -169,12 +168,7 @@ impl Hub {
 
     /// The earlier answer for an idempotency key, or `None` if the key is new.
     async fn replay_intake(&self, key: &IdempotencyKey) -> HubResult<Option<IntakeReceipt>> {
-        let Some((visit_id, hash)) = self
-            .store
-            .idempotent_visit(&key.key)
-            .await
-            .map_err(HubError::internal)?
-        else {
+        let Some((visit_id, hash)) = self.store.idempotent_visit(&key.key).await.map_err(HubError::internal)? else {
             return Ok(None);
         };
         if hash != key.request_hash {
@@ -186,12 +180,7 @@ impl Hub {
             .await
             .map_err(HubError::internal)?
             .ok_or_else(|| HubError::code(ErrorCode::Internal))?;
-        let live = self
-            .queues
-            .lane(visit.state)
-            .board
-            .borrow()
-            .position_message(&visit.id);
+        let live = self.queues.lane(visit.state).board.borrow().position_message(&visit.id);
         Ok(Some(IntakeReceipt {
             patient_token: self.patient_token(&visit.id),
             visit_id: visit.id,
@@ -231,12 +220,7 @@ impl Hub {
 
     pub async fn visit_view(&self, who: &Principal, visit_id: &str) -> HubResult<VisitView> {
         let visit = self.load_visit(who, visit_id).await?;
-        let live = self
-            .queues
-            .lane(visit.state)
-            .board
-            .borrow()
-            .position_message(&visit.id);
+        let live = self.queues.lane(visit.state).board.borrow().position_message(&visit.id);
         Ok(VisitView {
             position: live.as_ref().map(|p| p.position),
             current_estimated_wait_secs: live.map(|p| p.estimated_wait_secs),
@@ -251,7 +235,10 @@ impl Hub {
         }
         let actor = Actor { subject: who.subject.clone(), role: who.role.as_str() };
         // `None`: someone else moved it first (claimed, cancelled): the caller's view was stale.
-        let visit = self.apply(&visit, VisitStatus::Cancelled, &actor).await?.ok_or_else(|| HubError::code(ErrorCode::VisitNotCancellable))?;
+        let visit = self
+            .apply(&visit, VisitStatus::Cancelled, &actor)
+            .await?
+            .ok_or_else(|| HubError::code(ErrorCode::VisitNotCancellable))?;
         Ok(VisitView { visit, position: None, current_estimated_wait_secs: None })
     }
 

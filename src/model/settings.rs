@@ -39,8 +39,7 @@ impl Serialize for Minutes {
 impl<'de> Deserialize<'de> for Minutes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Minutes::parse(&s)
-            .ok_or_else(|| serde::de::Error::custom("time must be HH:MM between 00:00 and 24:00"))
+        Minutes::parse(&s).ok_or_else(|| serde::de::Error::custom("time must be HH:MM between 00:00 and 24:00"))
     }
 }
 
@@ -52,10 +51,7 @@ pub struct DayHours {
 }
 
 impl DayHours {
-    pub const ALL_DAY: DayHours = DayHours {
-        open: Minutes(0),
-        close: Minutes::END_OF_DAY,
-    };
+    pub const ALL_DAY: DayHours = DayHours { open: Minutes(0), close: Minutes::END_OF_DAY };
 }
 
 /// Opening per weekday, Monday first; `None` is closed all day.
@@ -83,9 +79,7 @@ impl WeeklyHours {
 
     /// Hours for a weekday numbered from Monday = 0.
     pub fn day(&self, weekday_from_monday: u32) -> Option<DayHours> {
-        [
-            self.mon, self.tue, self.wed, self.thu, self.fri, self.sat, self.sun,
-        ][weekday_from_monday as usize % 7]
+        [self.mon, self.tue, self.wed, self.thu, self.fri, self.sat, self.sun][weekday_from_monday as usize % 7]
     }
 
     /// Every day has `open < close`.
@@ -121,9 +115,7 @@ impl StateSettings {
     }
 
     pub fn tz(&self) -> chrono_tz::Tz {
-        self.time_zone
-            .parse()
-            .unwrap_or_else(|_| self.state.default_time_zone())
+        self.time_zone.parse().unwrap_or_else(|_| self.state.default_time_zone())
     }
 }
 
@@ -145,10 +137,7 @@ mod tests {
     fn hours_validity() {
         let mut h = WeeklyHours::ALWAYS_OPEN;
         assert!(h.is_valid());
-        h.tue = Some(DayHours {
-            open: Minutes(600),
-            close: Minutes(600),
-        });
+        h.tue = Some(DayHours { open: Minutes(600), close: Minutes(600) });
         assert!(!h.is_valid());
     }
 }

@@ -75,16 +75,9 @@ impl UsState {
     /// Accepts the code in either case; anything else is `invalid_state_code`.
     pub fn parse(code: &str) -> Result<UsState, HubError> {
         let upper = code.trim().to_ascii_uppercase();
-        STATES
-            .iter()
-            .position(|(c, _)| *c == upper)
-            .map(|i| UsState(i as u8))
-            .ok_or_else(|| {
-                HubError::new(
-                    ErrorCode::InvalidStateCode,
-                    "state must be a two-letter US state or territory code",
-                )
-            })
+        STATES.iter().position(|(c, _)| *c == upper).map(|i| UsState(i as u8)).ok_or_else(|| {
+            HubError::new(ErrorCode::InvalidStateCode, "state must be a two-letter US state or territory code")
+        })
     }
 
     pub fn code(self) -> &'static str {
@@ -92,10 +85,7 @@ impl UsState {
     }
 
     pub fn default_time_zone(self) -> chrono_tz::Tz {
-        STATES[self.0 as usize]
-            .1
-            .parse()
-            .expect("table holds valid IANA zone names")
+        STATES[self.0 as usize].1.parse().expect("table holds valid IANA zone names")
     }
 
     pub fn all() -> impl Iterator<Item = UsState> {
@@ -153,9 +143,6 @@ mod tests {
         for s in UsState::all() {
             let _ = s.default_time_zone();
         }
-        assert_eq!(
-            UsState::parse("WA").unwrap().default_time_zone(),
-            chrono_tz::America::Los_Angeles
-        );
+        assert_eq!(UsState::parse("WA").unwrap().default_time_zone(), chrono_tz::America::Los_Angeles);
     }
 }

@@ -54,10 +54,7 @@ impl VisitStatus {
     }
 
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            VisitStatus::Ended | VisitStatus::Cancelled | VisitStatus::Abandoned
-        )
+        matches!(self, VisitStatus::Ended | VisitStatus::Cancelled | VisitStatus::Abandoned)
     }
 
     /// Whether `self -> next` is a transition of the lifecycle.

@@ -37,6 +37,45 @@ messages! {
     }
 }
 
+impl ClientMessage {
+    /// The visit a request touches, if any (for authorization records).
+    pub fn visit_id(&self) -> Option<&str> {
+        match self {
+            ClientMessage::VisitClaim(r)
+            | ClientMessage::VisitStillHere(r)
+            | ClientMessage::ChatJoin(r)
+            | ClientMessage::ChatLeave(r) => Some(&r.visit_id),
+            ClientMessage::VisitTransition(t) => Some(&t.visit_id),
+            ClientMessage::VisitLocation(l) | ClientMessage::VisitMove(l) => Some(&l.visit_id),
+            ClientMessage::SignalOffer(s) | ClientMessage::SignalAnswer(s) => Some(&s.visit_id),
+            ClientMessage::SignalCandidate(c) => Some(&c.visit_id),
+            ClientMessage::SignalEndOfCandidates(e) => Some(&e.visit_id),
+            ClientMessage::ChatSend(m) => Some(&m.visit_id),
+            ClientMessage::ChatHistory(h) => Some(&h.visit_id),
+            ClientMessage::ChatTyping(t) => Some(&t.visit_id),
+            ClientMessage::ChatRead(r) => Some(&r.visit_id),
+            ClientMessage::ChatHandoff(h) => Some(&h.visit_id),
+            ClientMessage::Ping(_)
+            | ClientMessage::QueueSubscribe(_)
+            | ClientMessage::QueueUnsubscribe(_)
+            | ClientMessage::PresenceSet(_)
+            | ClientMessage::StateSetBusy(_)
+            | ClientMessage::SessionRefresh(_)
+            | ClientMessage::PortalSnapshot(_) => None,
+        }
+    }
+
+    /// The state a request touches, if any.
+    pub fn state(&self) -> Option<UsState> {
+        match self {
+            ClientMessage::QueueSubscribe(r) | ClientMessage::QueueUnsubscribe(r) => Some(r.state),
+            ClientMessage::StateSetBusy(b) => Some(b.state),
+            ClientMessage::VisitLocation(l) | ClientMessage::VisitMove(l) => Some(l.state),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VisitRef {
     pub visit_id: VisitId,
@@ -115,7 +154,10 @@ pub struct ChatSend {
 
 impl fmt::Debug for ChatSend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChatSend").field("visit_id", &self.visit_id).field("client_id", &self.client_id).finish_non_exhaustive()
+        f.debug_struct("ChatSend")
+            .field("visit_id", &self.visit_id)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -186,8 +228,6 @@ pub struct SessionRefresh {
 impl fmt::Debug for SessionRefresh {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Tokens never reach a log line.
-        f.debug_struct("SessionRefresh")
-            .field("token", &"<redacted>")
-            .finish()
+        f.debug_struct("SessionRefresh").field("token", &"<redacted>").finish()
     }
 }

@@ -39,9 +39,6 @@ close_codes! {
 impl CloseCode {
     /// Whether a client should reconnect (with backoff) after this close.
     pub fn should_reconnect(self) -> bool {
-        matches!(
-            self,
-            CloseCode::ServerShutdown | CloseCode::SlowConsumer | CloseCode::HeartbeatTimeout
-        )
+        matches!(self, CloseCode::ServerShutdown | CloseCode::SlowConsumer | CloseCode::HeartbeatTimeout)
     }
 }

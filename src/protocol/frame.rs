@@ -39,35 +39,17 @@ pub struct DecodeError {
 
 pub fn decode_client(text: &str) -> Result<InboundFrame, DecodeError> {
     let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| {
-        let code = if e.is_data() {
-            ErrorCode::InvalidMessage
-        } else {
-            ErrorCode::MalformedJson
-        };
+        let code = if e.is_data() { ErrorCode::InvalidMessage } else { ErrorCode::MalformedJson };
         // serde_json's message names the field or position, never the value.
-        DecodeError {
-            id: None,
-            code,
-            message: format!("frame: {e}"),
-        }
+        DecodeError { id: None, code, message: format!("frame: {e}") }
     })?;
     let id = raw.id.map(Cow::into_owned);
-    let fail = |code, message: String| DecodeError {
-        id: id.clone(),
-        code,
-        message,
-    };
+    let fail = |code, message: String| DecodeError { id: id.clone(), code, message };
     if raw.v.is_some_and(|v| v != PROTOCOL_VERSION) {
-        return Err(fail(
-            ErrorCode::UnsupportedProtocolVersion,
-            format!("this hub speaks version {PROTOCOL_VERSION}"),
-        ));
+        return Err(fail(ErrorCode::UnsupportedProtocolVersion, format!("this hub speaks version {PROTOCOL_VERSION}")));
     }
     let Some(request_id) = id.as_deref() else {
-        return Err(fail(
-            ErrorCode::InvalidMessage,
-            "every request needs an `id`".into(),
-        ));
+        return Err(fail(ErrorCode::InvalidMessage, "every request needs an `id`".into()));
     };
     if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
         return Err(DecodeError {
@@ -78,15 +60,10 @@ pub fn decode_client(text: &str) -> Result<InboundFrame, DecodeError> {
     }
     let data = raw.data.map_or("{}", RawValue::get);
     let msg = ClientMessage::from_parts(&raw.kind, data).map_err(|e| match e {
-        PayloadError::UnknownType => {
-            fail(ErrorCode::UnknownMessageType, "unknown message type".into())
-        }
+        PayloadError::UnknownType => fail(ErrorCode::UnknownMessageType, "unknown message type".into()),
         PayloadError::Invalid(e) => fail(ErrorCode::InvalidMessage, format!("data: {e}")),
     })?;
-    Ok(InboundFrame {
-        id: request_id.to_owned(),
-        msg,
-    })
+    Ok(InboundFrame { id: request_id.to_owned(), msg })
 }
 
 /// A decoded hub frame, as a client sees it.
@@ -104,11 +81,7 @@ pub fn decode_server(text: &str) -> Result<ServerFrame, String> {
         PayloadError::UnknownType => format!("unknown server message type {:?}", raw.kind),
         PayloadError::Invalid(e) => format!("{}: {e}", raw.kind),
     })?;
-    Ok(ServerFrame {
-        seq: raw.seq,
-        id: raw.id.map(Cow::into_owned),
-        msg,
-    })
+    Ok(ServerFrame { seq: raw.seq, id: raw.id.map(Cow::into_owned), msg })
 }
 
 /// Encodes a hub frame. `seq` is the session's sequence number; `id` answers a request.
@@ -154,21 +127,10 @@ mod tests {
 
     #[test]
     fn round_trips_a_request() {
-        let msg = ClientMessage::QueueSubscribe(StateRef {
-            state: UsState::parse("WA").unwrap(),
-        });
+        let msg = ClientMessage::QueueSubscribe(StateRef { state: UsState::parse("WA").unwrap() });
         let text = encode_client("r1", &msg);
-        assert_eq!(
-            text,
-            r#"{"v":1,"id":"r1","type":"queue.subscribe","data":{"state":"WA"}}"#
-        );
-        assert_eq!(
-            decode_client(&text).unwrap(),
-            InboundFrame {
-                id: "r1".into(),
-                msg
-            }
-        );
+        assert_eq!(text, r#"{"v":1,"id":"r1","type":"queue.subscribe","data":{"state":"WA"}}"#);
+        assert_eq!(decode_client(&text).unwrap(), InboundFrame { id: "r1".into(), msg });
     }
 
     #[test]
@@ -177,23 +139,11 @@ mod tests {
         assert_eq!(code("{not json"), ErrorCode::MalformedJson);
         assert_eq!(code("[1,2]"), ErrorCode::InvalidMessage);
         assert_eq!(code(r#"{"id":"a"}"#), ErrorCode::InvalidMessage);
-        assert_eq!(
-            code(r#"{"id":"a","type":"nope"}"#),
-            ErrorCode::UnknownMessageType
-        );
-        assert_eq!(
-            code(r#"{"id":"a","type":"queue.subscribe","data":{"state":"XX"}}"#),
-            ErrorCode::InvalidMessage
-        );
-        assert_eq!(
-            code(r#"{"id":"a","type":"queue.subscribe","data":{}}"#),
-            ErrorCode::InvalidMessage
-        );
+        assert_eq!(code(r#"{"id":"a","type":"nope"}"#), ErrorCode::UnknownMessageType);
+        assert_eq!(code(r#"{"id":"a","type":"queue.subscribe","data":{"state":"XX"}}"#), ErrorCode::InvalidMessage);
+        assert_eq!(code(r#"{"id":"a","type":"queue.subscribe","data":{}}"#), ErrorCode::InvalidMessage);
         assert_eq!(code(r#"{"type":"ping"}"#), ErrorCode::InvalidMessage);
-        assert_eq!(
-            code(r#"{"v":2,"id":"a","type":"ping"}"#),
-            ErrorCode::UnsupportedProtocolVersion
-        );
+        assert_eq!(code(r#"{"v":2,"id":"a","type":"ping"}"#), ErrorCode::UnsupportedProtocolVersion);
         let long = format!(r#"{{"id":"{}","type":"ping"}}"#, "x".repeat(65));
         assert_eq!(code(&long), ErrorCode::InvalidMessage);
     }
@@ -209,13 +159,6 @@ mod tests {
         let msg = ServerMessage::Ack(serde_json::json!({"ok": true}));
         let text = encode_server(5, Some("q\"1"), &msg);
         let frame = decode_server(&text).unwrap();
-        assert_eq!(
-            frame,
-            ServerFrame {
-                seq: Some(5),
-                id: Some("q\"1".into()),
-                msg
-            }
-        );
+        assert_eq!(frame, ServerFrame { seq: Some(5), id: Some("q\"1".into()), msg });
     }
 }

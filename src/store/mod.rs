@@ -2,14 +2,16 @@
 //! idempotency keys. SQLite is the default; PostgreSQL joins in cluster mode. Timestamps are
 //! stored as epoch milliseconds so both dialects share the same shapes.
 
+mod metered;
 mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use metered::Metered;
 pub use sqlite::SqliteStore;
 
-use crate::model::{Actor, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
+use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -106,7 +108,14 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_visit(&self, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool>;
 
     /// Moves a waiting visit to another state's queue (compare-and-set on the state).
-    async fn move_visit(&self, id: &str, from: UsState, to: UsState, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool>;
+    async fn move_visit(
+        &self,
+        id: &str,
+        from: UsState,
+        to: UsState,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 
     /// Records the state the patient says they are in now.
     async fn report_state(&self, id: &str, state: UsState) -> StoreResult<()>;
@@ -149,8 +158,19 @@ pub trait Store: Send + Sync + 'static {
     /// Conversations `subject` is in whose visit is not over.
     async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>>;
 
+    /// Appends an audit record chained to the last one.
+    async fn append_audit(&self, record: &AuditEntry) -> StoreResult<AuditRecord>;
+    /// The trail in order, `limit` records after id `after_id`.
+    async fn audit_trail(&self, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>>;
+    async fn audit_for_visit(&self, visit_id: &str) -> StoreResult<Vec<AuditRecord>>;
+
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Connections of the pool in use now.
+    fn connections_in_use(&self) -> u32 {
+        0
+    }
 }
 
 pub(crate) fn to_millis(t: DateTime<Utc>) -> i64 {
@@ -158,6 +178,5 @@ pub(crate) fn to_millis(t: DateTime<Utc>) -> i64 {
 }
 
 pub(crate) fn from_millis(ms: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")))
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")))
 }

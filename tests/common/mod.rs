@@ -31,6 +31,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 pub struct TestHub {
     pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub app_hub: Arc<visithub::hub::Hub>,
     pub gateway: Arc<visithub::gateway::Gateway>,
     pub http: reqwest::Client,
@@ -49,21 +50,35 @@ impl TestHub {
     }
 
     /// A hub with configuration changes and, optionally, a clock the test moves.
-    pub async fn start_with(
+    pub async fn start_with(tune: impl FnOnce(&mut Config), clock: Option<Arc<ManualClock>>) -> TestHub {
+        TestHub::start_full(tune, clock, None).await
+    }
+
+    /// A hub whose SQLite database is a file in `data_dir` (for tools that open it).
+    pub async fn start_on_disk(data_dir: &std::path::Path) -> TestHub {
+        TestHub::start_full(|_| {}, None, Some(data_dir)).await
+    }
+
+    async fn start_full(
         tune: impl FnOnce(&mut Config),
         clock: Option<Arc<ManualClock>>,
+        data_dir: Option<&std::path::Path>,
     ) -> TestHub {
-        let mut config = Config {
-            shutdown_grace_secs: 3,
-            ..Config::default()
-        };
+        let mut config = Config { shutdown_grace_secs: 3, ..Config::default() };
         tune(&mut config);
+        let store: Arc<dyn visithub::store::Store> = match data_dir {
+            Some(dir) => {
+                config.data_dir = dir.to_path_buf();
+                Arc::new(SqliteStore::open(&config.database_path()).await.unwrap())
+            }
+            None => Arc::new(SqliteStore::in_memory().await.unwrap()),
+        };
         let clock_dyn: Arc<dyn Clock> = match &clock {
             Some(c) => c.clone(),
             None => Arc::new(SystemClock),
         };
         let backends = Backends {
-            store: Arc::new(SqliteStore::in_memory().await.unwrap()),
+            store,
             bus: Arc::new(MemoryBus::new()),
             keys: app::token_keys(&config, SECRET).unwrap(),
             clock: clock_dyn,
@@ -72,12 +87,19 @@ impl TestHub {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (app_hub, gateway) = (app.hub().clone(), app.gateway().clone());
+        let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics_listener.local_addr().unwrap();
+        let draining = gateway.shutdown.clone();
+        let metrics =
+            app::serve_metrics(metrics_listener, app.hub().clone(), async move { draining.cancelled().await });
+        tokio::spawn(metrics);
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(app::serve(listener, app, async {
             let _ = stopped.await;
         }));
         TestHub {
             addr,
+            metrics_addr,
             app_hub,
             gateway,
             http: reqwest::Client::new(),
@@ -93,12 +115,13 @@ impl TestHub {
             let _ = stop.send(());
         }
         if let Some(done) = self.done.take() {
-            tokio::time::timeout(Duration::from_secs(15), done)
-                .await
-                .expect("serve returns")
-                .unwrap()
-                .unwrap();
+            tokio::time::timeout(Duration::from_secs(15), done).await.expect("serve returns").unwrap().unwrap();
         }
+    }
+
+    /// The `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        self.http.get(format!("http://{}/metrics", self.metrics_addr)).send().await.unwrap().text().await.unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -116,13 +139,7 @@ impl TestHub {
     }
 
     /// A REST call; returns status, JSON body (Null when empty) and the Retry-After header.
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
         let mut req = self.http.request(method.parse().unwrap(), self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -134,9 +151,9 @@ impl TestHub {
     }
 
     pub async fn onboard(&self, subject: &str, role: &str, states: &[&str]) -> Reply {
-        let body = json!({ "subject": subject, "name": format!("Caregiver {subject}"), "role": role, "states": states });
-        self.call("POST", "/v1/caregivers", Some(&self.admin()), Some(body))
-            .await
+        let body =
+            json!({ "subject": subject, "name": format!("Caregiver {subject}"), "role": role, "states": states });
+        self.call("POST", "/v1/caregivers", Some(&self.admin()), Some(body)).await
     }
 
     pub async fn intake(&self, name: &str, state: &str, key: Option<&str>) -> Reply {
@@ -151,13 +168,7 @@ impl TestHub {
     }
 
     pub async fn settings(&self, state: &str, patch: Value) -> Reply {
-        self.call(
-            "PATCH",
-            &format!("/v1/states/{state}/settings"),
-            Some(&self.admin()),
-            Some(patch),
-        )
-        .await
+        self.call("PATCH", &format!("/v1/states/{state}/settings"), Some(&self.admin()), Some(patch)).await
     }
 
     pub async fn visits_stored(&self) -> u64 {
@@ -170,18 +181,12 @@ impl TestHub {
 
     /// Opens a socket; on a refused handshake returns the HTTP status and problem body.
     pub async fn try_ws(&self, token: &str, origin: Option<&str>) -> Result<Ws, (u16, Value)> {
-        let mut req = format!("ws://{}/v1/ws", self.addr)
-            .into_client_request()
-            .unwrap();
+        let mut req = format!("ws://{}/v1/ws", self.addr).into_client_request().unwrap();
         if !token.is_empty() {
-            req.headers_mut().insert(
-                "authorization",
-                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-            );
+            req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
         }
         if let Some(o) = origin {
-            req.headers_mut()
-                .insert("origin", HeaderValue::from_str(o).unwrap());
+            req.headers_mut().insert("origin", HeaderValue::from_str(o).unwrap());
         }
         match tokio_tungstenite::connect_async(req).await {
             Ok((stream, _)) => Ok(Ws { stream, next_id: 0 }),
@@ -216,22 +221,11 @@ pub struct Reply {
 impl Reply {
     async fn read(resp: reqwest::Response) -> Reply {
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let text = resp.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Reply {
-            status,
-            body,
-            retry_after,
-        }
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Reply { status, body, retry_after }
     }
 
     pub fn code(&self) -> &str {
@@ -239,10 +233,7 @@ impl Reply {
     }
 
     pub fn str(&self, field: &str) -> String {
-        self.body[field]
-            .as_str()
-            .unwrap_or_else(|| panic!("no {field} in {}", self.body))
-            .to_string()
+        self.body[field].as_str().unwrap_or_else(|| panic!("no {field} in {}", self.body)).to_string()
     }
 }
 
@@ -260,10 +251,7 @@ pub enum Ended {
 
 impl Ws {
     pub async fn send_text(&mut self, text: impl Into<String>) {
-        self.stream
-            .send(Message::Text(text.into().into()))
-            .await
-            .unwrap();
+        self.stream.send(Message::Text(text.into().into())).await.unwrap();
     }
 
     /// Sends a request; false when the hub has already closed the connection.
@@ -284,9 +272,7 @@ impl Ws {
     /// The next hub frame (pings are answered by the client library and skipped).
     pub async fn next(&mut self) -> ServerFrame {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.stream.next())
-                .await
-                .expect("a frame within 5 s");
+            let msg = tokio::time::timeout(WAIT, self.stream.next()).await.expect("a frame within 5 s");
             match msg {
                 Some(Ok(Message::Text(t))) => {
                     return decode_server(t.as_str()).expect("hub frames decode");
@@ -346,10 +332,7 @@ impl Ws {
     pub async fn ended(&mut self, within: Duration) -> Ended {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            match tokio::time::timeout_at(deadline, self.stream.next())
-                .await
-                .expect("socket ends in time")
-            {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await.expect("socket ends in time") {
                 Some(Ok(Message::Close(Some(frame)))) => {
                     return Ended::Closed(u16::from(frame.code));
                 }
@@ -376,19 +359,13 @@ pub fn is_ack(f: &ServerFrame) -> bool {
 /// Wednesday 2026-12-09 at `hour:minute` in Seattle.
 pub fn seattle(hour: u32, minute: u32) -> DateTime<Utc> {
     use chrono::TimeZone;
-    chrono_tz::America::Los_Angeles
-        .with_ymd_and_hms(2026, 12, 9, hour, minute, 0)
-        .unwrap()
-        .with_timezone(&Utc)
+    chrono_tz::America::Los_Angeles.with_ymd_and_hms(2026, 12, 9, hour, minute, 0).unwrap().with_timezone(&Utc)
 }
 
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

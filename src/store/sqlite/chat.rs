@@ -20,7 +20,11 @@ fn message_from_row(row: &SqliteRow) -> StoreResult<ChatMessage> {
         seq: row.try_get::<i64, _>("seq")? as u64,
         message_id: row.try_get("message_id")?,
         client_id: row.try_get("client_id")?,
-        from: Participant { subject: row.try_get("sender_subject")?, name: row.try_get("sender_name")?, role: role(&sender_role)? },
+        from: Participant {
+            subject: row.try_get("sender_subject")?,
+            name: row.try_get("sender_name")?,
+            role: role(&sender_role)?,
+        },
         body: row.try_get("body")?,
         sent_at: from_millis(row.try_get("sent_at")?)?,
     })
@@ -48,7 +52,8 @@ pub async fn append(pool: &SqlitePool, m: &NewMessage) -> StoreResult<(ChatMessa
     .execute(pool)
     .await?
     .rows_affected();
-    let sql = format!("SELECT {COLUMNS} FROM chat_messages WHERE visit_id = ? AND sender_subject = ? AND client_id = ?");
+    let sql =
+        format!("SELECT {COLUMNS} FROM chat_messages WHERE visit_id = ? AND sender_subject = ? AND client_id = ?");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(&m.visit_id)
         .bind(&m.from.subject)
@@ -58,10 +63,16 @@ pub async fn append(pool: &SqlitePool, m: &NewMessage) -> StoreResult<(ChatMessa
     Ok((message_from_row(&row)?, inserted == 1))
 }
 
-pub async fn page(pool: &SqlitePool, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>> {
+pub async fn page(
+    pool: &SqlitePool,
+    visit_id: &str,
+    before_seq: Option<u64>,
+    limit: u32,
+) -> StoreResult<Vec<ChatMessage>> {
     let before = before_seq.map_or(i64::MAX, |s| s as i64);
     let sql = format!("SELECT {COLUMNS} FROM chat_messages WHERE visit_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(visit_id).bind(before).bind(limit as i64).fetch_all(pool).await?;
+    let rows =
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(visit_id).bind(before).bind(limit as i64).fetch_all(pool).await?;
     let mut messages = rows.iter().map(message_from_row).collect::<StoreResult<Vec<_>>>()?;
     messages.reverse();
     Ok(messages)
@@ -111,10 +122,11 @@ pub async fn leave(pool: &SqlitePool, visit_id: &str, subject: &str) -> StoreRes
 }
 
 pub async fn members(pool: &SqlitePool, visit_id: &str) -> StoreResult<Vec<Participant>> {
-    let rows = sqlx::query("SELECT subject, name, role FROM chat_members WHERE visit_id = ? ORDER BY joined_at, subject")
-        .bind(visit_id)
-        .fetch_all(pool)
-        .await?;
+    let rows =
+        sqlx::query("SELECT subject, name, role FROM chat_members WHERE visit_id = ? ORDER BY joined_at, subject")
+            .bind(visit_id)
+            .fetch_all(pool)
+            .await?;
     rows.iter()
         .map(|row| {
             let r: String = row.try_get("role")?;

@@ -25,11 +25,7 @@ fn caregiver_from_row(row: &SqliteRow) -> StoreResult<Caregiver> {
     })
 }
 fn join_states(states: &[UsState]) -> String {
-    states
-        .iter()
-        .map(|s| s.code())
-        .collect::<Vec<_>>()
-        .join(",")
+    states.iter().map(|s| s.code()).collect::<Vec<_>>().join(",")
 }
 
 pub async fn insert_caregiver(pool: &SqlitePool, c: &Caregiver) -> StoreResult<bool> {
@@ -50,38 +46,33 @@ pub async fn insert_caregiver(pool: &SqlitePool, c: &Caregiver) -> StoreResult<b
 }
 
 pub async fn get_caregiver(pool: &SqlitePool, subject: &str) -> StoreResult<Option<Caregiver>> {
-    let row = sqlx::query("SELECT * FROM caregivers WHERE subject = ?")
-        .bind(subject)
-        .fetch_optional(pool)
-        .await?;
+    let row = sqlx::query("SELECT * FROM caregivers WHERE subject = ?").bind(subject).fetch_optional(pool).await?;
     row.as_ref().map(caregiver_from_row).transpose()
 }
 
 pub async fn list_caregivers(pool: &SqlitePool) -> StoreResult<Vec<Caregiver>> {
-    let rows = sqlx::query("SELECT * FROM caregivers ORDER BY subject")
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query("SELECT * FROM caregivers ORDER BY subject").fetch_all(pool).await?;
     rows.iter().map(caregiver_from_row).collect()
 }
 
 pub async fn update_caregiver(pool: &SqlitePool, c: &Caregiver) -> StoreResult<bool> {
-    let changed = sqlx::query("UPDATE caregivers SET name = ?, kind = ?, states = ?, active = ?, updated_at = ? WHERE subject = ?")
-        .bind(&c.name)
-        .bind(c.kind.as_str())
-        .bind(join_states(&c.states))
-        .bind(c.active as i64)
-        .bind(to_millis(c.updated_at))
-        .bind(&c.subject)
-        .execute(pool)
-        .await?
-        .rows_affected();
+    let changed = sqlx::query(
+        "UPDATE caregivers SET name = ?, kind = ?, states = ?, active = ?, updated_at = ? WHERE subject = ?",
+    )
+    .bind(&c.name)
+    .bind(c.kind.as_str())
+    .bind(join_states(&c.states))
+    .bind(c.active as i64)
+    .bind(to_millis(c.updated_at))
+    .bind(&c.subject)
+    .execute(pool)
+    .await?
+    .rows_affected();
     Ok(changed == 1)
 }
 
 pub async fn state_settings(pool: &SqlitePool) -> StoreResult<Vec<StateSettings>> {
-    let rows = sqlx::query("SELECT settings FROM state_settings")
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query("SELECT settings FROM state_settings").fetch_all(pool).await?;
     rows.iter()
         .map(|row| {
             let text: String = row.try_get("settings")?;

@@ -1,6 +1,7 @@
 //! The SQLite store: one file in WAL mode, migrations embedded in the binary and run at open.
 //! Queries live beside what they own: visits, chat, directory (caregivers and settings).
 
+mod audit;
 mod chat;
 mod directory;
 mod visits;
@@ -13,8 +14,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, Store, StoreError, StoreResult, Transition};
-use crate::model::{Actor, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
+use super::{
+    ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, Store, StoreError, StoreResult, Transition,
+};
+use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
 
 pub struct SqliteStore {
@@ -63,7 +66,12 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_visit(&self, visit: &Visit, actor: &Actor, key: Option<&IdempotencyKey>) -> StoreResult<InsertOutcome> {
+    async fn insert_visit(
+        &self,
+        visit: &Visit,
+        actor: &Actor,
+        key: Option<&IdempotencyKey>,
+    ) -> StoreResult<InsertOutcome> {
         visits::insert(&self.pool, visit, actor, key).await
     }
 
@@ -75,7 +83,14 @@ impl Store for SqliteStore {
         visits::get(&self.pool, id).await
     }
 
-    async fn transition_visit(&self, id: &str, from: VisitStatus, to: VisitStatus, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool> {
+    async fn transition_visit(
+        &self,
+        id: &str,
+        from: VisitStatus,
+        to: VisitStatus,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
         visits::transition(&self.pool, id, from, to, actor, at).await
     }
 
@@ -83,7 +98,14 @@ impl Store for SqliteStore {
         visits::claim(&self.pool, id, provider, at, waited_secs).await
     }
 
-    async fn move_visit(&self, id: &str, from: UsState, to: UsState, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool> {
+    async fn move_visit(
+        &self,
+        id: &str,
+        from: UsState,
+        to: UsState,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
         visits::relocate(&self.pool, id, from, to, actor, at).await
     }
 
@@ -157,6 +179,22 @@ impl Store for SqliteStore {
 
     async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>> {
         chat::conversations_of(&self.pool, subject).await
+    }
+
+    async fn append_audit(&self, record: &AuditEntry) -> StoreResult<AuditRecord> {
+        audit::append(&self.pool, record).await
+    }
+
+    async fn audit_trail(&self, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        audit::trail(&self.pool, after_id, limit).await
+    }
+
+    async fn audit_for_visit(&self, visit_id: &str) -> StoreResult<Vec<AuditRecord>> {
+        audit::for_visit(&self.pool, visit_id).await
+    }
+
+    fn connections_in_use(&self) -> u32 {
+        self.pool.size().saturating_sub(self.pool.num_idle() as u32)
     }
 
     async fn ping(&self) -> StoreResult<()> {

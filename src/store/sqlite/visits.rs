@@ -8,8 +8,7 @@ use super::corrupt;
 use crate::model::{Actor, UsState, Visit, VisitId, VisitStatus};
 use crate::store::{IdempotencyKey, InsertOutcome, StoreResult, Transition, from_millis, to_millis};
 
-const COLUMNS: &str =
-    "id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs, provider_subject, reported_state";
+const COLUMNS: &str = "id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs, provider_subject, reported_state";
 
 fn from_row(row: &SqliteRow) -> StoreResult<Visit> {
     let state: String = row.try_get("state")?;
@@ -51,7 +50,12 @@ async fn record(
     Ok(())
 }
 
-pub async fn insert(pool: &SqlitePool, visit: &Visit, actor: &Actor, key: Option<&IdempotencyKey>) -> StoreResult<InsertOutcome> {
+pub async fn insert(
+    pool: &SqlitePool,
+    visit: &Visit,
+    actor: &Actor,
+    key: Option<&IdempotencyKey>,
+) -> StoreResult<InsertOutcome> {
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -79,7 +83,8 @@ pub async fn insert(pool: &SqlitePool, visit: &Visit, actor: &Actor, key: Option
         .rows_affected();
         if inserted == 0 {
             tx.rollback().await?;
-            let (visit_id, request_hash) = idempotent(pool, &key.key).await?.ok_or_else(|| corrupt("idempotency key vanished"))?;
+            let (visit_id, request_hash) =
+                idempotent(pool, &key.key).await?.ok_or_else(|| corrupt("idempotency key vanished"))?;
             return Ok(InsertOutcome::Replayed { visit_id, request_hash });
         }
     }
@@ -89,7 +94,10 @@ pub async fn insert(pool: &SqlitePool, visit: &Visit, actor: &Actor, key: Option
 }
 
 pub async fn idempotent(pool: &SqlitePool, key: &str) -> StoreResult<Option<(VisitId, String)>> {
-    let row = sqlx::query("SELECT visit_id, request_hash FROM idempotency_keys WHERE key = ?").bind(key).fetch_optional(pool).await?;
+    let row = sqlx::query("SELECT visit_id, request_hash FROM idempotency_keys WHERE key = ?")
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
     row.map(|row| Ok((row.try_get("visit_id")?, row.try_get("request_hash")?))).transpose()
 }
 
@@ -99,7 +107,14 @@ pub async fn get(pool: &SqlitePool, id: &str) -> StoreResult<Option<Visit>> {
     row.as_ref().map(from_row).transpose()
 }
 
-pub async fn transition(pool: &SqlitePool, id: &str, from: VisitStatus, to: VisitStatus, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool> {
+pub async fn transition(
+    pool: &SqlitePool,
+    id: &str,
+    from: VisitStatus,
+    to: VisitStatus,
+    actor: &Actor,
+    at: DateTime<Utc>,
+) -> StoreResult<bool> {
     let mut tx = pool.begin().await?;
     let changed = sqlx::query(
         "UPDATE visits SET status = ?, provider_subject = CASE WHEN ? = 'waiting' THEN NULL ELSE provider_subject END WHERE id = ? AND status = ?",
@@ -119,7 +134,13 @@ pub async fn transition(pool: &SqlitePool, id: &str, from: VisitStatus, to: Visi
     Ok(true)
 }
 
-pub async fn claim(pool: &SqlitePool, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool> {
+pub async fn claim(
+    pool: &SqlitePool,
+    id: &str,
+    provider: &str,
+    at: DateTime<Utc>,
+    waited_secs: u64,
+) -> StoreResult<bool> {
     let mut tx = pool.begin().await?;
     let changed = sqlx::query(
         "UPDATE visits SET status = 'claimed', provider_subject = ?, waited_secs = COALESCE(waited_secs, ?) WHERE id = ? AND status = 'waiting'",
@@ -139,15 +160,24 @@ pub async fn claim(pool: &SqlitePool, id: &str, provider: &str, at: DateTime<Utc
     Ok(true)
 }
 
-pub async fn relocate(pool: &SqlitePool, id: &str, from: UsState, to: UsState, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool> {
+pub async fn relocate(
+    pool: &SqlitePool,
+    id: &str,
+    from: UsState,
+    to: UsState,
+    actor: &Actor,
+    at: DateTime<Utc>,
+) -> StoreResult<bool> {
     let mut tx = pool.begin().await?;
-    let changed = sqlx::query("UPDATE visits SET state = ?, reported_state = NULL WHERE id = ? AND state = ? AND status = 'waiting'")
-        .bind(to.code())
-        .bind(id)
-        .bind(from.code())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let changed = sqlx::query(
+        "UPDATE visits SET state = ?, reported_state = NULL WHERE id = ? AND state = ? AND status = 'waiting'",
+    )
+    .bind(to.code())
+    .bind(id)
+    .bind(from.code())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     if changed == 0 {
         return Ok(false);
     }

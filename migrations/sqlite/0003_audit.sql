@@ -1,0 +1,15 @@
+-- The append-only audit trail, hash-chained.
+
+CREATE TABLE audit_log (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at        INTEGER NOT NULL,
+    subject   TEXT NOT NULL,
+    role      TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    visit_id  TEXT,
+    target    TEXT,
+    outcome   TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+CREATE INDEX audit_log_visit ON audit_log (visit_id, id);

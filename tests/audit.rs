@@ -1,0 +1,92 @@
+//! The audit trail: who did what to which visit, refusals included, readable by admins, and
+//! tamper-evident: `visithub audit verify` names the first altered record.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use reqwest::StatusCode;
+use visithub::model::Role;
+use visithub::protocol::{ChatSend, ClientMessage, VisitRef};
+
+fn verify(dir: &std::path::Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_visithub"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir)
+        .env_remove("VISITHUB_CONFIG")
+        .output()
+        .expect("the visithub binary runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test]
+async fn the_trail_records_actions_and_refusals_and_detects_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start_on_disk(dir.path()).await;
+    hub.onboard("dr-wa", "provider", &["WA"]).await;
+    hub.onboard("dr-or", "provider", &["OR"]).await;
+    let intake = hub.intake("Ann", "WA", None).await;
+    let visit_id = intake.str("visit_id");
+    let mut or = hub.ws(&hub.token(Role::Provider, "dr-or", &[], 3600)).await;
+    let claim = ClientMessage::VisitClaim(VisitRef { visit_id: visit_id.clone() });
+    assert_eq!(error_code(&or.request(&claim).await), "state_not_covered");
+    let mut wa = hub.ws(&hub.token(Role::Provider, "dr-wa", &[], 3600)).await;
+    assert!(is_ack(&wa.request(&claim).await));
+    let msg =
+        ClientMessage::ChatSend(ChatSend { visit_id: visit_id.clone(), client_id: "c1".into(), body: "hello".into() });
+    assert!(is_ack(&wa.request(&msg).await));
+    let patient = intake.str("patient_token");
+    assert_eq!(hub.call("GET", &format!("/v1/visits/{visit_id}"), Some(&patient), None).await.status, StatusCode::OK);
+
+    // Admins read the trail of the visit; others may not.
+    let r = hub.call("GET", &format!("/v1/visits/{visit_id}/audit"), Some(&patient), None).await;
+    assert_eq!(r.code(), "forbidden");
+    let r = hub.call("GET", &format!("/v1/visits/{visit_id}/audit"), Some(&hub.admin()), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let rows: Vec<(String, String, String)> = r
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["subject"].as_str().unwrap().into(),
+                e["action"].as_str().unwrap().into(),
+                e["outcome"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let patient_subject = format!("patient:{visit_id}");
+    for expected in [
+        (patient_subject.as_str(), "visit.create", "ok"),
+        ("dr-or", "visit.claim", "state_not_covered"),
+        ("dr-wa", "visit.claim", "ok"),
+        ("dr-wa", "chat.send", "ok"),
+        (patient_subject.as_str(), "visit.view", "ok"),
+        (patient_subject.as_str(), "audit.view", "forbidden"),
+    ] {
+        assert!(
+            rows.iter().any(|(s, a, o)| (s.as_str(), a.as_str(), o.as_str()) == expected),
+            "missing {expected:?} in {rows:?}"
+        );
+    }
+    // Nothing in the trail carries the patient's name or the message.
+    assert!(!r.body.to_string().contains("Ann") && !r.body.to_string().contains("hello"));
+
+    let (ok, out) = verify(dir.path());
+    assert!(ok, "{out}");
+    assert!(out.contains("intact"), "{out}");
+
+    // Alter one stored record: verify fails and names it.
+    let db = visithub::config::Config { data_dir: dir.path().to_path_buf(), ..Default::default() }.database_path();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let id: i64 = sqlx::query_scalar("SELECT id FROM audit_log WHERE subject = 'dr-or' AND action = 'visit.claim'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_log SET outcome = 'ok' WHERE id = ?").bind(id).execute(&pool).await.unwrap();
+    let (ok, out) = verify(dir.path());
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("broken at record {id}")), "{out}");
+}
