@@ -54,9 +54,7 @@ impl Block {
     }
 
     fn attr(&self, key: &str) -> Option<&str> {
-        self.info
-            .iter()
-            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        self.info.iter().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
     }
 
     /// The JSON values the block holds, with the line each starts on: a ```json block is one
@@ -66,10 +64,7 @@ impl Block {
             "json" => {
                 let text: Vec<&str> = self.body.iter().map(|(_, l)| l.as_str()).collect();
                 let line = self.body.first().map_or(self.line, |(n, _)| *n);
-                Some(vec![(
-                    line,
-                    serde_json::from_str(&text.join("\n")).map_err(|e| e.to_string()),
-                )])
+                Some(vec![(line, serde_json::from_str(&text.join("\n")).map_err(|e| e.to_string()))])
             }
             "jsonl" => Some(
                 self.body
@@ -86,8 +81,7 @@ impl Block {
 impl Doc {
     fn load() -> Doc {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/signaling-protocol.md");
-        let text =
-            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
         let lines: Vec<String> = text.lines().map(str::to_owned).collect();
         let mut fenced = Vec::with_capacity(lines.len());
         let mut inside = false;
@@ -137,16 +131,8 @@ impl Doc {
             let trimmed = line.trim_start();
             match open.as_mut() {
                 None if trimmed.starts_with("```") => {
-                    let info = trimmed
-                        .trim_start_matches('`')
-                        .split_whitespace()
-                        .map(str::to_owned)
-                        .collect();
-                    open = Some(Block {
-                        line: i + 1,
-                        info,
-                        body: Vec::new(),
-                    });
+                    let info = trimmed.trim_start_matches('`').split_whitespace().map(str::to_owned).collect();
+                    open = Some(Block { line: i + 1, info, body: Vec::new() });
                 }
                 None => {}
                 Some(_) if trimmed.starts_with("```") => out.extend(open.take()),
@@ -168,9 +154,8 @@ impl Doc {
                 let inner = row.strip_prefix('|').unwrap_or(row);
                 let inner = inner.strip_suffix('|').unwrap_or(inner);
                 let cells: Vec<String> = inner.split('|').map(|c| c.trim().to_owned()).collect();
-                let separator = cells
-                    .iter()
-                    .all(|c| !c.is_empty() && c.chars().all(|ch| matches!(ch, '-' | ':' | ' ')));
+                let separator =
+                    cells.iter().all(|c| !c.is_empty() && c.chars().all(|ch| matches!(ch, '-' | ':' | ' ')));
                 (!separator).then_some((i + 1, cells))
             })
             .collect()
@@ -194,18 +179,11 @@ fn backticked(text: &str) -> Option<&str> {
 }
 
 /// Compares what the document lists with what the code has, describing every difference.
-fn compare(
-    what: &str,
-    documented: &[(usize, String)],
-    in_code: &[&str],
-    failures: &mut Vec<String>,
-) {
+fn compare(what: &str, documented: &[(usize, String)], in_code: &[&str], failures: &mut Vec<String>) {
     let mut seen = BTreeMap::new();
     for (line, name) in documented {
         if let Some(first) = seen.insert(name.as_str(), *line) {
-            failures.push(format!(
-                "{what}: `{name}` is documented twice ({DOC_NAME}:{first} and :{line})"
-            ));
+            failures.push(format!("{what}: `{name}` is documented twice ({DOC_NAME}:{first} and :{line})"));
         }
     }
     let doc: BTreeSet<&str> = seen.keys().copied().collect();
@@ -213,14 +191,10 @@ fn compare(
     let missing: Vec<&str> = code.difference(&doc).copied().collect();
     let extra: Vec<&str> = doc.difference(&code).copied().collect();
     if !missing.is_empty() {
-        failures.push(format!(
-            "{what}: in the code but not documented in {DOC_NAME}: {missing:?}"
-        ));
+        failures.push(format!("{what}: in the code but not documented in {DOC_NAME}: {missing:?}"));
     }
     if !extra.is_empty() {
-        failures.push(format!(
-            "{what}: documented in {DOC_NAME} but not in the code: {extra:?}"
-        ));
+        failures.push(format!("{what}: documented in {DOC_NAME} but not in the code: {extra:?}"));
     }
 }
 
@@ -255,16 +229,8 @@ fn documented_types(doc: &Doc, section: &str, failures: &mut Vec<String>) -> Vec
 // ---------------------------------------------------------------------------------------------
 
 enum Frame {
-    Client {
-        id: String,
-        kind: &'static str,
-    },
-    Hub {
-        seq: Option<u64>,
-        id: Option<String>,
-        kind: &'static str,
-        data: Value,
-    },
+    Client { id: String, kind: &'static str },
+    Hub { seq: Option<u64>, id: Option<String>, kind: &'static str, data: Value },
 }
 
 /// Decodes an example frame as the hub would (no `seq`) or as a client would (`seq`).
@@ -284,23 +250,11 @@ fn decode_frame(value: &Value) -> Result<Frame, String> {
         if frame.id.is_some() && !matches!(kind, "ack" | "error") {
             return Err(format!("only ack and error carry an `id`, not {kind}"));
         }
-        let data = obj
-            .get("data")
-            .cloned()
-            .unwrap_or_else(|| Value::Object(Default::default()));
-        Ok(Frame::Hub {
-            seq: frame.seq,
-            id: frame.id,
-            kind,
-            data,
-        })
+        let data = obj.get("data").cloned().unwrap_or_else(|| Value::Object(Default::default()));
+        Ok(Frame::Hub { seq: frame.seq, id: frame.id, kind, data })
     } else {
-        let frame = decode_client(&text)
-            .map_err(|e| format!("decode_client: {} ({})", e.code.as_str(), e.message))?;
-        Ok(Frame::Client {
-            id: frame.id,
-            kind: frame.msg.kind(),
-        })
+        let frame = decode_client(&text).map_err(|e| format!("decode_client: {} ({})", e.code.as_str(), e.message))?;
+        Ok(Frame::Client { id: frame.id, kind: frame.msg.kind() })
     }
 }
 
@@ -308,17 +262,12 @@ fn decode_frame(value: &Value) -> Result<Frame, String> {
 fn check_ack_data(request: &str, data: &Value) -> Result<(), String> {
     match request {
         "ping" => {
-            let time = data
-                .get("server_time")
-                .and_then(Value::as_str)
-                .ok_or("ack data needs a `server_time` string")?;
-            chrono::DateTime::parse_from_rfc3339(time)
-                .map_err(|e| format!("`server_time` is not RFC 3339: {e}"))?;
+            let time =
+                data.get("server_time").and_then(Value::as_str).ok_or("ack data needs a `server_time` string")?;
+            chrono::DateTime::parse_from_rfc3339(time).map_err(|e| format!("`server_time` is not RFC 3339: {e}"))?;
         }
         "session.refresh" => {
-            data.get("expires_at")
-                .and_then(Value::as_i64)
-                .ok_or("ack data needs an integer `expires_at`")?;
+            data.get("expires_at").and_then(Value::as_i64).ok_or("ack data needs an integer `expires_at`")?;
         }
         "state.set_busy" => {
             serde_json::from_value::<StateSettings>(data.clone())
@@ -338,19 +287,9 @@ fn message_types_match_the_code() {
     let doc = Doc::load();
     let mut failures = Vec::new();
     let client = documented_types(&doc, CLIENT_SECTION, &mut failures);
-    compare(
-        "client message types (ClientMessage::TYPES)",
-        &client,
-        ClientMessage::TYPES,
-        &mut failures,
-    );
+    compare("client message types (ClientMessage::TYPES)", &client, ClientMessage::TYPES, &mut failures);
     let hub = documented_types(&doc, HUB_SECTION, &mut failures);
-    compare(
-        "hub message types (ServerMessage::TYPES)",
-        &hub,
-        ServerMessage::TYPES,
-        &mut failures,
-    );
+    compare("hub message types (ServerMessage::TYPES)", &hub, ServerMessage::TYPES, &mut failures);
     finish("message types", failures);
 }
 
@@ -373,23 +312,14 @@ fn error_codes_and_statuses_match_the_code() {
                 "{DOC_NAME}:{line}: `{code}` is documented with HTTP {status}, the code answers {}",
                 known.http_status()
             )),
-            None => failures.push(format!(
-                "{DOC_NAME}:{line}: `{code}` has no HTTP status in its second column"
-            )),
+            None => failures.push(format!("{DOC_NAME}:{line}: `{code}` has no HTTP status in its second column")),
         }
     }
     if documented.is_empty() {
-        failures.push(format!(
-            "no error-code table (rows starting | `code` | status |) in \"{ERROR_SECTION}\""
-        ));
+        failures.push(format!("no error-code table (rows starting | `code` | status |) in \"{ERROR_SECTION}\""));
     }
     let in_code: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
-    compare(
-        "error codes (ErrorCode::ALL)",
-        &documented,
-        &in_code,
-        &mut failures,
-    );
+    compare("error codes (ErrorCode::ALL)", &documented, &in_code, &mut failures);
     finish("error codes", failures);
 }
 
@@ -404,9 +334,7 @@ fn close_codes_match_the_code() {
         };
         documented.push((line, code.to_string()));
         let Some(reason) = cells.get(1).and_then(|c| backticked(c)) else {
-            failures.push(format!(
-                "{DOC_NAME}:{line}: close code {code} has no `reason` in its second column"
-            ));
+            failures.push(format!("{DOC_NAME}:{line}: close code {code} has no `reason` in its second column"));
             continue;
         };
         match CloseCode::from_code(code) {
@@ -418,21 +346,11 @@ fn close_codes_match_the_code() {
         }
     }
     if documented.is_empty() {
-        failures.push(format!(
-            "no close-code table (rows starting | 4000 | `reason` |) in \"{CLOSE_SECTION}\""
-        ));
+        failures.push(format!("no close-code table (rows starting | 4000 | `reason` |) in \"{CLOSE_SECTION}\""));
     }
-    let in_code: Vec<String> = CloseCode::ALL
-        .iter()
-        .map(|c| c.code().to_string())
-        .collect();
+    let in_code: Vec<String> = CloseCode::ALL.iter().map(|c| c.code().to_string()).collect();
     let in_code: Vec<&str> = in_code.iter().map(String::as_str).collect();
-    compare(
-        "close codes (CloseCode::ALL)",
-        &documented,
-        &in_code,
-        &mut failures,
-    );
+    compare("close codes (CloseCode::ALL)", &documented, &in_code, &mut failures);
     finish("close codes", failures);
 }
 
@@ -455,10 +373,8 @@ fn client_message_examples_decode() {
                     Err(e) => failures.push(format!("{at}: {e}")),
                     Ok(Frame::Client { id, kind }) => {
                         if expected.is_some_and(|t| t != kind) {
-                            failures.push(format!(
-                                "{at}: a `{kind}` request under the heading of `{}`",
-                                expected.unwrap()
-                            ));
+                            failures
+                                .push(format!("{at}: a `{kind}` request under the heading of `{}`", expected.unwrap()));
                         }
                         requests.insert(id, kind);
                     }
@@ -469,15 +385,11 @@ fn client_message_examples_decode() {
         // Replies shown with the requests answer one of them, and say what its ack carries.
         for (at, id, kind, data) in replies {
             if !matches!(kind, "ack" | "error") {
-                failures.push(format!(
-                    "{at}: only the ack or error replying to a request belongs here, not `{kind}`"
-                ));
+                failures.push(format!("{at}: only the ack or error replying to a request belongs here, not `{kind}`"));
                 continue;
             }
             match id.as_deref().and_then(|id| requests.get(id)) {
-                None => failures.push(format!(
-                    "{at}: the {kind} answers no request id shown in this subsection"
-                )),
+                None => failures.push(format!("{at}: the {kind} answers no request id shown in this subsection")),
                 Some(request) if kind == "ack" => {
                     if let Err(e) = check_ack_data(request, &data) {
                         failures.push(format!("{at}: {e}"));
@@ -494,7 +406,8 @@ fn client_message_examples_decode() {
         if let Some(name) = expected
             && !requests.values().any(|k| *k == name)
         {
-            failures.push(format!("{DOC_NAME}:{heading_line}: ### `{name}` has no ```json example request of that type"));
+            failures
+                .push(format!("{DOC_NAME}:{heading_line}: ### `{name}` has no ```json example request of that type"));
         }
     }
     finish("client message examples", failures);
@@ -531,16 +444,13 @@ fn hub_message_examples_decode() {
                             if name == kind {
                                 examples += 1;
                             } else {
-                                failures.push(format!(
-                                    "{at}: a `{kind}` frame under the heading of `{name}`"
-                                ));
+                                failures.push(format!("{at}: a `{kind}` frame under the heading of `{name}`"));
                             }
                         }
                         if kind == "error" {
                             let code = data.get("code").and_then(Value::as_str).unwrap_or_default();
                             if ErrorCode::parse(code).is_none() {
-                                failures
-                                    .push(format!("{at}: error code {code:?} is not an ErrorCode"));
+                                failures.push(format!("{at}: error code {code:?} is not an ErrorCode"));
                             }
                         }
                     }
@@ -553,9 +463,7 @@ fn hub_message_examples_decode() {
         if let Some(name) = expected
             && examples == 0
         {
-            failures.push(format!(
-                "{DOC_NAME}:{heading_line}: ### `{name}` has no ```json example frame of that type"
-            ));
+            failures.push(format!("{DOC_NAME}:{heading_line}: ### `{name}` has no ```json example frame of that type"));
         }
     }
     finish("hub message examples", failures);
@@ -600,32 +508,18 @@ fn example_exchange_decodes_and_is_consistent() {
                 }
             };
             let Some(name) = &session else { continue };
-            let trace = sessions
-                .entry(name.clone())
-                .or_insert_with(|| SessionTrace {
-                    next_seq: 1,
-                    ..Default::default()
-                });
+            let trace =
+                sessions.entry(name.clone()).or_insert_with(|| SessionTrace { next_seq: 1, ..Default::default() });
             match frame {
                 Frame::Client { id, kind } => trace.pending.push_back((id, kind)),
-                Frame::Hub {
-                    seq,
-                    id,
-                    kind,
-                    data,
-                } => {
+                Frame::Hub { seq, id, kind, data } => {
                     let seq = seq.unwrap_or_default();
                     if seq != trace.next_seq {
-                        failures.push(format!(
-                            "{at}: session {name}: seq {seq}, expected {}",
-                            trace.next_seq
-                        ));
+                        failures.push(format!("{at}: session {name}: seq {seq}, expected {}", trace.next_seq));
                     }
                     trace.next_seq = seq + 1;
                     if seq == 1 && kind != "welcome" {
-                        failures.push(format!(
-                            "{at}: session {name}: the first frame must be `welcome`, not `{kind}`"
-                        ));
+                        failures.push(format!("{at}: session {name}: the first frame must be `welcome`, not `{kind}`"));
                     }
                     if matches!(kind, "ack" | "error") {
                         // Replies come in the order of the requests.
@@ -649,15 +543,11 @@ fn example_exchange_decodes_and_is_consistent() {
     }
     for (name, trace) in &sessions {
         for (id, kind) in &trace.pending {
-            failures.push(format!(
-                "example exchange, session {name}: request {id:?} ({kind}) is never answered"
-            ));
+            failures.push(format!("example exchange, session {name}: request {id:?} ({kind}) is never answered"));
         }
     }
     if frames == 0 {
-        failures.push(format!(
-            "\"{EXCHANGE_SECTION}\" shows no frames (```json or ```jsonl blocks)"
-        ));
+        failures.push(format!("\"{EXCHANGE_SECTION}\" shows no frames (```json or ```jsonl blocks)"));
     }
     finish("example exchange", failures);
 }
@@ -667,10 +557,8 @@ fn example_exchange_decodes_and_is_consistent() {
 #[test]
 fn other_json_examples_are_valid() {
     let doc = Doc::load();
-    let special: Vec<Range<usize>> = [CLIENT_SECTION, HUB_SECTION, EXCHANGE_SECTION]
-        .iter()
-        .map(|s| doc.section(s))
-        .collect();
+    let special: Vec<Range<usize>> =
+        [CLIENT_SECTION, HUB_SECTION, EXCHANGE_SECTION].iter().map(|s| doc.section(s)).collect();
     let mut failures = Vec::new();
     for block in doc.blocks(0..doc.lines.len()) {
         if special.iter().any(|r| r.contains(&(block.line - 1))) {
@@ -690,22 +578,13 @@ fn other_json_examples_are_valid() {
             };
             if let Some(code) = kind.strip_prefix("urn:visithub:error:") {
                 match ErrorCode::parse(code) {
-                    None => {
-                        failures.push(format!("{at}: problem type names unknown code {code:?}"))
-                    }
+                    None => failures.push(format!("{at}: problem type names unknown code {code:?}")),
                     Some(known) => {
                         if value.get("code").and_then(Value::as_str) != Some(code) {
-                            failures.push(format!(
-                                "{at}: problem `code` must repeat the code of its `type`"
-                            ));
+                            failures.push(format!("{at}: problem `code` must repeat the code of its `type`"));
                         }
-                        if value.get("status").and_then(Value::as_u64)
-                            != Some(known.http_status().into())
-                        {
-                            failures.push(format!(
-                                "{at}: `{code}` is answered with HTTP {}",
-                                known.http_status()
-                            ));
+                        if value.get("status").and_then(Value::as_u64) != Some(known.http_status().into()) {
+                            failures.push(format!("{at}: `{code}` is answered with HTTP {}", known.http_status()));
                         }
                     }
                 }
