@@ -117,6 +117,18 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outbound_queue: Option<usize>,
+    /// Seconds a session waits for its client to come back (resume) after losing its socket.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_window_secs: Option<u64>,
+    /// Most recent frames a session keeps for a client that resumes.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_window_frames: Option<usize>,
+    /// Most bytes of recent frames a session keeps for a client that resumes.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_window_bytes: Option<usize>,
     /// Milliseconds a socket may make no write progress before it closes as slow (4002).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -57,6 +57,12 @@ pub struct Config {
     pub pong_timeout_secs: u64,
     /// Frames queued for one socket before it is closed as a slow consumer.
     pub outbound_queue: usize,
+    /// Seconds a session waits for its client to come back after losing its socket.
+    pub resume_window_secs: u64,
+    /// Most recent frames a session keeps for a client that resumes.
+    pub replay_window_frames: usize,
+    /// Most bytes of recent frames a session keeps for a client that resumes.
+    pub replay_window_bytes: usize,
     /// Milliseconds a socket may make no write progress before it is closed as slow.
     pub write_timeout_ms: u64,
     /// Invalid or rate-limited frames per minute before the socket is closed.
@@ -127,6 +133,9 @@ impl Default for Config {
             ping_interval_secs: 20,
             pong_timeout_secs: 20,
             outbound_queue: 256,
+            resume_window_secs: 60,
+            replay_window_frames: 256,
+            replay_window_bytes: 256 * 1024,
             write_timeout_ms: 10_000,
             max_invalid_per_minute: 20,
             shutdown_grace_secs: 10,

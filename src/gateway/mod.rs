@@ -6,6 +6,7 @@ mod connections;
 mod events;
 mod outbound;
 mod requests;
+mod resume;
 mod session;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
     pub connections: Connections,
+    resumable: resume::Resumable,
     next_session: AtomicU64,
 }
 
@@ -47,6 +49,7 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             connections: Connections::default(),
+            resumable: resume::Resumable::default(),
             next_session: AtomicU64::new(1),
         }
     }
@@ -55,6 +58,9 @@ impl Gateway {
 #[derive(Deserialize)]
 pub struct WsQuery {
     access_token: Option<String>,
+    /// Resume this session (from `welcome`), having seen frames up to `last_seq`.
+    session_id: Option<String>,
+    last_seq: Option<u64>,
 }
 
 fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
@@ -87,6 +93,7 @@ pub async fn upgrade(
     Query(query): Query<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let resume = query.session_id.clone().map(|id| (id, query.last_seq.unwrap_or(0)));
     match admit(&gw, &headers, query).await {
         Ok((principal, guard)) => {
             let limit = gw.config.max_message_bytes;
@@ -102,8 +109,22 @@ pub async fn upgrade(
                 .read_buffer_size(4 * 1024)
                 .write_buffer_size(0)
                 .on_upgrade(move |socket| async move {
-                    session::run(socket, gw, principal, id).await;
-                    drop(guard);
+                    let recovered = match resume {
+                        None => None,
+                        Some((session_id, last_seq)) => {
+                            let r = resume::Resume { socket, last_seq, principal, guard };
+                            match gw.resumable.attach(&session_id, r) {
+                                Ok(()) => return,
+                                Err(r) => {
+                                    // Not here: a new session, and the client reloads its state.
+                                    session::run(r.socket, gw, r.principal, r.guard, id, Some(false)).await;
+                                    drop(token);
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    session::run(socket, gw, principal, guard, id, recovered).await;
                     drop(token);
                 })
         }

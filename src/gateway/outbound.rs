@@ -17,6 +17,10 @@ use crate::protocol::{ServerMessage, encode_server};
 pub struct Outbound {
     metrics: Arc<Metrics>,
     queue: VecDeque<Message>,
+    /// The last sequenced frames, kept for a client that resumes after losing its socket.
+    window: VecDeque<(u64, Message)>,
+    window_bytes: usize,
+    window_limits: (usize, usize),
     capacity: usize,
     seq: u64,
     /// Frames handed to the socket so far; a change means the client is reading.
@@ -28,8 +32,50 @@ pub struct Outbound {
 pub struct Overflow;
 
 impl Outbound {
-    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Outbound {
-        Outbound { metrics, queue: VecDeque::new(), capacity, seq: 0, written: 0 }
+    /// `window` is the most frames, and bytes, kept for resumption.
+    pub fn new(capacity: usize, window: (usize, usize), metrics: Arc<Metrics>) -> Outbound {
+        Outbound {
+            metrics,
+            queue: VecDeque::new(),
+            window: VecDeque::new(),
+            window_bytes: 0,
+            window_limits: window,
+            capacity,
+            seq: 0,
+            written: 0,
+        }
+    }
+
+    /// The sequence number of the last frame queued.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// A new socket picks up after `last_seq`: the frames after it are queued again (and
+    /// anything queued for the old socket dropped). False when some of them are no longer
+    /// held: nothing is replayed then.
+    pub fn replay_after(&mut self, last_seq: u64) -> bool {
+        self.queue.clear();
+        let first_held = self.window.front().map_or(self.seq + 1, |(seq, _)| *seq);
+        if last_seq > self.seq || last_seq + 1 < first_held {
+            return false;
+        }
+        self.queue.extend(self.window.iter().filter(|(seq, _)| *seq > last_seq).map(|(_, m)| m.clone()));
+        true
+    }
+
+    fn remember(&mut self, seq: u64, msg: &Message) {
+        let len = match msg {
+            Message::Text(t) => t.len(),
+            _ => 0,
+        };
+        self.window.push_back((seq, msg.clone()));
+        self.window_bytes += len;
+        let (max_frames, max_bytes) = self.window_limits;
+        while self.window.len() > max_frames || self.window_bytes > max_bytes {
+            let Some((_, Message::Text(t))) = self.window.pop_front() else { break };
+            self.window_bytes -= t.len();
+        }
     }
 
     /// Queues a hub message with the next sequence number.
@@ -38,7 +84,9 @@ impl Outbound {
         let text = encode_server(self.seq, id, msg);
         self.metrics.messages_out.with_label_values(&[msg.kind()]).inc();
         self.metrics.outbound_queue.observe(self.queue.len() as f64);
-        self.push_raw(Message::Text(text.into()))
+        let msg = Message::Text(text.into());
+        self.remember(self.seq, &msg);
+        self.push_raw(msg)
     }
 
     /// Queues a control frame (ping, close), which carries no sequence number.
@@ -70,7 +118,9 @@ impl Outbound {
     /// Writes queued frames until the queue is empty and the socket flushed. A frame leaves
     /// the queue only once the socket has taken it, so dropping this future mid-way loses
     /// nothing and sends nothing twice.
-    pub async fn flush(&mut self, sink: &mut SplitSink<WebSocket, Message>) -> Result<(), axum::Error> {
+    /// Without a socket (detached) it never completes.
+    pub async fn flush(&mut self, sink: &mut Option<SplitSink<WebSocket, Message>>) -> Result<(), axum::Error> {
+        let Some(sink) = sink else { return std::future::pending().await };
         poll_fn(|cx| {
             while !self.queue.is_empty() {
                 match sink.poll_ready_unpin(cx) {

@@ -1,8 +1,9 @@
-//! One task per connection, one `select!` loop: client frames, bus events, queue boards,
-//! heartbeats, token expiry, shutdown, and writing. Reading pauses while the outbound queue is
-//! half full, and boards are read only when it is empty, so a slow client gets the newest
-//! queue value rather than a backlog and its memory stays bounded; a client that stops
-//! reading altogether is closed as a slow consumer.
+//! One task per session, one `select!` loop: client frames, bus events, queue boards,
+//! heartbeats, token expiry, shutdown, resumption and writing. Reading pauses while the
+//! outbound queue is half full, and boards are read only when it is empty, so a slow client
+//! gets the newest queue value rather than a backlog and its memory stays bounded; a client
+//! that stops reading altogether is closed as a slow consumer. When the socket is lost the
+//! session waits, detached, for its client to resume on a new socket.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
@@ -20,26 +22,35 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Gateway;
+use super::connections::ConnectionGuard;
 use super::outbound::Outbound;
+use super::resume::Resume;
 use crate::auth::Principal;
 use crate::bus::{BusEvent, Topic};
 use crate::error::{ErrorCode, HubError};
 use crate::hub::{QueueView, Scope, SessionLink};
 use crate::model::{Role, UsState};
 use crate::protocol::{
-    CloseCode, ErrorBody, PROTOCOL_VERSION, QueuePosition, ServerMessage, SessionLimits, Welcome, decode_client,
+    CloseCode, ErrorBody, PROTOCOL_VERSION, QueuePosition, ServerMessage, SessionLimits, SessionResumed, Welcome,
+    decode_client,
 };
 
-/// Why the loop ended.
+type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+/// Why the loop ended, or why the socket went.
 pub(super) enum Exit {
     Close(CloseCode),
-    /// The client closed or the connection broke: nothing more to send.
+    /// The client closed or the connection broke: nothing more to send on this socket.
     Gone,
+    /// The client came back on a new socket.
+    Resumed(Box<Resume>),
 }
 
 pub(super) struct Session {
     pub gw: Arc<Gateway>,
     pub id: u64,
+    pub session_id: String,
     pub principal: Principal,
     pub out: Outbound,
     /// Queue boards this session watches, by state.
@@ -51,6 +62,8 @@ pub(super) struct Session {
     pub topics: Vec<Topic>,
     pub link: SessionLink,
     pub token_deadline: Instant,
+    /// The connection slot of the current socket; none while detached.
+    guard: Option<ConnectionGuard>,
     limiter: DefaultDirectRateLimiter,
     strikes: u32,
     strikes_since: Instant,
@@ -59,22 +72,42 @@ pub(super) struct Session {
     pub answer_by: Option<Instant>,
 }
 
-pub async fn run(socket: WebSocket, gw: Arc<Gateway>, principal: Principal, id: u64) {
+/// A new session on `socket`. `recovered` is `Some(false)` when the client asked to resume a
+/// session this node does not hold.
+pub async fn run(
+    socket: WebSocket,
+    gw: Arc<Gateway>,
+    principal: Principal,
+    guard: ConnectionGuard,
+    id: u64,
+    recovered: Option<bool>,
+) {
     let span = tracing::info_span!("session", id, role = principal.role.as_str());
-    run_inner(socket, gw, principal, id).instrument(span).await
+    run_inner(socket, gw, principal, guard, id, recovered).instrument(span).await
 }
 
-async fn run_inner(socket: WebSocket, gw: Arc<Gateway>, principal: Principal, id: u64) {
-    let (inbox_tx, inbox) = mpsc::channel(gw.config.outbound_queue);
+async fn run_inner(
+    socket: WebSocket,
+    gw: Arc<Gateway>,
+    principal: Principal,
+    guard: ConnectionGuard,
+    id: u64,
+    recovered: Option<bool>,
+) {
+    let (inbox_tx, mut inbox) = mpsc::channel(gw.config.outbound_queue);
     let link = SessionLink { id, inbox: inbox_tx, overflowed: CancellationToken::new() };
     let rate = NonZeroU32::new(gw.config.rate_for(principal.role)).unwrap_or(NonZeroU32::MIN);
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let mut resumes = gw.resumable.register(&session_id, &principal.subject);
+    let window = (gw.config.replay_window_frames, gw.config.replay_window_bytes);
     let mut session = Session {
-        out: Outbound::new(gw.config.outbound_queue, gw.hub.metrics().clone()),
+        out: Outbound::new(gw.config.outbound_queue, window, gw.hub.metrics().clone()),
         boards: StreamMap::new(),
         sent_views: HashMap::new(),
         sent_position: None,
         topics: Vec::new(),
         token_deadline: deadline_of(principal.expires_at),
+        guard: Some(guard),
         limiter: RateLimiter::direct(Quota::per_second(rate)),
         strikes: 0,
         strikes_since: Instant::now(),
@@ -82,16 +115,18 @@ async fn run_inner(socket: WebSocket, gw: Arc<Gateway>, principal: Principal, id
         answer_by: None,
         link,
         principal,
+        session_id,
         id,
         gw,
     };
-    let (mut sink, stream) = socket.split();
+    let (sink, stream) = socket.split();
+    let (mut sink, mut stream) = (Some(sink), Some(stream));
     let metrics = session.gw.hub.metrics().clone();
     let role = session.principal.role.as_str();
     metrics.connections_accepted.with_label_values(&[role]).inc();
     metrics.connections_open.with_label_values(&[role]).inc();
-    let exit = match session.open().await {
-        Ok(()) => session.serve(&mut sink, stream, inbox).await,
+    let exit = match session.open(recovered).await {
+        Ok(()) => session.serve(&mut sink, &mut stream, &mut inbox, &mut resumes).await,
         Err(e) => {
             tracing::warn!(error = %e, "session setup failed");
             Exit::Close(CloseCode::ServerShutdown)
@@ -99,11 +134,10 @@ async fn run_inner(socket: WebSocket, gw: Arc<Gateway>, principal: Principal, id
     };
     let reason = match &exit {
         Exit::Close(code) => code.reason(),
-        Exit::Gone => "client_gone",
+        Exit::Gone | Exit::Resumed(_) => "client_gone",
     };
-    session.close(&mut sink, exit).await;
-    metrics.connections_open.with_label_values(&[role]).dec();
     metrics.disconnects.with_label_values(&[reason]).inc();
+    session.close(sink, exit).await;
 }
 
 /// The instant a token's `exp` (epoch seconds) falls due.
@@ -116,13 +150,20 @@ pub(super) fn deadline_of(exp: i64) -> Instant {
     Instant::now() + Duration::from_secs(left.clamp(0, 10 * 365 * 24 * 3600) as u64)
 }
 
+async fn next_frame(stream: &mut Option<Stream>) -> Option<Result<Message, axum::Error>> {
+    match stream {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Session {
     /// Welcome, then the subscriptions every session of this role has.
-    async fn open(&mut self) -> anyhow::Result<()> {
+    async fn open(&mut self, recovered: Option<bool>) -> anyhow::Result<()> {
         let cfg = &self.gw.config;
         let welcome = Welcome {
             protocol: PROTOCOL_VERSION,
-            session_id: uuid::Uuid::new_v4().to_string(),
+            session_id: self.session_id.clone(),
             role: self.principal.role,
             subject: self.principal.subject.clone(),
             states: self.principal.states.clone(),
@@ -133,6 +174,7 @@ impl Session {
                 ping_interval_ms: cfg.ping_interval_secs * 1000,
                 token_expires_at: self.principal.expires_at,
             },
+            recovered,
         };
         self.send(None, &ServerMessage::Welcome(welcome));
         self.subscribe_for_role().await
@@ -156,33 +198,40 @@ impl Session {
 
     async fn serve(
         &mut self,
-        sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-        mut stream: futures_util::stream::SplitStream<WebSocket>,
-        mut inbox: mpsc::Receiver<Arc<BusEvent>>,
+        sink: &mut Option<Sink>,
+        stream: &mut Option<Stream>,
+        inbox: &mut mpsc::Receiver<Arc<BusEvent>>,
+        resumes: &mut mpsc::Receiver<Resume>,
     ) -> Exit {
         let cfg = self.gw.config.clone();
         let ping_every = Duration::from_secs(cfg.ping_interval_secs);
         let silence_limit = ping_every + Duration::from_secs(cfg.pong_timeout_secs);
         let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
+        let resume_window = Duration::from_secs(cfg.resume_window_secs);
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
         // When the outbound queue last made progress (or became non-empty).
         let mut progress_at = Instant::now();
+        // While detached: when the session gives up waiting for its client.
+        let mut detached_until = far_future();
         let shutdown = self.gw.shutdown.clone();
         let overflowed = self.link.overflowed.clone();
         loop {
             let written_before = self.out.written();
             let was_empty = self.out.is_empty();
+            let attached = sink.is_some();
             let exit = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Some(Exit::Close(CloseCode::ServerShutdown)),
                 _ = overflowed.cancelled() => Some(Exit::Close(CloseCode::SlowConsumer)),
                 _ = sleep_until(self.token_deadline) => Some(Exit::Close(CloseCode::TokenExpired)),
-                _ = sleep_until(progress_at + write_timeout), if !self.out.is_empty() => {
+                Some(resume) = resumes.recv() => Some(Exit::Resumed(Box::new(resume))),
+                _ = sleep_until(detached_until), if !attached => return Exit::Gone,
+                _ = sleep_until(progress_at + write_timeout), if attached && !self.out.is_empty() => {
                     Some(Exit::Close(CloseCode::SlowConsumer))
                 }
-                res = self.out.flush(sink), if !self.out.is_empty() => res.err().map(|_| Exit::Gone),
-                frame = stream.next(), if self.out.has_room() => {
+                res = self.out.flush(sink), if attached && !self.out.is_empty() => res.err().map(|_| Exit::Gone),
+                frame = next_frame(stream), if attached && self.out.has_room() => {
                     last_heard = Instant::now();
                     match frame {
                         Some(Ok(msg)) => self.on_frame(msg).await,
@@ -207,7 +256,7 @@ impl Session {
                     self.on_view(state, view);
                     None
                 }
-                _ = ping.tick() => {
+                _ = ping.tick(), if attached => {
                     if last_heard.elapsed() > silence_limit {
                         Some(Exit::Close(CloseCode::HeartbeatTimeout))
                     } else {
@@ -216,8 +265,25 @@ impl Session {
                     }
                 }
             };
-            if let Some(exit) = exit {
-                return exit;
+            match exit {
+                None => {}
+                Some(Exit::Gone) => {
+                    // Keep the session (and what it is sent) for a client that comes back.
+                    self.detach(sink, stream).await;
+                    detached_until = Instant::now() + resume_window;
+                }
+                Some(Exit::Resumed(resume)) => {
+                    if let Some(old) = sink.take() {
+                        // The client moved to a new socket before this one was seen to drop.
+                        close_socket(old, CloseCode::SessionResumed, Duration::from_millis(200)).await;
+                        *stream = None;
+                        self.left().await;
+                    }
+                    self.attach(*resume, sink, stream).await;
+                    (last_heard, progress_at, detached_until) = (Instant::now(), Instant::now(), far_future());
+                    continue;
+                }
+                Some(exit) => return exit,
             }
             if self.out.written() != written_before || (was_empty && !self.out.is_empty()) {
                 progress_at = Instant::now();
@@ -226,6 +292,58 @@ impl Session {
                 return Exit::Close(CloseCode::SlowConsumer);
             }
         }
+    }
+
+    async fn detach(&mut self, sink: &mut Option<Sink>, stream: &mut Option<Stream>) {
+        *stream = None;
+        if sink.take().is_some() {
+            self.left().await;
+        }
+    }
+
+    /// The socket is gone: the slot is free, and the user counts as offline (a patient's
+    /// abandonment grace starts) until they come back.
+    async fn left(&mut self) {
+        self.gw.hub.metrics().connections_open.with_label_values(&[self.principal.role.as_str()]).dec();
+        self.guard = None;
+        match (self.principal.role, self.principal.visit.clone()) {
+            (Role::Patient, Some(visit_id)) => self.gw.hub.patient_offline(&visit_id).await,
+            _ => self.gw.hub.caregiver_offline(&self.principal).await,
+        }
+    }
+
+    /// Takes the new socket: replays what the client missed, then `session.resumed`.
+    async fn attach(&mut self, resume: Resume, sink: &mut Option<Sink>, stream: &mut Option<Stream>) {
+        let Resume { socket, last_seq, principal, guard } = resume;
+        let (new_sink, new_stream) = socket.split();
+        (*sink, *stream) = (Some(new_sink), Some(new_stream));
+        self.gw.hub.metrics().connections_open.with_label_values(&[self.principal.role.as_str()]).inc();
+        self.guard = Some(guard);
+        match (self.principal.role, self.principal.visit.clone()) {
+            (Role::Patient, Some(visit_id)) => self.gw.hub.patient_online(&visit_id),
+            _ => {
+                if let Err(e) = self.gw.hub.caregiver_online(&self.principal).await {
+                    tracing::warn!(error = %e, "presence not restored");
+                }
+            }
+        }
+        self.token_deadline = deadline_of(principal.expires_at);
+        self.principal.expires_at = principal.expires_at;
+        let before = self.out.seq();
+        let recovered = self.out.replay_after(last_seq);
+        let replayed = if recovered { before - last_seq } else { 0 };
+        if !recovered {
+            // The client reloads its state: boards start over with a snapshot and position.
+            self.sent_views.clear();
+            self.sent_position = None;
+            let states: Vec<UsState> = self.boards.keys().copied().collect();
+            for state in states {
+                self.boards.insert(state, WatchStream::new(self.gw.hub.watch_queue(state)));
+            }
+        }
+        tracing::debug!(recovered, replayed, "session resumed");
+        let resumed = SessionResumed { session_id: self.session_id.clone(), recovered, replayed };
+        self.send(None, &ServerMessage::SessionResumed(resumed));
     }
 
     async fn on_frame(&mut self, msg: Message) -> Option<Exit> {
@@ -318,26 +436,32 @@ impl Session {
         }
     }
 
-    async fn close(mut self, sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, exit: Exit) {
+    async fn close(mut self, sink: Option<Sink>, exit: Exit) {
+        self.gw.resumable.remove(&self.session_id);
         for topic in std::mem::take(&mut self.topics) {
             self.gw.hub.unlisten(&topic, self.id).await;
         }
-        match (self.principal.role, self.principal.visit.as_deref()) {
-            (Role::Patient, Some(visit_id)) => self.gw.hub.patient_offline(visit_id).await,
-            _ => self.gw.hub.caregiver_offline(&self.principal).await,
+        if sink.is_some() {
+            self.left().await;
         }
-        if let Exit::Close(code) = exit {
-            tracing::debug!(close = code.reason(), "closing session");
-            let frame = CloseFrame { code: code.code(), reason: code.reason().into() };
-            // A slow consumer gets no more queued frames: only the close, briefly tried.
-            let patience = if code == CloseCode::SlowConsumer {
-                Duration::from_millis(200)
-            } else {
-                let _ = tokio::time::timeout(Duration::from_secs(2), self.out.flush(sink)).await;
-                Duration::from_secs(1)
-            };
-            let _ = tokio::time::timeout(patience, sink.send(Message::Close(Some(frame)))).await;
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(200), sink.close()).await;
+        let (Some(mut sink), Exit::Close(code)) = (sink, exit) else { return };
+        tracing::debug!(close = code.reason(), "closing session");
+        // A slow consumer gets no more queued frames: only the close, briefly tried.
+        let patience = if code == CloseCode::SlowConsumer {
+            Duration::from_millis(200)
+        } else {
+            let mut attached = Some(sink);
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.out.flush(&mut attached)).await;
+            sink = attached.expect("flush leaves the sink in place");
+            Duration::from_secs(1)
+        };
+        close_socket(sink, code, patience).await;
     }
+}
+
+/// Sends a close frame (trying for at most `patience`) and closes the socket.
+async fn close_socket(mut sink: Sink, code: CloseCode, patience: Duration) {
+    let frame = CloseFrame { code: code.code(), reason: code.reason().into() };
+    let _ = tokio::time::timeout(patience, sink.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), sink.close()).await;
 }

@@ -34,6 +34,7 @@ close_codes! {
     ProtocolViolation = 4003, "protocol_violation";
     AccessRevoked = 4005, "access_revoked";
     HeartbeatTimeout = 4006, "heartbeat_timeout";
+    SessionResumed = 4007, "session_resumed";
 }
 
 impl CloseCode {

@@ -29,6 +29,7 @@ messages! {
         "chat.read" => ChatRead(ReadEvent),
         "chat.participants" => ChatParticipants(ChatParticipants),
         "presence.updated" => PresenceUpdated(ProviderPresence),
+        "session.resumed" => SessionResumed(SessionResumed),
     }
 }
 
@@ -141,6 +142,20 @@ pub struct Welcome {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub visit_id: Option<VisitId>,
     pub limits: SessionLimits,
+    /// `false` when the client asked to resume a session the hub no longer holds: this is a
+    /// new session, and the client reloads its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// Sent on a resumed session after the frames the client missed (if `recovered`), or alone
+/// when they could not all be replayed (then the client reloads its state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionResumed {
+    pub session_id: String,
+    pub recovered: bool,
+    /// Frames replayed before this one.
+    pub replayed: u64,
 }
 
 /// Limits the hub applies to this session.

@@ -181,7 +181,19 @@ impl TestHub {
 
     /// Opens a socket; on a refused handshake returns the HTTP status and problem body.
     pub async fn try_ws(&self, token: &str, origin: Option<&str>) -> Result<Ws, (u16, Value)> {
-        let mut req = format!("ws://{}/v1/ws", self.addr).into_client_request().unwrap();
+        self.try_ws_at(token, origin, "").await
+    }
+
+    /// Reconnects to session `session_id`, having seen frames up to `last_seq`.
+    pub async fn resume(&self, token: &str, session_id: &str, last_seq: u64) -> Ws {
+        let query = format!("?session_id={session_id}&last_seq={last_seq}");
+        let mut ws = self.try_ws_at(token, None, &query).await.expect("handshake accepted");
+        ws.last_seq = last_seq;
+        ws
+    }
+
+    async fn try_ws_at(&self, token: &str, origin: Option<&str>, query: &str) -> Result<Ws, (u16, Value)> {
+        let mut req = format!("ws://{}/v1/ws{query}", self.addr).into_client_request().unwrap();
         if !token.is_empty() {
             req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
         }
@@ -189,7 +201,7 @@ impl TestHub {
             req.headers_mut().insert("origin", HeaderValue::from_str(o).unwrap());
         }
         match tokio_tungstenite::connect_async(req).await {
-            Ok((stream, _)) => Ok(Ws { stream, next_id: 0 }),
+            Ok((stream, _)) => Ok(Ws { stream, next_id: 0, last_seq: 0 }),
             Err(tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
                 let body = resp
@@ -240,6 +252,8 @@ impl Reply {
 pub struct Ws {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    /// The `seq` of the last hub frame read.
+    pub last_seq: u64,
 }
 
 /// How a socket ended, as the client saw it.
@@ -275,7 +289,11 @@ impl Ws {
             let msg = tokio::time::timeout(WAIT, self.stream.next()).await.expect("a frame within 5 s");
             match msg {
                 Some(Ok(Message::Text(t))) => {
-                    return decode_server(t.as_str()).expect("hub frames decode");
+                    let frame = decode_server(t.as_str()).expect("hub frames decode");
+                    if let Some(seq) = frame.seq {
+                        self.last_seq = seq;
+                    }
+                    return frame;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => panic!("expected a frame, got {other:?}"),
