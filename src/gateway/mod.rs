@@ -112,7 +112,7 @@ pub async fn upgrade(
                     let recovered = match resume {
                         None => None,
                         Some((session_id, last_seq)) => {
-                            let r = resume::Resume { socket, last_seq, principal, guard };
+                            let r = Box::new(resume::Resume { socket, last_seq, principal, guard });
                             match gw.resumable.attach(&session_id, r) {
                                 Ok(()) => return,
                                 Err(r) => {

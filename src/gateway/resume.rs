@@ -20,7 +20,7 @@ pub struct Resume {
 
 struct Entry {
     subject: String,
-    tx: mpsc::Sender<Resume>,
+    tx: mpsc::Sender<Box<Resume>>,
 }
 
 /// Sessions of this node that a socket can be attached to, by session id.
@@ -30,7 +30,7 @@ pub struct Resumable {
 }
 
 impl Resumable {
-    pub fn register(&self, session_id: &str, subject: &str) -> mpsc::Receiver<Resume> {
+    pub fn register(&self, session_id: &str, subject: &str) -> mpsc::Receiver<Box<Resume>> {
         let (tx, rx) = mpsc::channel(1);
         self.sessions.insert(session_id.to_string(), Entry { subject: subject.to_string(), tx });
         rx
@@ -42,7 +42,7 @@ impl Resumable {
 
     /// Hands `resume` to its session; gives it back when there is no such session for this
     /// subject (expired, or on another node), so the caller starts a new one.
-    pub fn attach(&self, session_id: &str, resume: Resume) -> Result<(), Resume> {
+    pub fn attach(&self, session_id: &str, resume: Box<Resume>) -> Result<(), Box<Resume>> {
         let tx = match self.sessions.get(session_id) {
             Some(e) if e.subject == resume.principal.subject => e.tx.clone(),
             _ => return Err(resume),

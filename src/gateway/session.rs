@@ -201,7 +201,7 @@ impl Session {
         sink: &mut Option<Sink>,
         stream: &mut Option<Stream>,
         inbox: &mut mpsc::Receiver<Arc<BusEvent>>,
-        resumes: &mut mpsc::Receiver<Resume>,
+        resumes: &mut mpsc::Receiver<Box<Resume>>,
     ) -> Exit {
         let cfg = self.gw.config.clone();
         let ping_every = Duration::from_secs(cfg.ping_interval_secs);
@@ -225,7 +225,7 @@ impl Session {
                 _ = shutdown.cancelled() => Some(Exit::Close(CloseCode::ServerShutdown)),
                 _ = overflowed.cancelled() => Some(Exit::Close(CloseCode::SlowConsumer)),
                 _ = sleep_until(self.token_deadline) => Some(Exit::Close(CloseCode::TokenExpired)),
-                Some(resume) = resumes.recv() => Some(Exit::Resumed(Box::new(resume))),
+                Some(resume) = resumes.recv() => Some(Exit::Resumed(resume)),
                 _ = sleep_until(detached_until), if !attached => return Exit::Gone,
                 _ = sleep_until(progress_at + write_timeout), if attached && !self.out.is_empty() => {
                     Some(Exit::Close(CloseCode::SlowConsumer))
