@@ -208,14 +208,9 @@ impl Hub {
         if who.role == Role::Patient && who.visit.as_deref() != Some(visit_id) {
             return Err(HubError::code(ErrorCode::NotYourVisit));
         }
-        let visit = self
-            .store
-            .get_visit(visit_id)
-            .await
-            .map_err(HubError::internal)?
-            .ok_or_else(|| HubError::code(ErrorCode::VisitNotFound))?;
+        let visit = self.visit(visit_id).await?;
         who.require_visit(&visit)?;
-        Ok(visit)
+        Ok((*visit).clone())
     }
 
     pub async fn visit_view(&self, who: &Principal, visit_id: &str) -> HubResult<VisitView> {
