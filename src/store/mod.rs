@@ -3,12 +3,14 @@
 //! stored as epoch milliseconds so both dialects share the same shapes.
 
 mod metered;
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use metered::Metered;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};

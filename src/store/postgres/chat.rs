@@ -1,0 +1,174 @@
+//! Conversations: messages (numbered per visit), read positions and members.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgRow};
+
+use super::{begin, corrupt};
+use crate::model::{Role, UsState, VisitStatus};
+use crate::protocol::{ChatMessage, Participant};
+use crate::store::{ConversationSummary, NewMessage, StoreResult, from_millis, to_millis};
+
+/// First key of the advisory locks that serialise appends to one visit's conversation (the
+/// second is the hash of the visit id), so they never meet another user of advisory locks.
+const CHAT_LOCK_SPACE: i32 = 0x7669_7301;
+
+fn role(s: &str) -> StoreResult<Role> {
+    Role::parse(s).ok_or_else(|| corrupt("role"))
+}
+
+fn message_from_row(row: &PgRow) -> StoreResult<ChatMessage> {
+    let sender_role: String = row.try_get("sender_role")?;
+    Ok(ChatMessage {
+        visit_id: row.try_get("visit_id")?,
+        seq: row.try_get::<i64, _>("seq")? as u64,
+        message_id: row.try_get("message_id")?,
+        client_id: row.try_get("client_id")?,
+        from: Participant {
+            subject: row.try_get("sender_subject")?,
+            name: row.try_get("sender_name")?,
+            role: role(&sender_role)?,
+        },
+        body: row.try_get("body")?,
+        sent_at: from_millis(row.try_get("sent_at")?)?,
+    })
+}
+
+const COLUMNS: &str = "visit_id, seq, message_id, client_id, sender_subject, sender_role, sender_name, body, sent_at";
+
+pub async fn append(pool: &PgPool, m: &NewMessage) -> StoreResult<(ChatMessage, bool)> {
+    // PostgreSQL runs writers side by side: two appends computing MAX(seq) + 1 at once would
+    // pick the same number. A transaction-scoped advisory lock per visit makes them take
+    // turns; each statement after it (READ COMMITTED) sees what the previous holder committed,
+    // so seqs stay unique and gap-free, and a retry finds the message stored before it.
+    let mut tx = begin(pool).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(CHAT_LOCK_SPACE)
+        .bind(&m.visit_id)
+        .execute(&mut *tx)
+        .await?;
+    let sql =
+        format!("SELECT {COLUMNS} FROM chat_messages WHERE visit_id = $1 AND sender_subject = $2 AND client_id = $3");
+    let before = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&m.visit_id)
+        .bind(&m.from.subject)
+        .bind(&m.client_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(row) = before {
+        tx.rollback().await?;
+        return Ok((message_from_row(&row)?, false));
+    }
+    let sql = format!(
+        "INSERT INTO chat_messages ({COLUMNS})
+         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5, $6, $7, $8 FROM chat_messages WHERE visit_id = $1
+         RETURNING {COLUMNS}"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&m.visit_id)
+        .bind(&m.message_id)
+        .bind(&m.client_id)
+        .bind(&m.from.subject)
+        .bind(m.from.role.as_str())
+        .bind(&m.from.name)
+        .bind(&m.body)
+        .bind(to_millis(m.sent_at))
+        .fetch_one(&mut *tx)
+        .await?;
+    let message = message_from_row(&row)?;
+    tx.commit().await?;
+    Ok((message, true))
+}
+
+pub async fn page(pool: &PgPool, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>> {
+    let before = before_seq.map_or(i64::MAX, |s| s as i64);
+    let sql =
+        format!("SELECT {COLUMNS} FROM chat_messages WHERE visit_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3");
+    let rows =
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(visit_id).bind(before).bind(limit as i64).fetch_all(pool).await?;
+    let mut messages = rows.iter().map(message_from_row).collect::<StoreResult<Vec<_>>>()?;
+    messages.reverse();
+    Ok(messages)
+}
+
+pub async fn mark_read(pool: &PgPool, visit_id: &str, subject: &str, up_to_seq: u64) -> StoreResult<u64> {
+    let n: i64 = sqlx::query_scalar(
+        "INSERT INTO chat_reads (visit_id, subject, up_to_seq) VALUES ($1, $2, $3)
+         ON CONFLICT (visit_id, subject) DO UPDATE SET up_to_seq = GREATEST(chat_reads.up_to_seq, EXCLUDED.up_to_seq)
+         RETURNING up_to_seq",
+    )
+    .bind(visit_id)
+    .bind(subject)
+    .bind(up_to_seq as i64)
+    .fetch_one(pool)
+    .await?;
+    Ok(n as u64)
+}
+
+pub async fn join(pool: &PgPool, visit_id: &str, member: &Participant, at: DateTime<Utc>) -> StoreResult<bool> {
+    let n = sqlx::query(
+        "INSERT INTO chat_members (visit_id, subject, name, role, joined_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (visit_id, subject) DO NOTHING",
+    )
+    .bind(visit_id)
+    .bind(&member.subject)
+    .bind(&member.name)
+    .bind(member.role.as_str())
+    .bind(to_millis(at))
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+pub async fn leave(pool: &PgPool, visit_id: &str, subject: &str) -> StoreResult<bool> {
+    let n = sqlx::query("DELETE FROM chat_members WHERE visit_id = $1 AND subject = $2")
+        .bind(visit_id)
+        .bind(subject)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
+}
+
+pub async fn members(pool: &PgPool, visit_id: &str) -> StoreResult<Vec<Participant>> {
+    let rows = sqlx::query(
+        "SELECT subject, name, role FROM chat_members WHERE visit_id = $1 ORDER BY joined_at, subject COLLATE \"C\"",
+    )
+    .bind(visit_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let r: String = row.try_get("role")?;
+            Ok(Participant { subject: row.try_get("subject")?, name: row.try_get("name")?, role: role(&r)? })
+        })
+        .collect()
+}
+
+pub async fn conversations_of(pool: &PgPool, subject: &str) -> StoreResult<Vec<ConversationSummary>> {
+    let rows = sqlx::query(
+        "SELECT v.id, v.state, v.status, v.display_name,
+                (SELECT COALESCE(MAX(seq), 0) FROM chat_messages c WHERE c.visit_id = v.id) AS last_seq,
+                (SELECT COALESCE(MAX(up_to_seq), 0) FROM chat_reads r WHERE r.visit_id = v.id AND r.subject = m.subject) AS read_seq
+         FROM chat_members m JOIN visits v ON v.id = m.visit_id
+         WHERE m.subject = $1 AND v.status NOT IN ('ended', 'cancelled', 'abandoned')
+         ORDER BY m.joined_at, v.id COLLATE \"C\"",
+    )
+    .bind(subject)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let state: String = row.try_get("state")?;
+            let status: String = row.try_get("status")?;
+            Ok(ConversationSummary {
+                visit_id: row.try_get("id")?,
+                state: UsState::parse(&state).map_err(|_| corrupt("visit state"))?,
+                status: VisitStatus::parse(&status).ok_or_else(|| corrupt("visit status"))?,
+                patient_name: row.try_get("display_name")?,
+                last_seq: row.try_get::<i64, _>("last_seq")? as u64,
+                read_seq: row.try_get::<i64, _>("read_seq")? as u64,
+            })
+        })
+        .collect()
+}

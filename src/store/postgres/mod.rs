@@ -1,0 +1,258 @@
+//! The PostgreSQL store, for cluster mode: every node writes to the primary, and reads that can
+//! bear a little staleness may go to a streaming replica without ever missing a row this node
+//! wrote (see [`replica`]). Migrations are embedded in the binary and run on the primary at
+//! connect. Queries live beside what they own, as in the SQLite store, with the same results.
+//!
+//! Concurrency: compare-and-set updates (`WHERE status = ...`) have exactly one winner, as row
+//! locks make the losers re-check against the winner's row; chat appends and audit appends,
+//! which read the last row to write the next, take a lock first (see `chat.rs`, `audit.rs`).
+
+mod audit;
+mod chat;
+mod directory;
+mod replica;
+mod visits;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+pub use replica::ReplicaStats;
+
+use super::{
+    ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, Store, StoreError, StoreResult, Transition,
+};
+use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
+use crate::protocol::{ChatMessage, Participant};
+
+const MAX_CONNECTIONS: u32 = 10;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct PostgresStore {
+    primary: PgPool,
+    router: replica::ReadRouter,
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+/// A transaction in READ COMMITTED whatever the server's default: each statement after a lock
+/// sees what the previous holder committed, and a compare-and-set that lost re-checks the
+/// winner's row (and changes nothing) instead of failing to serialise.
+async fn begin(pool: &PgPool) -> StoreResult<Transaction<'static, Postgres>> {
+    Ok(pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?)
+}
+
+impl PostgresStore {
+    /// Connects to the primary (running migrations there) and, if given, to a streaming
+    /// replica of it for reads.
+    pub async fn connect(url: &str, replica_url: Option<&str>) -> anyhow::Result<PostgresStore> {
+        let options = || PgPoolOptions::new().max_connections(MAX_CONNECTIONS).acquire_timeout(ACQUIRE_TIMEOUT);
+        let primary = options().connect(url).await?;
+        sqlx::migrate!("./migrations/postgres").run(&primary).await?;
+        let replica = match replica_url {
+            Some(url) => Some(options().connect(url).await?),
+            None => None,
+        };
+        let store = PostgresStore { primary, router: replica::ReadRouter::new(replica) };
+        // The schema counts as a write: no read goes to a replica that lacks a table.
+        store.router.wrote(&store.primary).await?;
+        Ok(store)
+    }
+
+    /// How long a read waits for the replica to replay this store's last write before it
+    /// reads from the primary instead (500 ms unless set).
+    pub fn with_replica_wait(mut self, wait: Duration) -> Self {
+        self.router.set_max_wait(wait);
+        self
+    }
+
+    /// The replica's pool, bypassing read-your-writes: for tests that show what a naive read
+    /// would see.
+    pub fn replica_pool(&self) -> Option<&PgPool> {
+        self.router.replica()
+    }
+
+    /// Where reads went so far.
+    pub fn replica_stats(&self) -> ReplicaStats {
+        self.router.stats()
+    }
+
+    /// Passes on the result of a write on the primary, after noting where the primary's WAL is
+    /// now, so that no read after it goes to a replica that has not replayed it.
+    async fn write<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
+        let value = result?;
+        self.router.wrote(&self.primary).await?;
+        Ok(value)
+    }
+}
+
+/// Evaluates `$body` with `$pool` bound to the replica when it holds this store's writes, or to
+/// the primary; a read the replica fails is retried on the primary.
+macro_rules! read {
+    ($self:ident, |$pool:ident| $body:expr) => {{
+        match $self.router.replica_for_read().await {
+            Some($pool) => match $body.await {
+                Ok(value) => Ok(value),
+                Err(e) => {
+                    tracing::warn!(error = %e, "replica read failed, reading from the primary");
+                    $self.router.replica_failed();
+                    let $pool = &$self.primary;
+                    $body.await
+                }
+            },
+            None => {
+                let $pool = &$self.primary;
+                $body.await
+            }
+        }
+    }};
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert_visit(
+        &self,
+        visit: &Visit,
+        actor: &Actor,
+        key: Option<&IdempotencyKey>,
+    ) -> StoreResult<InsertOutcome> {
+        self.write(visits::insert(&self.primary, visit, actor, key).await).await
+    }
+
+    /// On the primary: a retry landing on another node must find the key at once.
+    async fn idempotent_visit(&self, key: &str) -> StoreResult<Option<(VisitId, String)>> {
+        visits::idempotent(&self.primary, key).await
+    }
+
+    async fn get_visit(&self, id: &str) -> StoreResult<Option<Visit>> {
+        read!(self, |pool| visits::get(pool, id))
+    }
+
+    async fn transition_visit(
+        &self,
+        id: &str,
+        from: VisitStatus,
+        to: VisitStatus,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.write(visits::transition(&self.primary, id, from, to, actor, at).await).await
+    }
+
+    async fn claim_visit(&self, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool> {
+        self.write(visits::claim(&self.primary, id, provider, at, waited_secs).await).await
+    }
+
+    async fn move_visit(
+        &self,
+        id: &str,
+        from: UsState,
+        to: UsState,
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.write(visits::relocate(&self.primary, id, from, to, actor, at).await).await
+    }
+
+    async fn report_state(&self, id: &str, state: UsState) -> StoreResult<()> {
+        self.write(visits::report_state(&self.primary, id, state).await).await
+    }
+
+    async fn live_visits_of(&self, provider: &str) -> StoreResult<Vec<Visit>> {
+        read!(self, |pool| visits::live_of(pool, provider))
+    }
+
+    async fn transitions(&self, id: &str) -> StoreResult<Vec<Transition>> {
+        read!(self, |pool| visits::transitions(pool, id))
+    }
+
+    /// On the primary: queues are rebuilt from it, and a visit another node took in a moment
+    /// ago must not be left out.
+    async fn waiting_visits(&self) -> StoreResult<Vec<Visit>> {
+        visits::waiting(&self.primary).await
+    }
+
+    async fn count_visits(&self) -> StoreResult<u64> {
+        read!(self, |pool| visits::count(pool))
+    }
+
+    async fn insert_caregiver(&self, caregiver: &Caregiver) -> StoreResult<bool> {
+        self.write(directory::insert_caregiver(&self.primary, caregiver).await).await
+    }
+
+    /// On the primary: access checks use it, and a deactivation elsewhere counts at once.
+    async fn get_caregiver(&self, subject: &str) -> StoreResult<Option<Caregiver>> {
+        directory::get_caregiver(&self.primary, subject).await
+    }
+
+    async fn list_caregivers(&self) -> StoreResult<Vec<Caregiver>> {
+        read!(self, |pool| directory::list_caregivers(pool))
+    }
+
+    async fn update_caregiver(&self, caregiver: &Caregiver) -> StoreResult<bool> {
+        self.write(directory::update_caregiver(&self.primary, caregiver).await).await
+    }
+
+    async fn state_settings(&self) -> StoreResult<Vec<StateSettings>> {
+        read!(self, |pool| directory::state_settings(pool))
+    }
+
+    async fn put_state_settings(&self, settings: &StateSettings) -> StoreResult<()> {
+        self.write(directory::put_state_settings(&self.primary, settings).await).await
+    }
+
+    async fn append_message(&self, msg: &NewMessage) -> StoreResult<(ChatMessage, bool)> {
+        self.write(chat::append(&self.primary, msg).await).await
+    }
+
+    async fn messages(&self, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>> {
+        read!(self, |pool| chat::page(pool, visit_id, before_seq, limit))
+    }
+
+    async fn mark_read(&self, visit_id: &str, subject: &str, up_to_seq: u64) -> StoreResult<u64> {
+        self.write(chat::mark_read(&self.primary, visit_id, subject, up_to_seq).await).await
+    }
+
+    async fn join_conversation(&self, visit_id: &str, member: &Participant, at: DateTime<Utc>) -> StoreResult<bool> {
+        self.write(chat::join(&self.primary, visit_id, member, at).await).await
+    }
+
+    async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool> {
+        self.write(chat::leave(&self.primary, visit_id, subject).await).await
+    }
+
+    async fn conversation_members(&self, visit_id: &str) -> StoreResult<Vec<Participant>> {
+        read!(self, |pool| chat::members(pool, visit_id))
+    }
+
+    async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>> {
+        read!(self, |pool| chat::conversations_of(pool, subject))
+    }
+
+    async fn append_audit(&self, record: &AuditEntry) -> StoreResult<AuditRecord> {
+        self.write(audit::append(&self.primary, record).await).await
+    }
+
+    async fn audit_trail(&self, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        read!(self, |pool| audit::trail(pool, after_id, limit))
+    }
+
+    async fn audit_for_visit(&self, visit_id: &str) -> StoreResult<Vec<AuditRecord>> {
+        read!(self, |pool| audit::for_visit(pool, visit_id))
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.primary).await?;
+        Ok(())
+    }
+
+    fn connections_in_use(&self) -> u32 {
+        let in_use = |pool: &PgPool| pool.size().saturating_sub(pool.num_idle() as u32);
+        in_use(&self.primary) + self.router.replica().map_or(0, in_use)
+    }
+}

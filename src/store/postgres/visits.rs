@@ -1,0 +1,237 @@
+//! Visits, their transitions and idempotency keys.
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::{begin, corrupt};
+use crate::model::{Actor, UsState, Visit, VisitId, VisitStatus};
+use crate::store::{IdempotencyKey, InsertOutcome, StoreResult, Transition, from_millis, to_millis};
+
+const COLUMNS: &str = "id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs, provider_subject, reported_state";
+
+fn from_row(row: &PgRow) -> StoreResult<Visit> {
+    let state: String = row.try_get("state")?;
+    let status: String = row.try_get("status")?;
+    let reported: Option<String> = row.try_get("reported_state")?;
+    Ok(Visit {
+        id: row.try_get("id")?,
+        state: UsState::parse(&state).map_err(|_| corrupt("visit state"))?,
+        display_name: row.try_get("display_name")?,
+        reason: row.try_get("reason")?,
+        status: VisitStatus::parse(&status).ok_or_else(|| corrupt("visit status"))?,
+        created_at: from_millis(row.try_get("created_at")?)?,
+        estimated_wait_secs: row.try_get::<Option<i64>, _>("estimated_wait_secs")?.map(|v| v as u64),
+        waited_secs: row.try_get::<Option<i64>, _>("waited_secs")?.map(|v| v as u64),
+        provider: row.try_get("provider_subject")?,
+        reported_state: reported.map(|s| UsState::parse(&s).map_err(|_| corrupt("reported state"))).transpose()?,
+    })
+}
+
+async fn record(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+    from: Option<VisitStatus>,
+    to: VisitStatus,
+    actor: &Actor,
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(from.map(VisitStatus::as_str))
+    .bind(to.as_str())
+    .bind(to_millis(at))
+    .bind(&actor.subject)
+    .bind(actor.role)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn insert(
+    pool: &PgPool,
+    visit: &Visit,
+    actor: &Actor,
+    key: Option<&IdempotencyKey>,
+) -> StoreResult<InsertOutcome> {
+    let mut tx = begin(pool).await?;
+    sqlx::query(
+        "INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&visit.id)
+    .bind(visit.state.code())
+    .bind(&visit.display_name)
+    .bind(&visit.reason)
+    .bind(visit.status.as_str())
+    .bind(to_millis(visit.created_at))
+    .bind(visit.estimated_wait_secs.map(|v| v as i64))
+    .bind(visit.waited_secs.map(|v| v as i64))
+    .execute(&mut *tx)
+    .await?;
+    if let Some(key) = key {
+        // A concurrent insert under the same key waits on the key's unique index until the
+        // first commits, then does nothing: exactly one of them stores a visit.
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_hash, visit_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&key.key)
+        .bind(&key.request_hash)
+        .bind(&visit.id)
+        .bind(to_millis(visit.created_at))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            let (visit_id, request_hash) =
+                idempotent(pool, &key.key).await?.ok_or_else(|| corrupt("idempotency key vanished"))?;
+            return Ok(InsertOutcome::Replayed { visit_id, request_hash });
+        }
+    }
+    record(&mut tx, &visit.id, None, visit.status, actor, visit.created_at).await?;
+    tx.commit().await?;
+    Ok(InsertOutcome::Inserted)
+}
+
+pub async fn idempotent(pool: &PgPool, key: &str) -> StoreResult<Option<(VisitId, String)>> {
+    let row = sqlx::query("SELECT visit_id, request_hash FROM idempotency_keys WHERE key = $1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|row| Ok((row.try_get("visit_id")?, row.try_get("request_hash")?))).transpose()
+}
+
+pub async fn get(pool: &PgPool, id: &str) -> StoreResult<Option<Visit>> {
+    let sql = format!("SELECT {COLUMNS} FROM visits WHERE id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Compare-and-set: the `WHERE status = $4` makes concurrent updates of one visit queue on its
+/// row lock, and the losers re-check the condition against the winner's row and change nothing.
+pub async fn transition(
+    pool: &PgPool,
+    id: &str,
+    from: VisitStatus,
+    to: VisitStatus,
+    actor: &Actor,
+    at: DateTime<Utc>,
+) -> StoreResult<bool> {
+    let mut tx = begin(pool).await?;
+    let changed = sqlx::query(
+        "UPDATE visits SET status = $1, provider_subject = CASE WHEN $2 = 'waiting' THEN NULL ELSE provider_subject END WHERE id = $3 AND status = $4",
+    )
+    .bind(to.as_str())
+    .bind(to.as_str())
+    .bind(id)
+    .bind(from.as_str())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(false);
+    }
+    record(&mut tx, id, Some(from), to, actor, at).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub async fn claim(pool: &PgPool, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool> {
+    let mut tx = begin(pool).await?;
+    let changed = sqlx::query(
+        "UPDATE visits SET status = 'claimed', provider_subject = $1, waited_secs = COALESCE(waited_secs, $2) WHERE id = $3 AND status = 'waiting'",
+    )
+    .bind(provider)
+    .bind(waited_secs as i64)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(false);
+    }
+    let actor = Actor { subject: provider.to_string(), role: "provider" };
+    record(&mut tx, id, Some(VisitStatus::Waiting), VisitStatus::Claimed, &actor, at).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub async fn relocate(
+    pool: &PgPool,
+    id: &str,
+    from: UsState,
+    to: UsState,
+    actor: &Actor,
+    at: DateTime<Utc>,
+) -> StoreResult<bool> {
+    let mut tx = begin(pool).await?;
+    let changed = sqlx::query(
+        "UPDATE visits SET state = $1, reported_state = NULL WHERE id = $2 AND state = $3 AND status = 'waiting'",
+    )
+    .bind(to.code())
+    .bind(id)
+    .bind(from.code())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(false);
+    }
+    // A move is recorded as a transition that stays in `waiting`, by who moved it.
+    record(&mut tx, id, Some(VisitStatus::Waiting), VisitStatus::Waiting, actor, at).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub async fn report_state(pool: &PgPool, id: &str, state: UsState) -> StoreResult<()> {
+    sqlx::query("UPDATE visits SET reported_state = $1 WHERE id = $2")
+        .bind(state.code())
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn live_of(pool: &PgPool, provider: &str) -> StoreResult<Vec<Visit>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM visits WHERE provider_subject = $1 AND status IN ('claimed', 'in_visit', 'wrap_up') ORDER BY created_at"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(provider).fetch_all(pool).await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn transitions(pool: &PgPool, id: &str) -> StoreResult<Vec<Transition>> {
+    let rows = sqlx::query(
+        "SELECT from_status, to_status, at, actor_subject, actor_role FROM visit_transitions WHERE visit_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let from: Option<String> = row.try_get("from_status")?;
+            let to: String = row.try_get("to_status")?;
+            Ok(Transition {
+                from: from.map(|f| VisitStatus::parse(&f).ok_or_else(|| corrupt("transition"))).transpose()?,
+                to: VisitStatus::parse(&to).ok_or_else(|| corrupt("transition"))?,
+                at: from_millis(row.try_get("at")?)?,
+                actor_subject: row.try_get("actor_subject")?,
+                actor_role: row.try_get("actor_role")?,
+            })
+        })
+        .collect()
+}
+
+/// Ties on `created_at` break on the id in byte order (`COLLATE "C"`), as SQLite orders text.
+pub async fn waiting(pool: &PgPool) -> StoreResult<Vec<Visit>> {
+    let sql = format!("SELECT {COLUMNS} FROM visits WHERE status = 'waiting' ORDER BY created_at, id COLLATE \"C\"");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn count(pool: &PgPool) -> StoreResult<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM visits").fetch_one(pool).await?;
+    Ok(n as u64)
+}

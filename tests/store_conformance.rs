@@ -1,0 +1,479 @@
+//! One suite for every `Store`: written once against `&dyn Store`, run against SQLite in
+//! memory and against PostgreSQL on a throwaway server (with and without a replica). Plus
+//! PostgreSQL's read-your-writes through a replica that replays two seconds late.
+
+#[path = "support/pg.rs"]
+mod pg;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
+use visithub::model::audit::{GENESIS, first_broken};
+use visithub::model::{
+    Actor, AuditEntry, Caregiver, CaregiverKind, Role, StateSettings, UsState, Visit, VisitStatus, new_visit_id,
+};
+use visithub::protocol::Participant;
+use visithub::store::{IdempotencyKey, InsertOutcome, NewMessage, PostgresStore, SqliteStore, Store};
+
+use pg::PgCluster;
+
+#[tokio::test]
+async fn sqlite_store_conforms() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    conformance(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_conforms() {
+    let pg = PgCluster::primary();
+    let store = PostgresStore::connect(&pg.primary_url(), None).await.unwrap();
+    conformance(&store).await;
+}
+
+/// The same suite with every read routed through a (prompt) replica: each read right after a
+/// write waits for the replica to replay it, or falls back to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_with_replica_conforms() {
+    let pg = PgCluster::with_replica("0");
+    let store = PostgresStore::connect(&pg.primary_url(), Some(&pg.replica_url())).await.unwrap();
+    conformance(&store).await;
+    let stats = store.replica_stats();
+    assert!(stats.replica_reads > 0, "no read went to the replica: {stats:?}");
+}
+
+/// With a replica two seconds behind, every read through the store finds the row just
+/// written (the bounded wait gives up and the primary answers), while a naive read from the
+/// replica misses it; and once the replica has replayed a write, the store reads it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_its_own_writes_through_a_delayed_replica() {
+    let pg = PgCluster::with_replica("2s");
+    let store = PostgresStore::connect(&pg.primary_url(), Some(&pg.replica_url())).await.unwrap();
+    let replica = store.replica_pool().expect("a replica pool").clone();
+    wait_for_schema_on(&replica).await;
+
+    // A naive read straight from the replica right after the write misses the row.
+    let mut misses = 0;
+    for i in 0..20 {
+        let v = visit(&new_visit_id(), "CA", 1_000 + i);
+        store.insert_visit(&v, &admin(), None).await.unwrap();
+        let found: Option<String> = sqlx::query_scalar("SELECT id FROM visits WHERE id = $1")
+            .bind(&v.id)
+            .fetch_optional(&replica)
+            .await
+            .unwrap();
+        misses += usize::from(found.is_none());
+    }
+    assert!(misses >= 1, "the replica should lag two seconds behind, yet naive reads found every row");
+
+    // Through the store, every read finds the row it just wrote.
+    let started = Instant::now();
+    for i in 0..1000 {
+        let v = visit(&new_visit_id(), "NY", 10_000 + i);
+        store.insert_visit(&v, &admin(), None).await.unwrap();
+        let read = store.get_visit(&v.id).await.unwrap();
+        assert_eq!(read.as_ref(), Some(&v), "read {i} missed the visit it had just written");
+    }
+    let elapsed = started.elapsed();
+    let stats = store.replica_stats();
+    eprintln!(
+        "1000 inserts each read back at once: {elapsed:?} ({:?} per pair); naive replica reads missed {misses}/20; {stats:?}",
+        elapsed / 1000
+    );
+    assert!(stats.primary_fallbacks >= 1000, "the replica was behind, yet served reads: {stats:?}");
+
+    // A store that may wait long enough reads its write from the replica once replayed.
+    let patient = PostgresStore::connect(&pg.primary_url(), Some(&pg.replica_url()))
+        .await
+        .unwrap()
+        .with_replica_wait(Duration::from_secs(10));
+    let v = visit(&new_visit_id(), "TX", 50_000);
+    let started = Instant::now();
+    patient.insert_visit(&v, &admin(), None).await.unwrap();
+    assert_eq!(patient.get_visit(&v.id).await.unwrap(), Some(v));
+    let waited = started.elapsed();
+    let stats = patient.replica_stats();
+    eprintln!("read served by the replica after waiting for its replay: {waited:?}; {stats:?}");
+    assert_eq!((stats.replica_reads, stats.primary_fallbacks), (1, 0), "{stats:?}");
+    assert!(waited >= Duration::from_millis(1500), "the replica applies two seconds late, yet it took {waited:?}");
+}
+
+/// The migrations reach the replica two seconds after they ran on the primary.
+async fn wait_for_schema_on(replica: &sqlx::PgPool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready: bool =
+            sqlx::query_scalar("SELECT to_regclass('public.visits') IS NOT NULL").fetch_one(replica).await.unwrap();
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the replica never replayed the migrations");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn conformance(store: &dyn Store) {
+    visits_and_idempotency(store).await;
+    transitions_are_compare_and_set(store).await;
+    one_of_many_concurrent_claims_wins(store).await;
+    moves_reports_and_live_visits(store).await;
+    waiting_visits_oldest_first(store).await;
+    caregivers(store).await;
+    state_settings(store).await;
+    chat(store).await;
+    conversations(store).await;
+    audit(store).await;
+    store.ping().await.unwrap();
+}
+
+async fn visits_and_idempotency(store: &dyn Store) {
+    let before = store.count_visits().await.unwrap();
+    let v = visit("visit-1", "CA", 1);
+    assert_eq!(store.insert_visit(&v, &admin(), None).await.unwrap(), InsertOutcome::Inserted);
+    assert_eq!(store.get_visit("visit-1").await.unwrap(), Some(v.clone()));
+    assert_eq!(store.get_visit("no-such-visit").await.unwrap(), None);
+    let t = store.transitions("visit-1").await.unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!((t[0].from, t[0].to, t[0].at), (None, VisitStatus::Waiting, v.created_at));
+    assert_eq!((t[0].actor_subject.as_str(), t[0].actor_role.as_str()), ("admin-1", "admin"));
+
+    let key = IdempotencyKey { key: "key-1".into(), request_hash: "hash-1".into() };
+    let first = visit("visit-2", "CA", 2);
+    assert_eq!(store.insert_visit(&first, &admin(), Some(&key)).await.unwrap(), InsertOutcome::Inserted);
+    let retry = visit("visit-3", "CA", 3);
+    let other_hash = IdempotencyKey { key: "key-1".into(), request_hash: "hash-2".into() };
+    assert_eq!(
+        store.insert_visit(&retry, &admin(), Some(&other_hash)).await.unwrap(),
+        InsertOutcome::Replayed { visit_id: "visit-2".into(), request_hash: "hash-1".into() }
+    );
+    assert_eq!(store.get_visit("visit-3").await.unwrap(), None, "a replay stores nothing");
+    assert!(store.transitions("visit-3").await.unwrap().is_empty());
+    assert_eq!(store.idempotent_visit("key-1").await.unwrap(), Some(("visit-2".into(), "hash-1".into())));
+    assert_eq!(store.idempotent_visit("key-2").await.unwrap(), None);
+    assert_eq!(store.count_visits().await.unwrap(), before + 2);
+}
+
+async fn transitions_are_compare_and_set(store: &dyn Store) {
+    insert(store, visit("cas-1", "CA", 10)).await;
+    let at = ms(20);
+    assert!(store.transition_visit("cas-1", VisitStatus::Waiting, VisitStatus::Abandoned, &admin(), at).await.unwrap());
+    assert!(
+        !store.transition_visit("cas-1", VisitStatus::Waiting, VisitStatus::Cancelled, &admin(), at).await.unwrap(),
+        "a transition from a stale status must change nothing"
+    );
+    assert_eq!(status(store, "cas-1").await, VisitStatus::Abandoned);
+    let t = store.transitions("cas-1").await.unwrap();
+    assert_eq!(
+        t.iter().map(|t| (t.from, t.to)).collect::<Vec<_>>(),
+        [(None, VisitStatus::Waiting), (Some(VisitStatus::Waiting), VisitStatus::Abandoned)]
+    );
+    assert!(
+        !store
+            .transition_visit("no-such-visit", VisitStatus::Waiting, VisitStatus::Cancelled, &admin(), at)
+            .await
+            .unwrap()
+    );
+
+    // Releasing a claim (back to waiting) clears the provider.
+    insert(store, visit("cas-2", "CA", 11)).await;
+    assert!(store.claim_visit("cas-2", "dr-1", ms(30), 19).await.unwrap());
+    assert_eq!(store.get_visit("cas-2").await.unwrap().unwrap().provider.as_deref(), Some("dr-1"));
+    assert!(store.transition_visit("cas-2", VisitStatus::Claimed, VisitStatus::Waiting, &admin(), at).await.unwrap());
+    let released = store.get_visit("cas-2").await.unwrap().unwrap();
+    assert_eq!((released.status, released.provider), (VisitStatus::Waiting, None));
+    // The first real wait stays recorded across a second claim.
+    assert!(store.claim_visit("cas-2", "dr-2", ms(40), 29).await.unwrap());
+    assert_eq!(store.get_visit("cas-2").await.unwrap().unwrap().waited_secs, Some(19));
+}
+
+async fn one_of_many_concurrent_claims_wins(store: &dyn Store) {
+    insert(store, visit("claim-1", "CA", 100)).await;
+    let providers: Vec<String> = (0..20).map(|i| format!("dr-{i}")).collect();
+    let results = join_all(providers.iter().map(|p| store.claim_visit("claim-1", p, ms(200), 42))).await;
+    let winners: Vec<&String> =
+        providers.iter().zip(&results).filter(|(_, r)| *r.as_ref().unwrap()).map(|(p, _)| p).collect();
+    assert_eq!(winners.len(), 1, "exactly one of 20 concurrent claims wins: {results:?}");
+    let claimed = store.get_visit("claim-1").await.unwrap().unwrap();
+    assert_eq!(claimed.status, VisitStatus::Claimed);
+    assert_eq!(claimed.provider.as_ref(), Some(winners[0]));
+    assert_eq!(claimed.waited_secs, Some(42));
+    let claims: Vec<_> =
+        store.transitions("claim-1").await.unwrap().into_iter().filter(|t| t.to == VisitStatus::Claimed).collect();
+    assert_eq!(claims.len(), 1, "one claimed transition: {claims:?}");
+    assert_eq!((&claims[0].actor_subject, claims[0].actor_role.as_str()), (winners[0], "provider"));
+    assert!(!store.claim_visit("claim-1", "dr-late", ms(300), 50).await.unwrap());
+}
+
+async fn moves_reports_and_live_visits(store: &dyn Store) {
+    insert(store, visit("move-1", "CA", 300)).await;
+    store.report_state("move-1", state("NV")).await.unwrap();
+    assert_eq!(store.get_visit("move-1").await.unwrap().unwrap().reported_state, Some(state("NV")));
+    assert!(store.move_visit("move-1", state("CA"), state("NV"), &admin(), ms(310)).await.unwrap());
+    assert!(!store.move_visit("move-1", state("CA"), state("NV"), &admin(), ms(311)).await.unwrap(), "stale state");
+    let moved = store.get_visit("move-1").await.unwrap().unwrap();
+    assert_eq!((moved.state, moved.reported_state, moved.status), (state("NV"), None, VisitStatus::Waiting));
+    let last = store.transitions("move-1").await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.from, last.to, last.actor_subject.as_str()),
+        (Some(VisitStatus::Waiting), VisitStatus::Waiting, "admin-1")
+    );
+    assert!(store.claim_visit("move-1", "dr-move", ms(320), 5).await.unwrap());
+    assert!(!store.move_visit("move-1", state("NV"), state("CA"), &admin(), ms(330)).await.unwrap(), "claimed");
+
+    for (i, id) in ["live-1", "live-2", "live-3", "live-4"].into_iter().enumerate() {
+        insert(store, visit(id, "WA", 400 + i as i64)).await;
+    }
+    // Claimed in the reverse order of arrival: live visits come oldest first all the same.
+    for id in ["live-4", "live-3", "live-2", "live-1"] {
+        assert!(store.claim_visit(id, "dr-live", ms(500), 1).await.unwrap());
+    }
+    let p = Actor { subject: "dr-live".into(), role: "provider" };
+    assert!(store.transition_visit("live-2", VisitStatus::Claimed, VisitStatus::InVisit, &p, ms(510)).await.unwrap());
+    assert!(store.transition_visit("live-3", VisitStatus::Claimed, VisitStatus::InVisit, &p, ms(510)).await.unwrap());
+    assert!(store.transition_visit("live-3", VisitStatus::InVisit, VisitStatus::WrapUp, &p, ms(520)).await.unwrap());
+    assert!(store.transition_visit("live-4", VisitStatus::Claimed, VisitStatus::Cancelled, &p, ms(520)).await.unwrap());
+    let live: Vec<String> = store.live_visits_of("dr-live").await.unwrap().into_iter().map(|v| v.id).collect();
+    assert_eq!(live, ["live-1", "live-2", "live-3"]);
+    assert!(store.live_visits_of("dr-nobody").await.unwrap().is_empty());
+}
+
+async fn waiting_visits_oldest_first(store: &dyn Store) {
+    // Equal times order by id, in byte order.
+    for (id, at) in [("wait-b", 1_000), ("wait-a", 1_000), ("wait-C", 1_000), ("wait-c", 900), ("wait-gone", 800)] {
+        insert(store, visit(id, "OR", at)).await;
+    }
+    assert!(store.claim_visit("wait-gone", "dr-1", ms(2_000), 1).await.unwrap());
+    let waiting = store.waiting_visits().await.unwrap();
+    assert!(waiting.iter().all(|v| v.status == VisitStatus::Waiting));
+    assert!(waiting.windows(2).all(|w| (w[0].created_at, &w[0].id) <= (w[1].created_at, &w[1].id)), "oldest first");
+    let ours: Vec<&str> = waiting.iter().map(|v| v.id.as_str()).filter(|id| id.starts_with("wait-")).collect();
+    assert_eq!(ours, ["wait-c", "wait-C", "wait-a", "wait-b"]);
+    let all = store.count_visits().await.unwrap();
+    assert!(all > waiting.len() as u64);
+}
+
+async fn caregivers(store: &dyn Store) {
+    // Byte order puts upper case first, whatever the database's collation would say.
+    let b = caregiver("dr-b", CaregiverKind::Provider, &["CA", "NY"]);
+    let a = caregiver("dr-a", CaregiverKind::Provider, &["TX"]);
+    let c = caregiver("Dr-c", CaregiverKind::Support, &[]);
+    for cg in [&b, &a, &c] {
+        assert!(store.insert_caregiver(cg).await.unwrap());
+    }
+    let mut dup = a.clone();
+    dup.name = "Someone Else".into();
+    assert!(!store.insert_caregiver(&dup).await.unwrap(), "the subject exists already");
+    assert_eq!(store.get_caregiver("dr-a").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.get_caregiver("Dr-c").await.unwrap(), Some(c.clone()), "no states at all");
+    assert_eq!(store.get_caregiver("dr-nobody").await.unwrap(), None);
+
+    let mut updated = a.clone();
+    updated.name = "Dr. A. Renamed".into();
+    updated.kind = CaregiverKind::Support;
+    updated.states = vec![state("WA"), state("OR")];
+    updated.active = false;
+    updated.updated_at = ms(9_000);
+    assert!(store.update_caregiver(&updated).await.unwrap());
+    assert_eq!(store.get_caregiver("dr-a").await.unwrap(), Some(updated.clone()));
+    assert!(!store.update_caregiver(&caregiver("dr-nobody", CaregiverKind::Provider, &[])).await.unwrap());
+    assert_eq!(store.list_caregivers().await.unwrap(), [c, updated, b]);
+}
+
+async fn state_settings(store: &dyn Store) {
+    assert!(store.state_settings().await.unwrap().is_empty());
+    let ca = StateSettings::default_for(state("CA"), 50, 10);
+    let ny = StateSettings::default_for(state("NY"), 20, 5);
+    store.put_state_settings(&ca).await.unwrap();
+    store.put_state_settings(&ny).await.unwrap();
+    let mut busy = ca.clone();
+    busy.busy = true;
+    busy.queue_cap = 75;
+    store.put_state_settings(&busy).await.unwrap();
+    let mut all = store.state_settings().await.unwrap();
+    all.sort_by_key(|s| s.state.code());
+    assert_eq!(all, [busy, ny]);
+}
+
+async fn chat(store: &dyn Store) {
+    insert(store, visit("chat-1", "CA", 3_000)).await;
+    insert(store, visit("chat-2", "CA", 3_001)).await;
+    let sends: Vec<NewMessage> =
+        (1..=50).map(|i| message("chat-1", &format!("sender-{i}"), &format!("c-{i}"))).collect();
+    let results = join_all(sends.iter().map(|m| store.append_message(m))).await;
+    let mut seqs = Vec::new();
+    for (sent, result) in sends.iter().zip(results) {
+        let (stored, fresh) = result.unwrap();
+        assert!(fresh);
+        assert_eq!((&stored.message_id, &stored.from, &stored.body), (&sent.message_id, &sent.from, &sent.body));
+        seqs.push(stored.seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=50).collect::<Vec<u64>>(), "seqs unique and gap-free under concurrent appends");
+
+    // A retry (same sender and client id) gets the stored message back, and stores nothing.
+    let stored = store.messages("chat-1", None, 100).await.unwrap();
+    let original = stored.iter().find(|m| m.client_id == "c-7").unwrap().clone();
+    let mut retry = message("chat-1", "sender-7", "c-7");
+    retry.message_id = "another-id".into();
+    retry.body = "typed again".into();
+    assert_eq!(store.append_message(&retry).await.unwrap(), (original, false));
+    // The same client id from someone else is another message.
+    let (other, fresh) = store.append_message(&message("chat-1", "sender-8", "c-7")).await.unwrap();
+    assert!(fresh);
+    assert_eq!(other.seq, 51);
+    // Each conversation counts from 1.
+    assert_eq!(store.append_message(&message("chat-2", "sender-1", "c-1")).await.unwrap().0.seq, 1);
+
+    let seqs = |page: Vec<visithub::protocol::ChatMessage>| page.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.messages("chat-1", None, 10).await.unwrap()), (42..=51).collect::<Vec<_>>());
+    assert_eq!(seqs(store.messages("chat-1", Some(42), 10).await.unwrap()), (32..=41).collect::<Vec<_>>());
+    assert_eq!(seqs(store.messages("chat-1", Some(3), 10).await.unwrap()), [1, 2]);
+    assert!(store.messages("chat-1", Some(1), 10).await.unwrap().is_empty());
+    assert!(store.messages("no-such-visit", None, 10).await.unwrap().is_empty());
+    let all = store.messages("chat-1", None, 1000).await.unwrap();
+    assert_eq!(all.len(), 51);
+    assert_eq!(all[0].visit_id, "chat-1");
+
+    assert_eq!(store.mark_read("chat-1", "sender-1", 5).await.unwrap(), 5);
+    assert_eq!(store.mark_read("chat-1", "sender-1", 3).await.unwrap(), 5, "never lowered");
+    assert_eq!(store.mark_read("chat-1", "sender-1", 9).await.unwrap(), 9);
+    assert_eq!(store.mark_read("chat-1", "sender-2", 1).await.unwrap(), 1);
+}
+
+async fn conversations(store: &dyn Store) {
+    insert(store, visit("conv-1", "CA", 4_000)).await;
+    insert(store, visit("conv-2", "CA", 4_001)).await;
+    let patient = participant("patient:conv-1", Role::Patient);
+    let support = participant("sup-1", Role::Support);
+    assert!(store.join_conversation("conv-1", &patient, ms(4_100)).await.unwrap());
+    assert!(!store.join_conversation("conv-1", &patient, ms(4_200)).await.unwrap(), "in it already");
+    assert!(store.join_conversation("conv-1", &support, ms(4_150)).await.unwrap());
+    assert_eq!(store.conversation_members("conv-1").await.unwrap(), [patient.clone(), support.clone()]);
+    assert!(store.leave_conversation("conv-1", "patient:conv-1").await.unwrap());
+    assert!(!store.leave_conversation("conv-1", "patient:conv-1").await.unwrap());
+    assert_eq!(store.conversation_members("conv-1").await.unwrap(), std::slice::from_ref(&support));
+    assert!(store.conversation_members("conv-2").await.unwrap().is_empty());
+
+    // Support in three conversations; one of their visits is over.
+    assert!(store.join_conversation("conv-2", &support, ms(4_300)).await.unwrap());
+    assert!(store.join_conversation("chat-1", &support, ms(4_400)).await.unwrap());
+    for i in 1..=3 {
+        store.append_message(&message("conv-1", "patient:conv-1", &format!("p-{i}"))).await.unwrap();
+    }
+    store.mark_read("conv-1", "sup-1", 2).await.unwrap();
+    assert!(
+        store
+            .transition_visit("conv-2", VisitStatus::Waiting, VisitStatus::Cancelled, &admin(), ms(4_500))
+            .await
+            .unwrap()
+    );
+    let summaries = store.conversations_of("sup-1").await.unwrap();
+    let got: Vec<_> = summaries.iter().map(|s| (s.visit_id.as_str(), s.last_seq, s.read_seq)).collect();
+    assert_eq!(got, [("conv-1", 3, 2), ("chat-1", 51, 0)]);
+    assert_eq!((summaries[0].state, summaries[0].status), (state("CA"), VisitStatus::Waiting));
+    assert_eq!(summaries[0].patient_name, "Pat Doe");
+    assert!(store.conversations_of("nobody").await.unwrap().is_empty());
+}
+
+async fn audit(store: &dyn Store) {
+    let entries: Vec<AuditEntry> = (0..20)
+        .map(|i| AuditEntry {
+            at: ms(5_000 + i),
+            subject: format!("dr-{i}"),
+            role: "provider".into(),
+            action: "visit.read".into(),
+            visit_id: Some(if i % 2 == 0 { "audit-even" } else { "audit-odd" }.into()),
+            target: (i % 3 == 0).then(|| "CA".into()),
+            outcome: "ok".into(),
+        })
+        .collect();
+    let appended: Vec<_> =
+        join_all(entries.iter().map(|e| store.append_audit(e))).await.into_iter().map(Result::unwrap).collect();
+    let trail = store.audit_trail(0, 1000).await.unwrap();
+    assert_eq!(trail.len(), 20);
+    assert!(first_broken(&trail, GENESIS.into()).is_ok(), "chain broken under concurrent appends");
+    assert!(trail.windows(2).all(|w| w[0].id < w[1].id));
+    let ids: BTreeSet<i64> = appended.iter().map(|r| r.id).collect();
+    assert_eq!(ids, trail.iter().map(|r| r.id).collect(), "each append returned its stored record");
+    for record in &appended {
+        assert!(trail.contains(record), "{record:?} as returned is not as stored");
+    }
+
+    let next = AuditEntry { at: ms(6_000), action: "visit.claim".into(), ..entries[0].clone() };
+    let last = store.append_audit(&next).await.unwrap();
+    assert_eq!(last.prev_hash, trail[19].hash);
+    assert_eq!(store.audit_trail(trail[9].id, 5).await.unwrap(), trail[10..15]);
+    assert!(store.audit_trail(last.id, 5).await.unwrap().is_empty());
+
+    let odd = store.audit_for_visit("audit-odd").await.unwrap();
+    assert_eq!(
+        odd,
+        trail.iter().filter(|r| r.entry.visit_id.as_deref() == Some("audit-odd")).cloned().collect::<Vec<_>>()
+    );
+    assert_eq!(odd.len(), 10);
+    assert_eq!(store.audit_for_visit("audit-even").await.unwrap().len(), 11);
+    assert!(store.audit_for_visit("no-such-visit").await.unwrap().is_empty());
+}
+
+fn ms(n: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(1_800_000_000_000 + n).unwrap()
+}
+
+fn state(code: &str) -> UsState {
+    UsState::parse(code).unwrap()
+}
+
+fn admin() -> Actor {
+    Actor { subject: "admin-1".into(), role: "admin" }
+}
+
+fn visit(id: &str, code: &str, at: i64) -> Visit {
+    Visit {
+        id: id.into(),
+        state: state(code),
+        display_name: "Pat Doe".into(),
+        reason: "cough".into(),
+        status: VisitStatus::Waiting,
+        created_at: ms(at),
+        estimated_wait_secs: Some(120),
+        waited_secs: None,
+        provider: None,
+        reported_state: None,
+    }
+}
+
+async fn insert(store: &dyn Store, v: Visit) {
+    assert_eq!(store.insert_visit(&v, &admin(), None).await.unwrap(), InsertOutcome::Inserted);
+}
+
+async fn status(store: &dyn Store, id: &str) -> VisitStatus {
+    store.get_visit(id).await.unwrap().unwrap().status
+}
+
+fn caregiver(subject: &str, kind: CaregiverKind, states: &[&str]) -> Caregiver {
+    Caregiver {
+        subject: subject.into(),
+        name: format!("Name of {subject}"),
+        kind,
+        states: states.iter().map(|s| state(s)).collect(),
+        active: true,
+        created_at: ms(8_000),
+        updated_at: ms(8_000),
+    }
+}
+
+fn participant(subject: &str, role: Role) -> Participant {
+    Participant { subject: subject.into(), name: format!("Name of {subject}"), role }
+}
+
+fn message(visit_id: &str, sender: &str, client_id: &str) -> NewMessage {
+    NewMessage {
+        visit_id: visit_id.into(),
+        message_id: format!("{visit_id}/{sender}/{client_id}"),
+        client_id: client_id.into(),
+        from: participant(sender, Role::Support),
+        body: format!("hello from {sender}"),
+        sent_at: ms(3_500),
+    }
+}
