@@ -201,7 +201,8 @@ mod tests {
         let m = Metrics::new("node-a");
         m.intakes.with_label_values(&["WA"]).inc();
         let text = m.render();
-        let line = text.lines().find(|l| l.starts_with("visithub_intake_accepted_total{")).expect("the counter is there");
+        let line =
+            text.lines().find(|l| l.starts_with("visithub_intake_accepted_total{")).expect("the counter is there");
         assert!(line.contains(r#"node="node-a""#) && line.contains(r#"state="WA""#) && line.ends_with(" 1"), "{line}");
         assert!(text.contains("visithub_build_info"));
     }

@@ -10,7 +10,11 @@ use visithub::model::{Role, VisitStatus};
 use visithub::protocol::{ChatSend, ClientMessage, CloseCode, ServerMessage, VisitRef, VisitTransition};
 
 fn say(visit_id: &str, n: u32) -> ClientMessage {
-    ClientMessage::ChatSend(ChatSend { visit_id: visit_id.into(), client_id: format!("m{n}"), body: format!("note {n}") })
+    ClientMessage::ChatSend(ChatSend {
+        visit_id: visit_id.into(),
+        client_id: format!("m{n}"),
+        body: format!("note {n}"),
+    })
 }
 
 async fn session_id(ws: &mut Ws) -> String {
@@ -28,7 +32,8 @@ async fn a_patient_who_drops_mid_visit_resumes_without_losing_or_repeating_anyth
     let sid = session_id(&mut patient).await;
     let mut dr = hub.ws(&hub.token(Role::Provider, "dr-wa", &[], 3600)).await;
     assert!(is_ack(&dr.request(&ClientMessage::VisitClaim(VisitRef { visit_id: visit_id.clone() })).await));
-    let start = ClientMessage::VisitTransition(VisitTransition { visit_id: visit_id.clone(), to: VisitStatus::InVisit });
+    let start =
+        ClientMessage::VisitTransition(VisitTransition { visit_id: visit_id.clone(), to: VisitStatus::InVisit });
     assert!(is_ack(&dr.request(&start).await));
     patient.next_of("visit.started").await;
     assert!(is_ack(&dr.request(&say(&visit_id, 1)).await));
@@ -60,7 +65,13 @@ async fn a_patient_who_drops_mid_visit_resumes_without_losing_or_repeating_anyth
     assert_eq!(bodies, (2..=6).map(|n| format!("note {n}")).collect::<Vec<_>>(), "lost 0, duplicated 0, in order");
     // And the session is live again both ways.
     assert!(is_ack(&back.request(&say(&visit_id, 7)).await));
-    let ServerMessage::ChatMessage(m) = dr.next_of_filtered("chat.message", |f| matches!(&f.msg, ServerMessage::ChatMessage(m) if m.client_id == "m7")).await.msg else { unreachable!() };
+    let ServerMessage::ChatMessage(m) = dr
+        .next_of_filtered("chat.message", |f| matches!(&f.msg, ServerMessage::ChatMessage(m) if m.client_id == "m7"))
+        .await
+        .msg
+    else {
+        unreachable!()
+    };
     assert_eq!(m.from.role, Role::Patient);
 }
 

@@ -180,8 +180,13 @@ impl Hub {
             crate::model::CaregiverKind::Support => Role::Support,
         };
         let open = self.store.conversations_of(&target.subject).await.map_err(HubError::internal)?;
-        if !open.iter().any(|c| c.visit_id == visit_id) && open.len() as u32 >= self.options.max_conversations_per_caregiver {
-            return Err(HubError::new(ErrorCode::ConversationCapReached, "the new caregiver has no room for another conversation"));
+        if !open.iter().any(|c| c.visit_id == visit_id)
+            && open.len() as u32 >= self.options.max_conversations_per_caregiver
+        {
+            return Err(HubError::new(
+                ErrorCode::ConversationCapReached,
+                "the new caregiver has no room for another conversation",
+            ));
         }
         let member = Participant { subject: target.subject.clone(), name: target.name, role };
         let at = self.clock.now();
