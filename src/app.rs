@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::{Metered, SqliteStore, Store};
+use crate::store::{Metered, PostgresStore, SqliteStore, Store};
 
 /// The swappable pieces, chosen once from configuration.
 pub struct Backends {
@@ -59,12 +59,23 @@ pub fn token_keys(config: &Config, secret: &[u8]) -> anyhow::Result<TokenKeys> {
     Ok(keys)
 }
 
+/// The durable store the configuration names: PostgreSQL (with its replica) or SQLite.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &config.database_url {
+        Some(url) => {
+            let replica = config.replica_url.as_ref().map(|r| r.expose());
+            Arc::new(PostgresStore::connect(url.expose(), replica).await?)
+        }
+        None => Arc::new(SqliteStore::open(&config.database_path()).await?),
+    })
+}
+
 impl App {
     /// The default single-node deployment: SQLite in the data folder, in-process bus.
     pub async fn from_config(config: Config) -> anyhow::Result<(App, KeySource)> {
         let (secret, source) = signing_key(&config)?;
         let backends = Backends {
-            store: Arc::new(SqliteStore::open(&config.database_path()).await?),
+            store: open_store(&config).await?,
             bus: Arc::new(MemoryBus::new()),
             keys: token_keys(&config, &secret)?,
             clock: Arc::new(SystemClock),

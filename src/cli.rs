@@ -19,6 +19,11 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the hub (WebSocket and REST on one listener).
+    #[command(after_long_help = "Secrets are read from the environment or the TOML file only, never flags:
+  VISITHUB_SIGNING_KEY   HS256 token secret, 32+ bytes (default: a development key in data_dir)
+  VISITHUB_TURN_SECRETS  TURN use-auth-secret list, e.g. '[\"new\", \"old\"]' (default: none)
+  VISITHUB_DATABASE_URL  postgres://... durable store (default: SQLite in data_dir)
+  VISITHUB_REPLICA_URL   postgres://... streaming replica for reads (default: none)")]
     Serve(Box<ServeArgs>),
     /// Mint an access token with the hub's signing key (development and tests).
     Token(TokenArgs),
@@ -289,8 +294,9 @@ mod tests {
         let help = command().find_subcommand_mut("serve").unwrap().render_long_help().to_string();
         let defaults = serde_json::to_value(Config::default()).unwrap();
         for (key, _) in defaults.as_object().unwrap() {
-            if key == "signing_key" || key == "turn_secrets" {
-                // A secret is never a flag (it would show in `ps`); env or file only.
+            if matches!(key.as_str(), "signing_key" | "turn_secrets" | "database_url" | "replica_url") {
+                // Secrets (and URLs that carry passwords) are never flags (they would show in
+                // `ps`): env or file only.
                 continue;
             }
             let env = format!("VISITHUB_{}", key.to_uppercase());

@@ -31,6 +31,10 @@ pub struct Config {
     pub node_id: String,
     /// Folder of the SQLite database and the development signing key.
     pub data_dir: PathBuf,
+    /// PostgreSQL URL of the durable store (cluster mode); SQLite in `data_dir` when absent.
+    pub database_url: Option<Secret>,
+    /// PostgreSQL URL of a streaming replica for reads (never stale for this node's writes).
+    pub replica_url: Option<Secret>,
     /// HS256 secret (at least 32 bytes) for tokens; a development key is made when absent.
     pub signing_key: Option<Secret>,
     /// PEM files of Ed25519 or RSA public keys whose tokens are also accepted.
@@ -120,6 +124,8 @@ impl Default for Config {
             metrics_listen: "127.0.0.1:9100".parse().expect("valid address"),
             node_id: "local".into(),
             data_dir: PathBuf::from("visithub-data"),
+            database_url: None,
+            replica_url: None,
             signing_key: None,
             jwt_public_keys: Vec::new(),
             allowed_origins: vec!["http://localhost:8080".into(), "http://127.0.0.1:8080".into()],

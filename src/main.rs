@@ -109,10 +109,12 @@ async fn audit(args: AuditArgs) -> anyhow::Result<()> {
         data_dir: Option<std::path::PathBuf>,
     }
     let config = Config::load(args.config.as_deref(), Overrides { data_dir: args.data_dir.clone() })?;
-    let path = config.database_path();
-    anyhow::ensure!(path.exists(), "no database at {}", path.display());
-    let store = visithub::store::SqliteStore::open(&path).await?;
-    match visithub::hub::audit::verify(&store).await? {
+    if config.database_url.is_none() {
+        let path = config.database_path();
+        anyhow::ensure!(path.exists(), "no database at {}", path.display());
+    }
+    let store = app::open_store(&config).await?;
+    match visithub::hub::audit::verify(&*store).await? {
         Ok(n) => {
             println!("audit trail intact: {n} records");
             Ok(())
