@@ -35,6 +35,7 @@ pub struct Metrics {
     pub chat_delivered: IntCounterVec,
     pub store_seconds: HistogramVec,
     pub store_pool_in_use: IntGauge,
+    pub store_replica_reads: IntCounterVec,
     pub audit_records: IntCounterVec,
 }
 
@@ -174,6 +175,12 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            store_replica_reads: counter(
+                r,
+                "visithub_store_replica_reads_total",
+                "Reads that could use the replica, by who served them (primary: the replica had not replayed this node's writes in time).",
+                &["served_by"],
+            ),
             audit_records: counter(
                 r,
                 "visithub_audit_records_total",

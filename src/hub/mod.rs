@@ -176,6 +176,12 @@ impl Hub {
             m.queue_estimated_wait.with_label_values(&[state]).set(view.estimate.wait_for(view.len() + 1) as i64);
         }
         self.metrics.store_pool_in_use.set(self.store.connections_in_use() as i64);
+        if let Some((replica, primary)) = self.store.replica_reads() {
+            for (label, total) in [("replica", replica), ("primary", primary)] {
+                let counter = self.metrics.store_replica_reads.with_label_values(&[label]);
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+        }
         self.metrics.render()
     }
 

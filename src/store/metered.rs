@@ -34,6 +34,10 @@ macro_rules! timed {
             fn connections_in_use(&self) -> u32 {
                 self.inner.connections_in_use()
             }
+
+            fn replica_reads(&self) -> Option<(u64, u64)> {
+                self.inner.replica_reads()
+            }
         }
     };
 }

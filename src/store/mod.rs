@@ -169,6 +169,12 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Reads served by a read replica, and reads sent to the primary because the replica had
+    /// not replayed this node's writes yet; `None` without a replica.
+    fn replica_reads(&self) -> Option<(u64, u64)> {
+        None
+    }
+
     /// Connections of the pool in use now.
     fn connections_in_use(&self) -> u32 {
         0

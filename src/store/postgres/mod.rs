@@ -255,4 +255,11 @@ impl Store for PostgresStore {
         let in_use = |pool: &PgPool| pool.size().saturating_sub(pool.num_idle() as u32);
         in_use(&self.primary) + self.router.replica().map_or(0, in_use)
     }
+
+    fn replica_reads(&self) -> Option<(u64, u64)> {
+        self.router.has_replica().then(|| {
+            let stats = self.router.stats();
+            (stats.replica_reads, stats.primary_fallbacks)
+        })
+    }
 }

@@ -66,6 +66,10 @@ impl ReadRouter {
         self.replica.as_ref()
     }
 
+    pub fn has_replica(&self) -> bool {
+        self.replica.is_some()
+    }
+
     pub fn stats(&self) -> ReplicaStats {
         ReplicaStats {
             replica_reads: self.replica_reads.load(Ordering::Relaxed),
