@@ -231,3 +231,31 @@ async fn the_portal_gives_everything_in_one_call_then_deltas() {
     let r = hub.call("GET", "/v1/portal", Some(&sup_token), None).await;
     assert_eq!(r.body["conversations"][0]["patient_name"], "Ann");
 }
+
+#[tokio::test]
+async fn a_provider_covering_several_shared_states_is_announced_once_per_change() {
+    let hub = TestHub::start().await;
+    hub.onboard("sup", "support", &["WA", "OR"]).await;
+    hub.onboard("dr", "provider", &["WA", "OR"]).await;
+    let mut sup = hub.ws(&hub.token(Role::Support, "sup", &[], 3600)).await;
+    sup.next_of("welcome").await;
+    let mut dr = hub.ws(&hub.token(Role::Provider, "dr", &[], 3600)).await;
+    let ServerMessage::PresenceUpdated(p) = sup.next_of("presence.updated").await.msg else { unreachable!() };
+    assert_eq!(p.status, visithub::protocol::ProviderStatus::Available);
+    let away = ClientMessage::PresenceSet(visithub::protocol::PresenceSet {
+        status: visithub::protocol::PresenceStatus::Away,
+    });
+    assert!(is_ack(&dr.request(&away).await));
+    // The next presence frame is the change, not a repeat of "available" from the other state.
+    let ServerMessage::PresenceUpdated(p) = sup.next_of("presence.updated").await.msg else { unreachable!() };
+    assert_eq!(p.status, visithub::protocol::ProviderStatus::Away);
+    // Nothing else queued: a second "away" would come before the ping's reply.
+    let id = sup.send(&ClientMessage::Ping(Ping {})).await;
+    loop {
+        let f = sup.next().await;
+        assert!(!matches!(f.msg, ServerMessage::PresenceUpdated(_)), "a repeated presence: {f:?}");
+        if f.id.as_deref() == Some(id.as_str()) {
+            break;
+        }
+    }
+}

@@ -141,7 +141,15 @@ impl Session {
             BusEvent::Typing(t) => ServerMessage::ChatTyping(t.clone()),
             BusEvent::Read(r) => ServerMessage::ChatRead(r.clone()),
             BusEvent::Participants(p) => ServerMessage::ChatParticipants(p.clone()),
-            BusEvent::Presence(p) => ServerMessage::PresenceUpdated(p.clone()),
+            BusEvent::Presence(p) => {
+                // A provider covering several of this caregiver's states is announced on each
+                // state's topic: pass each change on once.
+                if self.sent_presence.get(&p.subject) == Some(p) {
+                    return None;
+                }
+                self.sent_presence.insert(p.subject.clone(), p.clone());
+                ServerMessage::PresenceUpdated(p.clone())
+            }
             BusEvent::ConversationAssigned { visit_id } => {
                 if let Err(e) = self.listen(Topic::Visit(visit_id.clone())).await {
                     tracing::warn!(error = %e, "could not follow a handed-off conversation");

@@ -31,8 +31,8 @@ use crate::error::{ErrorCode, HubError};
 use crate::hub::{QueueView, Scope, SessionLink};
 use crate::model::{Role, UsState};
 use crate::protocol::{
-    CloseCode, ErrorBody, PROTOCOL_VERSION, QueuePosition, ServerMessage, SessionLimits, SessionResumed, Welcome,
-    decode_client,
+    CloseCode, ErrorBody, PROTOCOL_VERSION, ProviderPresence, QueuePosition, ServerMessage, SessionLimits,
+    SessionResumed, Welcome, decode_client,
 };
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -59,6 +59,8 @@ pub(super) struct Session {
     pub sent_views: HashMap<UsState, Arc<QueueView>>,
     /// The last position sent to a patient.
     pub sent_position: Option<QueuePosition>,
+    /// The last presence sent per provider (caregivers).
+    pub sent_presence: HashMap<String, ProviderPresence>,
     pub topics: Vec<Topic>,
     pub link: SessionLink,
     pub token_deadline: Instant,
@@ -105,6 +107,7 @@ async fn run_inner(
         boards: StreamMap::new(),
         sent_views: HashMap::new(),
         sent_position: None,
+        sent_presence: HashMap::new(),
         topics: Vec::new(),
         token_deadline: deadline_of(principal.expires_at),
         guard: Some(guard),
