@@ -181,6 +181,30 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+// Column codecs both dialects share: how a state list, a role and a bad value are stored
+// and read back.
+
+pub(crate) fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+pub(crate) fn parse_role(s: &str) -> StoreResult<crate::model::Role> {
+    crate::model::Role::parse(s).ok_or_else(|| corrupt("role"))
+}
+
+/// States stored as one comma-separated column, e.g. `OR,WA`.
+pub(crate) fn join_states(states: &[UsState]) -> String {
+    states.iter().map(|s| s.code()).collect::<Vec<_>>().join(",")
+}
+
+pub(crate) fn split_states(column: &str) -> StoreResult<Vec<UsState>> {
+    column
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| UsState::parse(s).map_err(|_| corrupt("caregiver states")))
+        .collect()
+}
+
 pub(crate) fn to_millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }

@@ -5,17 +5,13 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 
 use super::{begin, corrupt};
-use crate::model::{Role, UsState, VisitStatus};
+use crate::model::{UsState, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
-use crate::store::{ConversationSummary, NewMessage, StoreResult, from_millis, to_millis};
+use crate::store::{ConversationSummary, NewMessage, StoreResult, from_millis, parse_role, to_millis};
 
 /// First key of the advisory locks that serialise appends to one visit's conversation (the
 /// second is the hash of the visit id), so they never meet another user of advisory locks.
 const CHAT_LOCK_SPACE: i32 = 0x7669_7301;
-
-fn role(s: &str) -> StoreResult<Role> {
-    Role::parse(s).ok_or_else(|| corrupt("role"))
-}
 
 fn message_from_row(row: &PgRow) -> StoreResult<ChatMessage> {
     let sender_role: String = row.try_get("sender_role")?;
@@ -27,7 +23,7 @@ fn message_from_row(row: &PgRow) -> StoreResult<ChatMessage> {
         from: Participant {
             subject: row.try_get("sender_subject")?,
             name: row.try_get("sender_name")?,
-            role: role(&sender_role)?,
+            role: parse_role(&sender_role)?,
         },
         body: row.try_get("body")?,
         sent_at: from_millis(row.try_get("sent_at")?)?,
@@ -140,7 +136,7 @@ pub async fn members(pool: &PgPool, visit_id: &str) -> StoreResult<Vec<Participa
     rows.iter()
         .map(|row| {
             let r: String = row.try_get("role")?;
-            Ok(Participant { subject: row.try_get("subject")?, name: row.try_get("name")?, role: role(&r)? })
+            Ok(Participant { subject: row.try_get("subject")?, name: row.try_get("name")?, role: parse_role(&r)? })
         })
         .collect()
 }

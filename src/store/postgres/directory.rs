@@ -4,8 +4,8 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 
 use super::corrupt;
-use crate::model::{Caregiver, CaregiverKind, StateSettings, UsState};
-use crate::store::{StoreResult, from_millis, to_millis};
+use crate::model::{Caregiver, CaregiverKind, StateSettings};
+use crate::store::{StoreResult, from_millis, join_states, split_states, to_millis};
 
 const COLUMNS: &str = "subject, name, kind, states, active, created_at, updated_at";
 
@@ -16,19 +16,11 @@ fn caregiver_from_row(row: &PgRow) -> StoreResult<Caregiver> {
         subject: row.try_get("subject")?,
         name: row.try_get("name")?,
         kind: CaregiverKind::parse(&kind).ok_or_else(|| corrupt("caregiver kind"))?,
-        states: states
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| UsState::parse(s).map_err(|_| corrupt("caregiver states")))
-            .collect::<StoreResult<_>>()?,
+        states: split_states(&states)?,
         active: row.try_get("active")?,
         created_at: from_millis(row.try_get("created_at")?)?,
         updated_at: from_millis(row.try_get("updated_at")?)?,
     })
-}
-
-fn join_states(states: &[UsState]) -> String {
-    states.iter().map(|s| s.code()).collect::<Vec<_>>().join(",")
 }
 
 pub async fn insert_caregiver(pool: &PgPool, c: &Caregiver) -> StoreResult<bool> {

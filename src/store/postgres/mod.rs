@@ -22,9 +22,7 @@ use sqlx::{Postgres, Transaction};
 
 pub use replica::ReplicaStats;
 
-use super::{
-    ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, Store, StoreError, StoreResult, Transition,
-};
+use super::{ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, Store, StoreResult, Transition};
 use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
 
@@ -36,9 +34,7 @@ pub struct PostgresStore {
     router: replica::ReadRouter,
 }
 
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(what.to_string())
-}
+use super::corrupt;
 
 /// A transaction in READ COMMITTED whatever the server's default: each statement after a lock
 /// sees what the previous holder committed, and a compare-and-set that lost re-checks the

@@ -5,13 +5,9 @@ use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 
 use super::corrupt;
-use crate::model::{Role, UsState, VisitStatus};
+use crate::model::{UsState, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
-use crate::store::{ConversationSummary, NewMessage, StoreResult, from_millis, to_millis};
-
-fn role(s: &str) -> StoreResult<Role> {
-    Role::parse(s).ok_or_else(|| corrupt("role"))
-}
+use crate::store::{ConversationSummary, NewMessage, StoreResult, from_millis, parse_role, to_millis};
 
 fn message_from_row(row: &SqliteRow) -> StoreResult<ChatMessage> {
     let sender_role: String = row.try_get("sender_role")?;
@@ -23,7 +19,7 @@ fn message_from_row(row: &SqliteRow) -> StoreResult<ChatMessage> {
         from: Participant {
             subject: row.try_get("sender_subject")?,
             name: row.try_get("sender_name")?,
-            role: role(&sender_role)?,
+            role: parse_role(&sender_role)?,
         },
         body: row.try_get("body")?,
         sent_at: from_millis(row.try_get("sent_at")?)?,
@@ -130,7 +126,7 @@ pub async fn members(pool: &SqlitePool, visit_id: &str) -> StoreResult<Vec<Parti
     rows.iter()
         .map(|row| {
             let r: String = row.try_get("role")?;
-            Ok(Participant { subject: row.try_get("subject")?, name: row.try_get("name")?, role: role(&r)? })
+            Ok(Participant { subject: row.try_get("subject")?, name: row.try_get("name")?, role: parse_role(&r)? })
         })
         .collect()
 }

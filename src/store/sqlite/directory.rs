@@ -4,8 +4,8 @@ use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 
 use super::corrupt;
-use crate::model::{Caregiver, CaregiverKind, StateSettings, UsState};
-use crate::store::{StoreResult, from_millis, to_millis};
+use crate::model::{Caregiver, CaregiverKind, StateSettings};
+use crate::store::{StoreResult, from_millis, join_states, split_states, to_millis};
 
 fn caregiver_from_row(row: &SqliteRow) -> StoreResult<Caregiver> {
     let kind: String = row.try_get("kind")?;
@@ -14,20 +14,12 @@ fn caregiver_from_row(row: &SqliteRow) -> StoreResult<Caregiver> {
         subject: row.try_get("subject")?,
         name: row.try_get("name")?,
         kind: CaregiverKind::parse(&kind).ok_or_else(|| corrupt("caregiver kind"))?,
-        states: states
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| UsState::parse(s).map_err(|_| corrupt("caregiver states")))
-            .collect::<StoreResult<_>>()?,
+        states: split_states(&states)?,
         active: row.try_get::<i64, _>("active")? != 0,
         created_at: from_millis(row.try_get("created_at")?)?,
         updated_at: from_millis(row.try_get("updated_at")?)?,
     })
 }
-fn join_states(states: &[UsState]) -> String {
-    states.iter().map(|s| s.code()).collect::<Vec<_>>().join(",")
-}
-
 pub async fn insert_caregiver(pool: &SqlitePool, c: &Caregiver) -> StoreResult<bool> {
     let inserted = sqlx::query(
         "INSERT INTO caregivers (subject, name, kind, states, active, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subject) DO NOTHING",

@@ -30,9 +30,7 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(what.to_string())
-}
+use super::corrupt;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and runs migrations.
