@@ -14,7 +14,7 @@ mod portal;
 mod presence;
 pub mod queues;
 mod router;
-mod sdp_check;
+pub mod sdp_check;
 mod settings;
 mod signaling;
 pub mod turn;
@@ -32,7 +32,7 @@ pub use estimator::{EstimateInputs, Estimator, Staffing};
 pub use portal::{ConversationView, PortalSnapshot};
 pub use queues::QueueView;
 pub use router::SessionLink;
-pub use settings::SettingsPatch;
+pub use settings::{MAX_QUEUE_CAP, SettingsPatch};
 pub use turn::TurnOptions;
 pub use visits::{IntakeReceipt, IntakeRequest, VisitView};
 
