@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use governor::clock::DefaultClock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -54,7 +55,8 @@ pub struct Conn {
     /// The `seq` of the last hub frame read.
     pub last_seq: u64,
     next_id: u64,
-    pending: VecDeque<ServerFrame>,
+    /// Frames read ahead (while pacing or waiting for a reply), with when they arrived.
+    pending: VecDeque<(ServerFrame, Instant)>,
     pacer: DefaultDirectRateLimiter,
     stats: Arc<Stats>,
 }
@@ -188,21 +190,37 @@ impl Conn {
                     self.welcome = w;
                     return Ok(Resumed::NotRecovered);
                 }
-                _ => self.pending.push_back(frame),
+                _ => self.pending.push_back((frame, Instant::now())),
             }
         }
     }
 
     /// Sends a request, paced under the session's rate limit, and returns its id.
     pub async fn send(&mut self, msg: &ClientMessage) -> Result<String, ConnError> {
-        self.pace().await;
+        self.pace().await?;
         self.send_now(msg).await
     }
 
     /// Waits until the session's rate limit lets one more message go (then use `send_now`,
-    /// so a timestamp taken in between excludes the wait).
-    pub async fn pace(&self) {
-        self.pacer.until_ready().await;
+    /// so a timestamp taken in between excludes the wait). Frames keep being read meanwhile,
+    /// as a real client does, and keep their arrival time.
+    pub async fn pace(&mut self) -> Result<(), ConnError> {
+        loop {
+            let wait = match self.pacer.check() {
+                Ok(()) => return Ok(()),
+                Err(not_until) => not_until.wait_time_from(governor::clock::Clock::now(&DefaultClock::default())),
+            };
+            match self.read_frame(wait).await {
+                Ok(frame) => self.pending.push_back((frame, Instant::now())),
+                Err(e) if e.0 == "timeout" => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The id the next request will carry (to note it before sending).
+    pub fn next_request_id(&self) -> String {
+        format!("r{}", self.next_id + 1)
     }
 
     /// Sends a request without waiting for the pacer; returns its id.
@@ -234,15 +252,20 @@ impl Conn {
                     _ => Ok(frame),
                 };
             }
-            self.pending.push_back(frame);
+            self.pending.push_back((frame, Instant::now()));
         }
     }
 
     /// The next hub frame (kept ones first), or `timeout` when none came in time.
     pub async fn next(&mut self, wait: Duration) -> Result<ServerFrame, ConnError> {
+        self.next_timed(wait).await.map(|(frame, _)| frame)
+    }
+
+    /// The next hub frame and when it arrived (earlier than now for a frame read ahead).
+    pub async fn next_timed(&mut self, wait: Duration) -> Result<(ServerFrame, Instant), ConnError> {
         match self.pending.pop_front() {
-            Some(frame) => Ok(frame),
-            None => self.read_frame(wait).await,
+            Some(timed) => Ok(timed),
+            None => self.read_frame(wait).await.map(|frame| (frame, Instant::now())),
         }
     }
 
@@ -276,8 +299,9 @@ impl Conn {
             match &frame.msg {
                 ServerMessage::Error(e) => self.stats.error(&e.code),
                 ServerMessage::VisitStillThere(s) => {
+                    // Unpaced: one rare message, and pacing reads frames (this function).
                     let reply = ClientMessage::VisitStillHere(VisitRef { visit_id: s.visit_id.clone() });
-                    self.send(&reply).await?;
+                    self.send_now(&reply).await?;
                 }
                 _ => {}
             }

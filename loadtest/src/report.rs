@@ -82,7 +82,7 @@ impl Report {
         let latency_ms = Latency::ALL
             .iter()
             .map(|l| (l.name().to_string(), stats.histogram(*l)))
-            .filter(|(_, h)| h.len() > 0)
+            .filter(|(_, h)| !h.is_empty())
             .map(|(name, h)| (name, Percentiles::of(&h)))
             .collect();
         let sent = stats.sent.load(Ordering::Relaxed);

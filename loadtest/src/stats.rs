@@ -138,7 +138,13 @@ impl Stats {
 
     /// Time since a stamp taken by [`Stats::stamp`].
     pub fn since_stamp(&self, stamp: u64) -> Duration {
-        Duration::from_micros(self.stamp().saturating_sub(stamp))
+        self.stamp_to(stamp, Instant::now())
+    }
+
+    /// Time from a stamp taken by [`Stats::stamp`] to `then`.
+    pub fn stamp_to(&self, stamp: u64, then: Instant) -> Duration {
+        let then = then.saturating_duration_since(self.epoch).as_micros() as u64;
+        Duration::from_micros(then.saturating_sub(stamp))
     }
 }
 

@@ -113,6 +113,7 @@ pub async fn run(ctx: &Arc<Context>, args: &ChatArgs) -> anyhow::Result<Report> 
         tally.patients_done.load(Ordering::SeqCst) == started_patients
             && tally.to_support.load(Ordering::SeqCst) >= tally.patient_acked.load(Ordering::SeqCst)
             && tally.to_patients.load(Ordering::SeqCst) >= tally.support_acked.load(Ordering::SeqCst)
+            && (args.no_reply || tally.support_acked.load(Ordering::SeqCst) >= tally.to_support.load(Ordering::SeqCst))
     };
     while !settled() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -154,7 +155,9 @@ async fn patient(
         let frame = tokio::select! {
             _ = stop.changed() => break,
             _ = tokio::time::sleep_until(next.into()), if sent < args.messages => {
-                conn.pace().await;
+                if conn.pace().await.is_err() {
+                    break;
+                }
                 let msg = ChatSend {
                     visit_id: visit_id.clone(),
                     client_id: format!("p{sent}-{}", stats.stamp()),
@@ -168,15 +171,15 @@ async fn patient(
                 next += interval;
                 continue;
             }
-            frame = conn.next(Duration::from_secs(3600)) => frame,
+            frame = conn.next_timed(Duration::from_secs(3600)) => frame,
         };
-        let Ok(frame) = frame else { break };
+        let Ok((frame, arrived)) = frame else { break };
         handle(&frame, &mut waiting, &tally.patient_acked, &stats, &mut seqs);
         if let ServerMessage::ChatMessage(m) = &frame.msg
             && m.from.role == Role::Support
         {
             if let Some(stamp) = stamp_of(&m.client_id) {
-                stats.record(Latency::ChatDelivery, stats.since_stamp(stamp));
+                stats.record(Latency::ChatDelivery, stats.stamp_to(stamp, arrived));
             }
             stats.count("chat_delivered", 1);
             tally.to_patients.fetch_add(1, Ordering::SeqCst);
@@ -214,21 +217,23 @@ async fn support(mut conn: Conn, stats: Arc<Stats>, tally: Arc<Tally>, reply: bo
     loop {
         let frame = tokio::select! {
             _ = stop.changed() => break,
-            frame = conn.next(Duration::from_secs(3600)) => frame,
+            frame = conn.next_timed(Duration::from_secs(3600)) => frame,
         };
-        let Ok(frame) = frame else { break };
+        let Ok((frame, arrived)) = frame else { break };
         handle(&frame, &mut waiting, &tally.support_acked, &stats, &mut seqs);
         let ServerMessage::ChatMessage(m) = &frame.msg else { continue };
         if m.from.role != Role::Patient {
             continue;
         }
         if let Some(stamp) = stamp_of(&m.client_id) {
-            stats.record(Latency::ChatDelivery, stats.since_stamp(stamp));
+            stats.record(Latency::ChatDelivery, stats.stamp_to(stamp, arrived));
         }
         stats.count("chat_delivered", 1);
         tally.to_support.fetch_add(1, Ordering::SeqCst);
         if reply {
-            conn.pace().await;
+            if conn.pace().await.is_err() {
+                break;
+            }
             n += 1;
             let answer = ChatSend {
                 visit_id: m.visit_id.clone(),

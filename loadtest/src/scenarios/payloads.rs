@@ -66,7 +66,8 @@ pub fn candidate(visit_id: &str, answer: bool, n: u32) -> SignalCandidate {
         50_000 + n % 10_000,
     );
     c.push_str(" x-loadtest-pad ");
-    c.push_str(&"p".repeat(380usize.saturating_sub(c.len() - 100)));
+    // 400 characters of candidate make a relayed frame of about 600 bytes.
+    c.push_str(&"p".repeat(400usize.saturating_sub(c.len()).max(1)));
     SignalCandidate {
         visit_id: visit_id.to_string(),
         candidate: c,

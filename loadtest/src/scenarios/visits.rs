@@ -182,16 +182,16 @@ pub async fn run(ctx: &Arc<Context>, args: &VisitsArgs) -> anyhow::Result<Report
 
 /// Sends one signaling message, noting when it left for the peer's relay latency.
 async fn signal(conn: &mut Conn, v: &Visit, side: Side, msg: ClientMessage) -> Result<(), ConnError> {
-    conn.pace().await;
-    let sent = Instant::now();
-    let id = conn.send_now(&msg).await?;
-    v.outbox(side).lock().expect("relay lock").push_back((id, sent));
+    conn.pace().await?;
+    // Noted before it leaves: the peer may read it before this task runs again.
+    v.outbox(side).lock().expect("relay lock").push_back((conn.next_request_id(), Instant::now()));
+    conn.send_now(&msg).await?;
     Ok(())
 }
 
 /// What any frame means for this side of the visit: relayed signaling is timed; an error
 /// reply to a signaling request means that message will never arrive.
-fn handle(sh: &Shared, v: &Visit, side: Side, frame: &ServerFrame) {
+fn handle(sh: &Shared, v: &Visit, side: Side, frame: &ServerFrame, arrived: Instant) {
     let stats = &sh.ctx.stats;
     match &frame.msg {
         ServerMessage::SignalOffer(_)
@@ -210,7 +210,7 @@ fn handle(sh: &Shared, v: &Visit, side: Side, frame: &ServerFrame) {
             }
             match v.inbox(side).lock().expect("relay lock").pop_front() {
                 Some((_, sent)) => {
-                    stats.record(Latency::Relay, sent.elapsed());
+                    stats.record(Latency::Relay, arrived.saturating_duration_since(sent));
                     stats.count("relayed", 1);
                 }
                 None => stats.duplicate(1),
@@ -233,15 +233,15 @@ async fn pump(
     v: &Visit,
     side: Side,
     within: Duration,
-    mut done: impl FnMut(&ServerFrame) -> bool,
+    mut done: impl FnMut(&ServerFrame, Instant) -> bool,
 ) -> Result<bool, ConnError> {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match conn.next(left).await {
-            Ok(frame) => {
-                handle(sh, v, side, &frame);
-                if done(&frame) {
+        match conn.next_timed(left).await {
+            Ok((frame, arrived)) => {
+                handle(sh, v, side, &frame, arrived);
+                if done(&frame, arrived) {
                     return Ok(true);
                 }
             }
@@ -264,8 +264,8 @@ async fn hold(sh: &Shared, conn: &mut Conn, v: &Visit, side: Side, deadline: Ins
         }
         let wake = interval.map_or(deadline, |_| next_send.min(deadline));
         tokio::select! {
-            frame = conn.next(deadline - now) => match frame {
-                Ok(frame) => handle(sh, v, side, &frame),
+            frame = conn.next_timed(deadline - now) => match frame {
+                Ok((frame, arrived)) => handle(sh, v, side, &frame, arrived),
                 Err(e) if e.0 == "timeout" => return Ok(()),
                 Err(e) => return Err(e),
             },
@@ -321,21 +321,21 @@ async fn patient_visit(
             _ => false,
         };
         let mut stamp = None;
-        pump(sh, conn, v, Side::Patient, STEP_TIMEOUT, |f| {
+        pump(sh, conn, v, Side::Patient, STEP_TIMEOUT, |f, arrived| {
             let hit = greeting(f);
             if let (true, ServerMessage::ChatMessage(m)) = (hit, &f.msg) {
-                stamp = m.client_id.strip_prefix("g-").and_then(|s| s.parse::<u64>().ok());
+                stamp = m.client_id.strip_prefix("g-").and_then(|s| s.parse::<u64>().ok()).map(|s| (s, arrived));
             }
             hit
         })
         .await?
         .then_some(())
         .ok_or_else(timeout)?;
-        if let Some(stamp) = stamp {
-            stats.record(Latency::ChatDelivery, stats.since_stamp(stamp));
+        if let Some((stamp, arrived)) = stamp {
+            stats.record(Latency::ChatDelivery, stats.stamp_to(stamp, arrived));
             stats.count("chat_messages", 1);
         }
-        conn.pace().await;
+        conn.pace().await?;
         let reply = ChatSend {
             visit_id: v.visit_id.clone(),
             client_id: format!("p-{}", stats.stamp()),
@@ -345,11 +345,13 @@ async fn patient_visit(
     }
     // Ready for a provider of its state.
     let _ = sh.jobs[state_index].send(v.clone()).await;
-    let started = |f: &ServerFrame| matches!(&f.msg, ServerMessage::VisitStarted(s) if s.visit_id == v.visit_id);
+    let started =
+        |f: &ServerFrame, _: Instant| matches!(&f.msg, ServerMessage::VisitStarted(s) if s.visit_id == v.visit_id);
     pump(sh, conn, v, Side::Patient, STEP_TIMEOUT, started).await?.then_some(()).ok_or_else(timeout)?;
     let hold_until = Instant::now() + Duration::from_secs_f64(sh.args.hold_secs);
     // The patient is polite: it waits for the provider's offer, then answers.
-    let offer = |f: &ServerFrame| matches!(&f.msg, ServerMessage::SignalOffer(s) if s.visit_id == v.visit_id);
+    let offer =
+        |f: &ServerFrame, _: Instant| matches!(&f.msg, ServerMessage::SignalOffer(s) if s.visit_id == v.visit_id);
     pump(sh, conn, v, Side::Patient, STEP_TIMEOUT, offer).await?.then_some(()).ok_or_else(timeout)?;
     let session = sh.ctx.stats.stamp();
     signal(conn, v, Side::Patient, ClientMessage::SignalAnswer(payloads::sdp(&v.visit_id, true, session))).await?;
@@ -361,7 +363,7 @@ async fn patient_visit(
     signal(conn, v, Side::Patient, ClientMessage::SignalEndOfCandidates(end)).await?;
     hold(sh, conn, v, Side::Patient, hold_until).await?;
     v.patient_done.store(true, Ordering::Release);
-    let ended = |f: &ServerFrame| matches!(&f.msg, ServerMessage::VisitUpdated(u) if u.visit_id == v.visit_id && u.status == VisitStatus::Ended);
+    let ended = |f: &ServerFrame, _: Instant| matches!(&f.msg, ServerMessage::VisitUpdated(u) if u.visit_id == v.visit_id && u.status == VisitStatus::Ended);
     pump(sh, conn, v, Side::Patient, STEP_TIMEOUT, ended).await?.then_some(()).ok_or_else(timeout)?;
     let missing = v.to_patient.lock().expect("relay lock").len() as u64;
     stats.lose(missing);
@@ -389,7 +391,8 @@ async fn provide(sh: &Shared, conn: &mut Conn, v: &Arc<Visit>) -> Result<(), Con
     conn.request(&ClientMessage::VisitClaim(VisitRef { visit_id: visit_id.clone() })).await?;
     let to = |to| ClientMessage::VisitTransition(VisitTransition { visit_id: visit_id.clone(), to });
     conn.request(&to(VisitStatus::InVisit)).await?;
-    let started = |f: &ServerFrame| matches!(&f.msg, ServerMessage::VisitStarted(s) if s.visit_id == visit_id);
+    let started =
+        |f: &ServerFrame, _: Instant| matches!(&f.msg, ServerMessage::VisitStarted(s) if s.visit_id == visit_id);
     pump(sh, conn, v, Side::Provider, STEP_TIMEOUT, started).await?.then_some(()).ok_or_else(timeout)?;
     // The provider is impolite: it offers first and trickles its candidates.
     let session = sh.ctx.stats.stamp();
@@ -407,7 +410,7 @@ async fn provide(sh: &Shared, conn: &mut Conn, v: &Arc<Visit>) -> Result<(), Con
         if Instant::now() >= deadline {
             break;
         }
-        pump(sh, conn, v, Side::Provider, Duration::from_millis(20), |_| false).await?;
+        pump(sh, conn, v, Side::Provider, Duration::from_millis(20), |_, _| false).await?;
     }
     let missing = v.to_provider.lock().expect("relay lock").len() as u64;
     sh.ctx.stats.lose(missing);
@@ -442,10 +445,10 @@ async fn support_person(sh: Arc<Shared>, mut conn: Conn, mut rx: mpsc::Receiver<
                 }
                 continue;
             }
-            frame = conn.next(Duration::from_millis(200)) => frame,
+            frame = conn.next_timed(Duration::from_millis(200)) => frame,
         };
-        let frame = match frame {
-            Ok(frame) => frame,
+        let (frame, arrived) = match frame {
+            Ok(timed) => timed,
             Err(e) if e.0 == "timeout" => {
                 if linger.is_some_and(|t| Instant::now() >= t) {
                     break;
@@ -461,7 +464,9 @@ async fn support_person(sh: Arc<Shared>, mut conn: Conn, mut rx: mpsc::Receiver<
                     let _ = tx.send(false);
                     continue;
                 }
-                conn.pace().await;
+                if conn.pace().await.is_err() {
+                    break;
+                }
                 let hello = ChatSend {
                     visit_id,
                     client_id: format!("g-{}", stats.stamp()),
@@ -481,7 +486,7 @@ async fn support_person(sh: Arc<Shared>, mut conn: Conn, mut rx: mpsc::Receiver<
             && m.from.role == Role::Patient
             && let Some(stamp) = m.client_id.strip_prefix("p-").and_then(|s| s.parse::<u64>().ok())
         {
-            stats.record(Latency::ChatDelivery, stats.since_stamp(stamp));
+            stats.record(Latency::ChatDelivery, stats.stamp_to(stamp, arrived));
             stats.count("chat_messages", 1);
         }
     }
