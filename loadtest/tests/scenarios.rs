@@ -43,7 +43,8 @@ async fn hub() -> Hub {
 async fn run(scenario: Scenario) -> Report {
     let hub = hub().await;
     let auth = Auth::from_secret(SECRET).unwrap();
-    let ctx = Arc::new(Context::new(&[hub.url.clone()], auth, vec![std::process::id()], false).await.unwrap());
+    let ctx =
+        Arc::new(Context::new(std::slice::from_ref(&hub.url), auth, vec![std::process::id()], false).await.unwrap());
     let report = visithub_loadtest::run(&ctx, &scenario).await.unwrap();
     println!("{}", report.table());
     assert_eq!(report.errors, Default::default(), "no refusals or failures");

@@ -44,7 +44,7 @@ use crate::model::{StateSettings, UsState, VisitId};
 use crate::store::Store;
 use presence::Presence;
 use queues::Queues;
-use router::Router;
+pub use router::Router;
 
 /// Domain settings, from the hub's configuration.
 #[derive(Debug, Clone)]
