@@ -373,7 +373,15 @@ async fn patient_visit(
 
 async fn provider(sh: Arc<Shared>, mut conn: Conn, jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Arc<Visit>>>>) {
     loop {
-        let job = jobs.lock().await.recv().await;
+        // Waiting for a visit, the console keeps reading (presence and queue changes), as an
+        // app does: a socket left unread is closed by the hub as a slow consumer.
+        let job = tokio::select! {
+            job = async { jobs.lock().await.recv().await } => job,
+            frame = conn.next(Duration::from_secs(3600)) => match frame {
+                Err(_) if !conn.is_open() => break,
+                _ => continue,
+            },
+        };
         let Some(v) = job else { break };
         match provide(&sh, &mut conn, &v).await {
             Ok(()) => {}
