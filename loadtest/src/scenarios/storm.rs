@@ -135,7 +135,9 @@ pub async fn run(ctx: &Arc<Context>, args: &StormArgs) -> anyhow::Result<Report>
     drop(progress);
     let _ = step_tx.send(Step::Stop);
     while clients.join_next().await.is_some() {}
-    report = crate::report::Report { errors: ctx.stats.errors(), error_total: ctx.stats.error_total(), ..report };
+    // Counted after the phase: a client's last check comes when it stops.
+    report.errors = ctx.stats.errors();
+    report.error_total = ctx.stats.error_total();
     report.lost_events = ctx.stats.lost.load(Ordering::Relaxed);
     report.duplicated_events = ctx.stats.duplicated.load(Ordering::Relaxed);
     report.note("clients", connected);
