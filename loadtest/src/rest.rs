@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use visithub::model::{Role, UsState};
+use visithub::protocol::QueueSnapshot;
 
 /// What a run keeps of an intake receipt.
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +57,14 @@ impl Rest {
     pub async fn queue_cap(&self, base: &str, admin: &str, state: UsState, cap: u32) -> Result<(), String> {
         let url = format!("{base}/v1/states/{}/settings", state.code());
         self.call(self.http.patch(url).bearer_auth(admin).json(&json!({ "queue_cap": cap }))).await.map(drop)
+    }
+
+    /// How many visits wait in a state's queue now (`GET /v1/states/{state}/queue`).
+    pub async fn queue_length(&self, base: &str, admin: &str, state: UsState) -> Result<u32, String> {
+        let url = format!("{base}/v1/states/{}/queue", state.code());
+        let value = self.call(self.http.get(url).bearer_auth(admin)).await?;
+        let snapshot: QueueSnapshot = serde_json::from_value(value).map_err(|_| "bad_queue_snapshot".to_string())?;
+        Ok(snapshot.visits.len() as u32)
     }
 
     pub async fn cancel(&self, base: &str, patient_token: &str, visit_id: &str) -> Result<(), String> {

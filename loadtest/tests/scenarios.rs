@@ -41,7 +41,10 @@ async fn hub() -> Hub {
 
 /// Runs `scenario` against a fresh hub (this process's pid stands in for the hub's).
 async fn run(scenario: Scenario) -> Report {
-    let hub = hub().await;
+    run_on(&hub().await, scenario).await
+}
+
+async fn run_on(hub: &Hub, scenario: Scenario) -> Report {
     let auth = Auth::from_secret(SECRET).unwrap();
     let ctx =
         Arc::new(Context::new(std::slice::from_ref(&hub.url), auth, vec![std::process::id()], false).await.unwrap());
@@ -156,4 +159,17 @@ async fn connections_spread_over_workers_and_source_addresses() {
     assert_eq!(latency(&r, "connect"), 300);
     assert!(r.hub.as_ref().unwrap().rss_per_connection_bytes.is_some());
     assert!(r.notes["accepted_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_count_the_patients_earlier_runs_left_waiting() {
+    let hub = hub().await;
+    let fanout = || FanoutArgs { patients: 20, states: "WA".into(), changes: 2, change_timeout_secs: 10 };
+    let first = run_on(&hub, Scenario::Fanout(fanout())).await;
+    // The second run's queue starts with the first run's 18 patients still waiting.
+    let second = run_on(&hub, Scenario::Fanout(fanout())).await;
+    assert_eq!((first.counts["positions"], second.counts["positions"]), (19 + 18, 19 + 18));
+    let storm = StormArgs { clients: 20, states: "WA".into(), churn_rate: 5.0, settle_timeout_secs: 20 };
+    let r = run_on(&hub, Scenario::Storm(storm)).await;
+    assert_eq!(r.counts["resumed"], 20);
 }

@@ -75,8 +75,7 @@ pub async fn run(ctx: &Arc<Context>, args: &ChatArgs) -> anyhow::Result<Report> 
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
     let states = parse_states(&args.states)?;
     let n = args.support * args.conversations;
-    population::raise_caps(ctx, &states, u32::try_from(n + 10).unwrap_or(u32::MAX).min(visithub::hub::MAX_QUEUE_CAP))
-        .await?;
+    population::raise_caps(ctx, &states, n.div_ceil(states.len()) + 10).await?;
     let support_ids = population::onboard(ctx, "chat-support", args.support, Role::Support, |_| states.clone()).await?;
     let patients = population::admit(ctx, n, &states).await;
     let patient_conns = population::connect_all(ctx, patients.iter().map(|p| p.token.clone()).collect()).await;

@@ -49,8 +49,7 @@ struct Round {
 pub async fn run(ctx: &Arc<Context>, args: &FanoutArgs) -> anyhow::Result<Report> {
     let states = parse_states(&args.states)?;
     let per_state = args.patients.div_ceil(states.len());
-    let cap = u32::try_from(per_state + 10).unwrap_or(u32::MAX).min(visithub::hub::MAX_QUEUE_CAP);
-    population::raise_caps(ctx, &states, cap).await?;
+    population::raise_caps(ctx, &states, per_state + 10).await?;
     let patients = population::admit(ctx, args.patients, &states).await;
     let conns = population::connect_all(ctx, patients.iter().map(|p| p.token.clone()).collect()).await;
 
@@ -66,8 +65,8 @@ pub async fn run(ctx: &Arc<Context>, args: &FanoutArgs) -> anyhow::Result<Report
             watchers.spawn(watch_position(conn, s, rounds.clone(), ctx.stats.clone(), stop_rx.clone()));
         }
     }
-    // Queue lengths as the hub has them: every admitted patient waits.
-    let mut lengths: Vec<u32> = queues.iter().map(|q| q.len() as u32).collect();
+    // Queue lengths as the hub has them (visits an earlier run left waiting count too).
+    let mut lengths = population::queue_lengths(ctx, &states).await?;
 
     let phase = Phase::start(ctx);
     let progress = Progress::start(ctx.progress, "fanout", "positions", ctx.stats.clone());

@@ -28,10 +28,11 @@ pub struct Patient {
     pub token: String,
 }
 
-/// Raises the queue cap of every state to `cap`, so a run can keep that many waiting.
-pub async fn raise_caps(ctx: &Context, states: &[UsState], cap: u32) -> anyhow::Result<()> {
+/// Raises the queue cap of every state so `room` more visits fit behind those waiting now.
+pub async fn raise_caps(ctx: &Context, states: &[UsState], room: usize) -> anyhow::Result<()> {
     let admin = ctx.auth.admin();
-    for state in states {
+    for (state, waiting) in states.iter().zip(queue_lengths(ctx, states).await?) {
+        let cap = u32::try_from(room).unwrap_or(u32::MAX).saturating_add(waiting).min(visithub::hub::MAX_QUEUE_CAP);
         let node = ctx.targets.pick();
         ctx.rest
             .queue_cap(&node.base, &admin, *state, cap)
@@ -39,6 +40,21 @@ pub async fn raise_caps(ctx: &Context, states: &[UsState], cap: u32) -> anyhow::
             .map_err(|code| anyhow::anyhow!("raising the {state} queue cap was refused: {code}"))?;
     }
     Ok(())
+}
+
+/// The queue length of each state as the hub has it (visits an earlier run left waiting count).
+pub async fn queue_lengths(ctx: &Context, states: &[UsState]) -> anyhow::Result<Vec<u32>> {
+    let admin = ctx.auth.admin();
+    let mut lengths = Vec::new();
+    for state in states {
+        let n = ctx
+            .rest
+            .queue_length(&ctx.targets.pick().base, &admin, *state)
+            .await
+            .map_err(|code| anyhow::anyhow!("reading the {state} queue was refused: {code}"))?;
+        lengths.push(n);
+    }
+    Ok(lengths)
 }
 
 /// One intake, timed; a refusal is counted by its code.

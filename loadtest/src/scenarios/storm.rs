@@ -53,15 +53,8 @@ pub async fn run(ctx: &Arc<Context>, args: &StormArgs) -> anyhow::Result<Report>
     let states = parse_states(&args.states)?;
     let churn_max = (args.churn_rate * (args.settle_timeout_secs + 5) as f64).ceil() as usize;
     let per_state = args.clients.div_ceil(states.len()) + churn_max + 10;
-    population::raise_caps(
-        ctx,
-        &states,
-        u32::try_from(per_state).unwrap_or(u32::MAX).min(visithub::hub::MAX_QUEUE_CAP),
-    )
-    .await?;
+    population::raise_caps(ctx, &states, per_state).await?;
     let patients = population::admit(ctx, args.clients, &states).await;
-    let mut lengths: Vec<u32> =
-        states.iter().map(|s| patients.iter().filter(|p| p.state == *s).count() as u32).collect();
     let conns = population::connect_all(ctx, patients.iter().map(|p| p.token.clone()).collect()).await;
     let shared = Arc::new(Shared {
         resumed: AtomicU64::new(0),
@@ -88,9 +81,8 @@ pub async fn run(ctx: &Arc<Context>, args: &StormArgs) -> anyhow::Result<Report>
         let states = states.clone();
         let rate = args.churn_rate;
         tokio::spawn(async move {
-            let mut added = vec![0u32; states.len()];
             if rate <= 0.0 {
-                return added;
+                return;
             }
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
             for i in 0..churn_max {
@@ -98,12 +90,8 @@ pub async fn run(ctx: &Arc<Context>, args: &StormArgs) -> anyhow::Result<Report>
                     _ = churn_stopped.changed() => break,
                     _ = tick.tick() => {}
                 }
-                let s = i % states.len();
-                if population::admit_one(&ctx, 1_000_000 + i, states[s]).await.is_some() {
-                    added[s] += 1;
-                }
+                population::admit_one(&ctx, 1_000_000 + i, states[i % states.len()]).await;
             }
-            added
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -124,13 +112,12 @@ pub async fn run(ctx: &Arc<Context>, args: &StormArgs) -> anyhow::Result<Report>
     // A little more churn after the storm: resumed sessions must keep receiving.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = churn_stop.send(true);
-    let added = churn.await.unwrap_or_default();
-    for (s, n) in added.iter().enumerate() {
-        lengths[s] += n;
-        shared.final_len[s].store(lengths[s], Ordering::SeqCst);
-    }
-    // The last position update of the churn reaches everyone.
+    let _ = churn.await;
+    // The last position update of the churn reaches everyone; the hub says what it is.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    for (s, n) in population::queue_lengths(ctx, &states).await?.into_iter().enumerate() {
+        shared.final_len[s].store(n, Ordering::SeqCst);
+    }
     let mut report = phase.finish(ctx, "storm", connected, 0);
     drop(progress);
     let _ = step_tx.send(Step::Stop);
