@@ -46,6 +46,12 @@ pub enum BusEvent {
     ConversationAssigned {
         visit_id: VisitId,
     },
+    /// A state's settings changed: every node reads them again.
+    SettingsChanged {
+        state: UsState,
+    },
+    /// Never on the wire: this node's bus missed events, so each local session starts over.
+    Resync,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -113,7 +113,8 @@ impl Session {
                 ServerMessage::VisitUpdated(update.clone())
             }
             BusEvent::AccessChanged { .. } => return Some(Exit::Close(CloseCode::AccessRevoked)),
-            BusEvent::QueueChanged { .. } => return None,
+            BusEvent::Resync => return Some(Exit::Close(CloseCode::ResyncRequired)),
+            BusEvent::QueueChanged { .. } | BusEvent::SettingsChanged { .. } => return None,
             BusEvent::VisitStarted { visit_id, patient, provider } => {
                 if patient.subject != me && provider.subject != me {
                     return None;
