@@ -75,6 +75,24 @@ pub trait BusHandler: Send + Sync {
     fn resync(&self) {}
 }
 
+#[async_trait]
+pub trait Bus: Send + Sync {
+    /// Sets the node's handler. The bus holds it weakly: the handler owns the bus.
+    fn attach(&self, handler: Weak<dyn BusHandler>);
+
+    /// Publishes to every node subscribed to `topic`, this one included, exactly once each.
+    async fn publish(&self, topic: &Topic, event: BusEvent) -> anyhow::Result<()>;
+
+    /// This node wants `topic`.
+    async fn subscribe(&self, topic: &Topic) -> anyhow::Result<()>;
+
+    /// This node no longer wants `topic`.
+    async fn unsubscribe(&self, topic: &Topic) -> anyhow::Result<()>;
+
+    /// Whether the bus can publish now (for readiness).
+    fn is_connected(&self) -> bool;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,22 +113,4 @@ mod tests {
         assert_eq!(Topic::parse("queue.XX"), None);
         assert_eq!(Topic::parse("nope.1"), None);
     }
-}
-
-#[async_trait]
-pub trait Bus: Send + Sync {
-    /// Sets the node's handler. The bus holds it weakly: the handler owns the bus.
-    fn attach(&self, handler: Weak<dyn BusHandler>);
-
-    /// Publishes to every node subscribed to `topic`, this one included, exactly once each.
-    async fn publish(&self, topic: &Topic, event: BusEvent) -> anyhow::Result<()>;
-
-    /// This node wants `topic`.
-    async fn subscribe(&self, topic: &Topic) -> anyhow::Result<()>;
-
-    /// This node no longer wants `topic`.
-    async fn unsubscribe(&self, topic: &Topic) -> anyhow::Result<()>;
-
-    /// Whether the bus can publish now (for readiness).
-    fn is_connected(&self) -> bool;
 }
