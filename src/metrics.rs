@@ -60,6 +60,7 @@ const REDIS_OPS: &[&str] = &[
     "heartbeat",
     "registry",
     "orphans",
+    "journal",
 ];
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {

@@ -454,3 +454,124 @@ async fn without_redis_a_node_reports_degraded_and_refuses_what_needs_it() {
     a.wait_ready(Duration::from_secs(30)).await;
     assert_eq!(a.intake("Ann", "WA", None).await.status, 201);
 }
+
+/// Frames until the hub has sent everything `want` lists (chat bodies), collecting chat.
+async fn collect_chat(ws: &mut Ws, received: &mut Vec<String>, want: &[String]) {
+    while !want.iter().all(|b| received.contains(b)) {
+        received.push(chat_body(&ws.next_of("chat.message").await));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moves_to_another_live_node_with_exactly_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let cluster = Cluster::new(redis.url(), false);
+    let (a, b) = (cluster.node("a").await, cluster.node("b").await);
+    assert!(a.onboard("sam", "support", &["WA"]).await.status.is_success());
+    let intake = a.intake("Ann", "WA", None).await;
+    let (visit_id, token) = (intake.str("visit_id"), intake.str("patient_token"));
+    let mut ann = a.ws(&token).await;
+    let sid = welcome(&mut ann).await;
+    ann.next_of("queue.position").await;
+    let mut sam = b.ws(&b.token(Role::Support, "sam", &[], 3600)).await;
+    welcome(&mut sam).await;
+    assert!(is_ack(&sam.request(&join(&visit_id)).await));
+
+    let mut sent = Vec::new();
+    let mut received = Vec::new();
+    for i in 0..3 {
+        sent.push(format!("live-{i}"));
+        assert!(is_ack(&sam.request(&say(&visit_id, &sent[i])).await));
+    }
+    collect_chat(&mut ann, &mut received, &sent).await;
+    let seen = ann.last_seq;
+    // The patient's connection to A breaks; the conversation goes on meanwhile.
+    drop(ann);
+    for i in 0..4 {
+        let body = format!("away-{i}");
+        assert!(is_ack(&sam.request(&say(&visit_id, &body)).await));
+        sent.push(body);
+    }
+    // It reconnects to B: A hands the session over, and B replays exactly what was missed.
+    let mut back = b.resume(&token, &sid, seen).await;
+    let mut replayed_chat = Vec::new();
+    let resumed = loop {
+        let f = back.next().await;
+        match f.msg {
+            ServerMessage::ChatMessage(m) => replayed_chat.push(m.body),
+            ServerMessage::SessionResumed(r) => break r,
+            ServerMessage::Welcome(w) => panic!("a new session instead of the old one: {w:?}"),
+            _ => {}
+        }
+    };
+    assert!(resumed.recovered, "{resumed:?}");
+    assert_eq!(resumed.session_id, sid);
+    assert_eq!(replayed_chat, sent[3..].to_vec(), "exactly the missed messages, in order");
+    // And from now on B sends, numbering on.
+    let after = back.last_seq;
+    assert!(is_ack(&sam.request(&say(&visit_id, "after")).await));
+    let f = back.next_of("chat.message").await;
+    assert_eq!(chat_body(&f), "after");
+    assert!(f.seq.unwrap() > after);
+    // A resumed again, on A this time, is taken back the same way.
+    let seen = back.last_seq;
+    drop(back);
+    assert!(is_ack(&sam.request(&say(&visit_id, "later")).await));
+    let mut again = a.resume(&token, &sid, seen).await;
+    let mut replayed_chat = Vec::new();
+    let resumed = loop {
+        let f = again.next().await;
+        match f.msg {
+            ServerMessage::ChatMessage(m) => replayed_chat.push(m.body),
+            ServerMessage::SessionResumed(r) => break r,
+            ServerMessage::Welcome(w) => panic!("a new session instead of the old one: {w:?}"),
+            _ => {}
+        }
+    };
+    assert!(resumed.recovered);
+    assert_eq!(replayed_chat, vec!["later".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_sends_its_clients_elsewhere_and_hands_their_sessions_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let cluster = Cluster::new(redis.url(), false);
+    let (mut a, b) = (cluster.node("a").await, cluster.node("b").await);
+    assert!(b.onboard("sam", "support", &["WA"]).await.status.is_success());
+    let intake = b.intake("Ann", "WA", None).await;
+    let (visit_id, token) = (intake.str("visit_id"), intake.str("patient_token"));
+    let mut ann = a.ws(&token).await;
+    let sid = welcome(&mut ann).await;
+    let mut sam = b.ws(&b.token(Role::Support, "sam", &[], 3600)).await;
+    welcome(&mut sam).await;
+    assert!(is_ack(&sam.request(&join(&visit_id)).await));
+    assert!(is_ack(&sam.request(&say(&visit_id, "one")).await));
+    assert_eq!(chat_body(&ann.next_of("chat.message").await), "one");
+    let seen = ann.last_seq;
+
+    // SIGTERM: A turns unready and tells its clients to go elsewhere (4000)...
+    let term = tokio::task::spawn_blocking(move || {
+        let status = a.terminate();
+        (a, status)
+    });
+    assert_eq!(ann.ended(Duration::from_secs(10)).await, Ended::Closed(4000));
+    assert!(is_ack(&sam.request(&say(&visit_id, "two")).await));
+    // ...and hands the session to B when the client lands there.
+    let mut back = b.resume(&token, &sid, seen).await;
+    let mut got = Vec::new();
+    let resumed = loop {
+        let f = back.next().await;
+        match f.msg {
+            ServerMessage::ChatMessage(m) => got.push(m.body),
+            ServerMessage::SessionResumed(r) => break r,
+            ServerMessage::Welcome(w) => panic!("a new session instead of the old one: {w:?}"),
+            _ => {}
+        }
+    };
+    assert!(resumed.recovered);
+    assert_eq!(got, vec!["two".to_string()]);
+    let (_a, status) = term.await.unwrap();
+    assert!(status.success(), "a drained node exits cleanly: {status:?}");
+}

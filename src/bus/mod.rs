@@ -31,8 +31,10 @@ pub enum Topic {
     Staff(UsState),
     /// Events about one user (access revoked), for all of their sessions.
     Subject(String),
-    /// News for every node (settings changed); every node listens.
+    /// News for every node (settings changed, session hand-overs); every node listens.
     Cluster,
+    /// One session of this node, by session id: local routing only, never on the bus.
+    Session(String),
 }
 
 impl Topic {
@@ -48,6 +50,7 @@ impl Topic {
             "signal" => Topic::Signal(rest.to_string()),
             "staff" => Topic::Staff(UsState::parse(rest).ok()?),
             "subject" => Topic::Subject(rest.to_string()),
+            "session" => Topic::Session(rest.to_string()),
             _ => return None,
         })
     }
@@ -62,6 +65,7 @@ impl fmt::Display for Topic {
             Topic::Staff(s) => write!(f, "staff.{s}"),
             Topic::Subject(s) => write!(f, "subject.{s}"),
             Topic::Cluster => f.write_str("cluster"),
+            Topic::Session(s) => write!(f, "session.{s}"),
         }
     }
 }
@@ -107,6 +111,7 @@ mod tests {
             Topic::Staff(wa),
             Topic::Subject("dr.lee".into()),
             Topic::Cluster,
+            Topic::Session("5c1e".into()),
         ] {
             assert_eq!(Topic::parse(&topic.to_string()), Some(topic));
         }

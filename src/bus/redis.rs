@@ -1,7 +1,9 @@
 //! The cluster bus: Redis pub/sub. Each topic is a channel `vh:<topic>`; the node subscribes
-//! on its first local subscriber and unsubscribes after the last. What a node publishes is
-//! handed to its own handler at once and skipped when Redis echoes it back, so it is
-//! delivered here exactly once and still reaches local sessions while Redis is away.
+//! on its first local subscriber and unsubscribes after the last. What a node publishes
+//! reaches its own sessions the way it reaches every other node's, through Redis, exactly
+//! once: so every node sees one order of events, which session hand-overs rely on (see
+//! [`BusEvent::Handover`]). While Redis is away nothing is delivered; the nodes resync when
+//! it returns.
 //!
 //! The subscriber connection is a RESP3 [`ConnectionManager`]: it reconnects by itself and
 //! subscribes again to every channel it had. Events published while it was away are lost to
@@ -69,9 +71,6 @@ impl Shared {
                 return;
             }
         };
-        if envelope.node == self.node {
-            return;
-        }
         let lag = (now_us() - envelope.sent_at_us).max(0) as f64 / 1e6;
         self.metrics.bus_lag.observe(lag);
         if let Some(handler) = self.handler() {
@@ -159,9 +158,6 @@ impl Bus for RedisBus {
     async fn publish(&self, topic: &Topic, event: BusEvent) -> anyhow::Result<()> {
         let envelope = Envelope { node: self.shared.node.clone(), sent_at_us: now_us(), event };
         let payload = serde_json::to_vec(&envelope)?;
-        if let Some(handler) = self.shared.handler() {
-            handler.deliver(topic, Arc::new(envelope.event));
-        }
         let mut conn = self.publisher.clone();
         let _: i64 = timed(&self.shared.metrics, "publish", conn.publish(channel(topic), payload)).await?;
         Ok(())

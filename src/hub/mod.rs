@@ -205,6 +205,20 @@ impl Hub {
         &self.bus
     }
 
+    pub fn live_state(&self) -> &Arc<dyn LiveState> {
+        &self.live_state
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.options.node_id
+    }
+
+    /// Marks, for every node, the point where this node takes session `session_id` over.
+    pub async fn hand_over(&self, session_id: &str, token: &str) -> anyhow::Result<()> {
+        let event = BusEvent::Handover { session_id: session_id.to_string(), token: token.to_string() };
+        self.bus.publish(&Topic::Cluster, event).await
+    }
+
     /// The newest view of a state's queue, and later ones as they come.
     pub fn watch_queue(&self, state: UsState) -> tokio::sync::watch::Receiver<Arc<QueueView>> {
         self.queues.subscribe(state)
@@ -212,7 +226,7 @@ impl Hub {
 
     /// Routes `topic` to a local session, subscribing the node on the bus if it is the first.
     pub async fn listen(&self, topic: Topic, link: SessionLink) -> anyhow::Result<()> {
-        if self.router.add(topic.clone(), link) {
+        if self.router.add(topic.clone(), link) && !matches!(topic, Topic::Session(_)) {
             self.bus.subscribe(&topic).await?;
         }
         Ok(())
@@ -221,7 +235,7 @@ impl Hub {
     pub async fn unlisten(&self, topic: &Topic, session_id: u64) {
         // The node itself always listens to queue changes (see `join_cluster`).
         if self.router.remove(topic, session_id)
-            && !matches!(topic, Topic::Queue(_) | Topic::Cluster)
+            && !matches!(topic, Topic::Queue(_) | Topic::Cluster | Topic::Session(_))
             && let Err(e) = self.bus.unsubscribe(topic).await
         {
             tracing::warn!(%topic, error = %e, "bus unsubscribe failed");
@@ -282,6 +296,9 @@ impl BusHandler for Hub {
                 }
             }
             BusEvent::SettingsChanged { state } => self.schedule_settings_reload(*state),
+            BusEvent::Handover { session_id, .. } => {
+                self.router.dispatch(&Topic::Session(session_id.clone()), event.clone())
+            }
             BusEvent::VisitUpdated(u) => {
                 // Another node may have moved the visit: read it afresh next time.
                 self.live.forget_unless(&u.visit_id, u.status);

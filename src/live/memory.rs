@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dashmap::DashMap;
 
-use super::{LiveState, LockGuard, NodeRecord, QueueLoad, Registry};
+use super::{JournalOp, LiveState, LockGuard, NodeRecord, QueueLoad, Registry, Sealed, SessionMeta};
 use crate::hub::queues::QueuedVisit;
 use crate::model::UsState;
 
@@ -123,5 +123,23 @@ impl LiveState for MemoryLive {
         let mut orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
         let n = max.min(orphans.len());
         Ok(orphans.drain(..n).collect())
+    }
+
+    async fn node_alive(&self, _node: &str) -> anyhow::Result<bool> {
+        Ok(true)
+    }
+
+    // One node: a session is resumed where it lives, from its in-memory window; journals are
+    // for clusters.
+    async fn journal_write(&self, _ops: &[JournalOp]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn journal_meta(&self, _session_id: &str) -> anyhow::Result<Option<SessionMeta>> {
+        Ok(None)
+    }
+
+    async fn journal_sealed(&self, _session_id: &str, _wait: Duration) -> anyhow::Result<Option<Sealed>> {
+        Ok(None)
     }
 }

@@ -6,6 +6,7 @@
 //! The truth of a visit is the store; live state is rebuilt from it after a loss
 //! ([`LiveState::is_seeded`] turns false when Redis restarted empty).
 
+mod journal;
 mod memory;
 mod records;
 mod redis;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use journal::{JournalOp, Sealed, SessionMeta};
 pub use memory::MemoryLive;
 pub use records::{NodeRecord, PresenceRecord};
 pub use redis::RedisLive;
@@ -86,4 +88,16 @@ pub trait LiveState: Send + Sync {
     async fn push_orphans(&self, visit_ids: &[String]) -> anyhow::Result<()>;
 
     async fn pop_orphans(&self, max: usize) -> anyhow::Result<Vec<String>>;
+
+    /// Whether `node`'s heartbeat is current.
+    async fn node_alive(&self, node: &str) -> anyhow::Result<bool>;
+
+    /// Applies journal writes, in order.
+    async fn journal_write(&self, ops: &[JournalOp]) -> anyhow::Result<()>;
+
+    async fn journal_meta(&self, session_id: &str) -> anyhow::Result<Option<SessionMeta>>;
+
+    /// The session's journal once its owner sealed it, waiting at most `wait`; `None` when
+    /// it was not sealed in time.
+    async fn journal_sealed(&self, session_id: &str, wait: Duration) -> anyhow::Result<Option<Sealed>>;
 }

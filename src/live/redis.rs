@@ -11,6 +11,8 @@
 //! | `vh:nodes` | set | node ids in the registry |
 //! | `vh:node:<id>` | string | the node's record (JSON), expiring with its heartbeat |
 //! | `vh:orphans` | list | visits whose patient's node went away |
+//! | `vh:{s:<id>}:meta` | string | a session's topics and owner (JSON), expiring |
+//! | `vh:{s:<id>}:out` | stream | a session's frames (`s`, `f`) and the owner's seal (`seal`, `broken`) |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +22,7 @@ use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
-use super::{LiveState, LockGuard, NodeRecord, QueueLoad, Registry};
+use super::{JournalOp, LiveState, LockGuard, NodeRecord, QueueLoad, Registry, Sealed, SessionMeta};
 use crate::hub::queues::QueuedVisit;
 use crate::metrics::Metrics;
 use crate::model::UsState;
@@ -80,6 +82,58 @@ const ORPHANS: &str = "vh:orphans";
 
 fn now_us() -> i64 {
     Utc::now().timestamp_micros()
+}
+
+fn meta_key(session_id: &str) -> String {
+    format!("vh:{{s:{session_id}}}:meta")
+}
+
+fn out_key(session_id: &str) -> String {
+    format!("vh:{{s:{session_id}}}:out")
+}
+
+fn session_of(op: &JournalOp) -> &str {
+    match op {
+        JournalOp::Meta { session_id, .. }
+        | JournalOp::Frame { session_id, .. }
+        | JournalOp::Seal { session_id, .. }
+        | JournalOp::Drop { session_id } => session_id,
+    }
+}
+
+fn add_to(pipe: &mut redis::Pipeline, op: &JournalOp) -> anyhow::Result<()> {
+    match op {
+        JournalOp::Meta { session_id, meta, ttl_secs } => {
+            pipe.set_ex(meta_key(session_id), serde_json::to_string(meta)?, *ttl_secs).ignore();
+        }
+        JournalOp::Frame { session_id, seq, text, max_frames, ttl_secs } => {
+            let key = out_key(session_id);
+            let trim = redis::streams::StreamMaxlen::Approx(*max_frames);
+            pipe.xadd_maxlen(&key, trim, "*", &[("s", seq.to_string().as_str()), ("f", text.as_str())]).ignore();
+            pipe.expire(&key, *ttl_secs as i64).ignore();
+        }
+        JournalOp::Seal { session_id, seq, broken } => {
+            let fields = [("seal", seq.to_string()), ("broken", u8::from(*broken).to_string())];
+            pipe.xadd(out_key(session_id), "*", &fields).ignore();
+        }
+        JournalOp::Drop { session_id } => {
+            pipe.del(&[meta_key(session_id), out_key(session_id)]).ignore();
+        }
+    }
+    Ok(())
+}
+
+/// Reads a stream's entries into frames and, if present, the seal.
+fn read_entries(entries: &[redis::streams::StreamId], frames: &mut Vec<(u64, String)>) -> Option<(u64, bool)> {
+    let mut seal = None;
+    for e in entries {
+        if let Some(seq) = e.get::<u64>("seal") {
+            seal = Some((seq, e.get::<u8>("broken").unwrap_or(1) != 0));
+        } else if let (Some(seq), Some(text)) = (e.get::<u64>("s"), e.get::<String>("f")) {
+            frames.push((seq, text));
+        }
+    }
+    seal
 }
 
 fn node_key(node: &str) -> String {
@@ -276,5 +330,68 @@ impl LiveState for RedisLive {
         let count = std::num::NonZeroUsize::new(max.max(1));
         let popped: Option<Vec<String>> = timed(&self.metrics, "orphans", conn.lpop(ORPHANS, count)).await?;
         Ok(popped.unwrap_or_default())
+    }
+
+    async fn node_alive(&self, node: &str) -> anyhow::Result<bool> {
+        let mut conn = self.conn.clone();
+        timed(&self.metrics, "registry", conn.exists(node_key(node))).await
+    }
+
+    async fn journal_write(&self, ops: &[JournalOp]) -> anyhow::Result<()> {
+        // One pipeline per session: its keys share a hash tag, so a Redis Cluster takes it
+        // on one shard, in order.
+        let mut by_session: Vec<(&str, redis::Pipeline)> = Vec::new();
+        for op in ops {
+            let session = session_of(op);
+            let at = match by_session.iter().position(|(s, _)| *s == session) {
+                Some(i) => i,
+                None => {
+                    by_session.push((session, redis::pipe()));
+                    by_session.len() - 1
+                }
+            };
+            add_to(&mut by_session[at].1, op)?;
+        }
+        let writes = by_session.into_iter().map(|(_, pipe)| {
+            let mut conn = self.conn.clone();
+            async move { timed(&self.metrics, "journal", pipe.query_async::<()>(&mut conn)).await }
+        });
+        for result in futures_util::future::join_all(writes).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn journal_meta(&self, session_id: &str) -> anyhow::Result<Option<SessionMeta>> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = timed(&self.metrics, "journal", conn.get(meta_key(session_id))).await?;
+        Ok(raw.map(|r| serde_json::from_str(&r)).transpose()?)
+    }
+
+    async fn journal_sealed(&self, session_id: &str, wait: Duration) -> anyhow::Result<Option<Sealed>> {
+        let key = out_key(session_id);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut frames = Vec::new();
+        let mut last_id = "0".to_string();
+        loop {
+            let mut conn = self.conn.clone();
+            let opts = redis::streams::StreamReadOptions::default().count(1000);
+            let reply: Option<redis::streams::StreamReadReply> =
+                timed(&self.metrics, "journal", conn.xread_options(&[&key], &[&last_id], &opts)).await?;
+            let entries: Vec<redis::streams::StreamId> =
+                reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+            if let Some(last) = entries.last() {
+                last_id = last.id.clone();
+            }
+            if let Some((last_seq, broken)) = read_entries(&entries, &mut frames) {
+                return Ok(Some(Sealed { last_seq, broken, frames }));
+            }
+            if entries.is_empty() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 }
