@@ -27,7 +27,8 @@ function notice(el, text) {
 /** When the hub said to come back, as a local time the patient can act on. */
 function reopening(retryAfterSecs) {
   if (!retryAfterSecs) return '';
-  const at = new Date(Date.now() + retryAfterSecs * 1000);
+  // Rounded up to the minute: the hub counts to the opening instant, the patient reads a clock.
+  const at = new Date(Math.ceil((Date.now() + retryAfterSecs * 1000) / 60000) * 60000);
   const sameDay = at.toDateString() === new Date().toDateString();
   const time = at.toLocaleTimeString([], { hour: 'numeric', minute: '2-digit' });
   const day = sameDay ? 'today' : at.toLocaleDateString([], { weekday: 'long', month: 'short', day: 'numeric' });

@@ -66,6 +66,7 @@ export class VisithubClient {
     this.lastSeq = 0;
     this.welcome = null;
     this.resumes = 0;
+    this.lastResume = null;
 
     this._ws = null;
     this._handlers = new Map();
@@ -78,6 +79,10 @@ export class VisithubClient {
     this._holdUntil = 0;
     this._stopped = true;
     this._opened = null;
+    this._outbox = []; // ids waiting for the rate budget, in order
+    this._tokens = 1;
+    this._refilledAt = Date.now();
+    this._pumpTimer = null;
   }
 
   /** Opens the session; resolves with the `welcome` data, rejects if the first socket fails. */
@@ -205,6 +210,13 @@ export class VisithubClient {
       case 'error':
         if (frame.id && this._pending.has(frame.id)) {
           const p = this._pending.get(frame.id);
+          if (frame.type === 'error' && data.code === 'rate_limited' && !p.retried) {
+            // Not processed by the hub: send it again once the hub says it may (the request's
+            // timeout keeps running).
+            Object.assign(p, { retried: true, sentOn: null });
+            setTimeout(() => this._pending.has(frame.id) && this._send(frame.id), (data.retry_after_secs ?? 1) * 1000);
+            return;
+          }
           this._pending.delete(frame.id);
           clearTimeout(p.timer);
           if (frame.type === 'ack') p.resolve(data);
@@ -240,6 +252,7 @@ export class VisithubClient {
   _onResumed(data, frame) {
     this._markOpen();
     this.resumes += 1;
+    this.lastResume = data;
     if (data.recovered) {
       // Every reply the hub sent was replayed before this frame: what is still pending never
       // reached it and is safe to send again.
@@ -257,6 +270,7 @@ export class VisithubClient {
     this._resuming = false;
     this._setStatus('open');
     this._startHeartbeat();
+    this._pump();
   }
 
   _failInFlight() {
@@ -273,14 +287,39 @@ export class VisithubClient {
     for (const id of ids) if (this._pending.has(id)) this._send(id);
   }
 
+  // The hub answers requests over the role's rate with `rate_limited` and counts them against
+  // the socket (too many close it), so requests go out paced by a token bucket a little below
+  // the rate the welcome announced, in the order they were made.
   _send(id) {
-    const p = this._pending.get(id);
-    if (!p || !this._ws || this._ws.readyState !== 1) {
-      if (p && !this._offline.includes(id)) this._offline.push(id);
-      return;
+    if (!this._outbox.includes(id)) this._outbox.push(id);
+    this._pump();
+  }
+
+  _pump() {
+    const rate = Math.max(1, this.welcome?.limits?.messages_per_second ?? 5);
+    const burst = Math.max(1, rate - 1);
+    const now = Date.now();
+    this._tokens = Math.min(burst, this._tokens + ((now - this._refilledAt) / 1000) * rate * 0.9);
+    this._refilledAt = now;
+    while (this._outbox.length && this._tokens >= 1) {
+      const id = this._outbox.shift();
+      const p = this._pending.get(id);
+      if (!p) continue;
+      if (!this._ws || this._ws.readyState !== 1 || this.status !== 'open') {
+        if (!this._offline.includes(id)) this._offline.push(id);
+        continue;
+      }
+      this._tokens -= 1;
+      p.sentOn = this.sessionId;
+      this._ws.send(JSON.stringify(p.frame));
     }
-    p.sentOn = this.sessionId;
-    this._ws.send(JSON.stringify(p.frame));
+    if (this._outbox.length && !this._pumpTimer) {
+      const wait = Math.ceil(((1 - this._tokens) / (rate * 0.9)) * 1000);
+      this._pumpTimer = setTimeout(() => {
+        this._pumpTimer = null;
+        this._pump();
+      }, wait);
+    }
   }
 
   _fail(id, err) {
@@ -289,12 +328,16 @@ export class VisithubClient {
     this._pending.delete(id);
     clearTimeout(p.timer);
     this._offline = this._offline.filter((x) => x !== id);
+    this._outbox = this._outbox.filter((x) => x !== id);
     p.reject(err);
   }
 
   async _onSocketGone(ws, code, reason) {
     if (ws && ws !== this._ws) return; // an old socket (e.g. closed 4007 after a resume)
     this._ws = null;
+    // Requests still waiting for the rate budget go out first on the next socket.
+    this._offline = [...this._outbox, ...this._offline.filter((id) => !this._outbox.includes(id))];
+    this._outbox = [];
     this._stopHeartbeat();
     if (this._stopped) return;
     if (this._opened && !this.sessionId) {
