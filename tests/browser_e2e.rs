@@ -38,10 +38,7 @@ fn require_tools() {
         package.exists(),
         "playwright-core is missing: run `PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci` in tests/e2e (scripts/test does)"
     );
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: `apt-get install chromium` (scripts/test does)"
-    );
+    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: `apt-get install chromium` (scripts/test does)");
 }
 
 /// Runs `tests/e2e/<script>` in its own network namespace; panics with its output on failure.

@@ -119,7 +119,11 @@ pub struct SignedIn {
 /// `POST /demo/token`: a token for the onboarded, active caregiver `subject`.
 async fn sign_in(State(state): State<AppState>, Body(req): Body<SignIn>) -> Result<Json<SignedIn>, Problem> {
     if state.config.signing_key.is_some() {
-        return Err(HubError::new(ErrorCode::Forbidden, "the demo sign-in works only with the development signing key").into());
+        return Err(HubError::new(
+            ErrorCode::Forbidden,
+            "the demo sign-in works only with the development signing key",
+        )
+        .into());
     }
     if req.subject.is_empty() || req.subject.len() > MAX_SUBJECT_LEN {
         return Err(HubError::new(ErrorCode::ValidationFailed, "`subject` must be 1 to 128 bytes").into());
