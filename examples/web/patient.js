@@ -136,8 +136,10 @@ async function enter(saved) {
     show($('call'));
     setStatus('in_visit');
   });
-  client.on('visit.still_there', () => {
-    client.request('visit.still_here', { visit_id: saved.visitId }).catch(() => {});
+  // The hub asks whether the patient is still in front of the screen: only a person answers.
+  client.on('visit.still_there', (d) => {
+    notice($('still-there-text'), `Are you still there? Please answer within ${d.respond_within_secs} seconds to keep your place.`);
+    show($('still-there'));
   });
   // A new session (or a resume the hub could not honour): read the visit and the chat again.
   client.on('reload', () => refresh(client, saved, chat));
@@ -204,6 +206,13 @@ $('cancel').addEventListener('click', async () => {
 $('leave-call').addEventListener('click', () => {
   demo.client.request('visit.transition', { visit_id: demo.visitId, to: 'wrap_up' }).catch((err) => {
     notice($('visit-notice'), `Could not leave the call (${err.code}).`);
+  });
+});
+
+$('still-here').addEventListener('click', () => {
+  show($('still-there'), false);
+  demo.client.request('visit.still_here', { visit_id: demo.visitId }).catch((err) => {
+    notice($('visit-notice'), `Could not answer (${err.code}).`);
   });
 });
 

@@ -1,8 +1,8 @@
 // A whole visit in a real browser: a refused intake shows when the state opens again; a patient
 // does intake in WA; a support person sees the patient in the live queue and they chat both
-// ways; a provider claims the visit and starts it; both pages connect an RTCPeerConnection and
-// decode each other's (fake camera) video; the provider ends the call and the visit, and both
-// pages say so.
+// ways (with an unread count while the conversation is closed); a provider claims the visit
+// and starts it; both pages connect an RTCPeerConnection and decode each other's (fake camera)
+// video; the provider ends the call and the visit, and both pages say so.
 
 import {
   run, log, until, pageUntil, check, onboard, adminCall, newPage, screenshot, patientIntake, consoleSignIn,
@@ -64,6 +64,18 @@ await run('visit', async ({ hub, browser }) => {
     (await chatBodies(support, `[data-chat="${visitId}"] .chat-log`)).includes('Hi Sam, my throat hurts when I swallow.'),
   );
   log('chat went both ways');
+
+  // A conversation that is not open counts unread messages; opening it reads them.
+  const listItem = `#conversations li[data-visit-id="${visitId}"]`;
+  await support.click(`[data-chat="${visitId}"] .hide`);
+  await patientSend(patient, 'One more thing: I have a fever too.');
+  await until('an unread count of 1', async () => (await support.textContent(`${listItem} .unread`)) === '1');
+  await support.click(`${listItem} .open-chat`);
+  await until('the message in the reopened conversation', async () =>
+    (await chatBodies(support, `[data-chat="${visitId}"] .chat-log`)).includes('One more thing: I have a fever too.'),
+  );
+  check((await support.textContent(`${listItem} .unread`)) === '0', 'opening the conversation read it');
+  log('unread count shown and cleared');
 
   // The provider claims the visit from the live queue and starts the video visit.
   await provider.waitForSelector(row);
