@@ -7,6 +7,7 @@
 //! These tests fail, never skip, when node, the npm packages or Chromium are missing: a browser
 //! test that quietly does nothing would hide a broken demo.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -58,6 +59,8 @@ fn run_script(script: &str) {
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
+        // Its own process group, so that a script over time goes with its hub and browser.
+        .process_group(0)
         .spawn()
         .expect("unshare runs (util-linux, as root)");
     let status = loop {
@@ -65,7 +68,7 @@ fn run_script(script: &str) {
             break Some(status);
         }
         if started.elapsed() > SCRIPT_TIMEOUT {
-            let _ = child.kill();
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
             let _ = child.wait();
             break None;
         }

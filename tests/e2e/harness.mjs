@@ -75,6 +75,8 @@ export async function startHub() {
   proc.stdout.on('data', (d) => (output += d));
   proc.stderr.on('data', (d) => (output += d));
   const exited = new Promise((resolve) => proc.once('exit', resolve));
+  // However this script ends (a failed check, its deadline), the hub does not outlive it.
+  process.once('exit', () => proc.exitCode === null && proc.kill('SIGKILL'));
   await until('the hub to answer /healthz', async () => {
     if (proc.exitCode !== null) return true;
     const res = await fetch(`${url}/healthz`).catch(() => null);
