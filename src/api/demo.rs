@@ -64,6 +64,7 @@ static ASSETS: &[Asset] = &[
     asset!("states.js", JS),
     asset!("chat-view.js", JS),
     asset!("visithub-client.js", JS),
+    asset!("visit-call.js", JS),
 ];
 
 /// The demo routes, merged into the hub's router only when `demo` is on.
