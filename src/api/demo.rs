@@ -22,13 +22,11 @@ use super::problem::Problem;
 use crate::auth::Claims;
 use crate::config::Config;
 use crate::error::{ErrorCode, HubError};
-use crate::hub::Hub;
+use crate::hub::{Hub, MAX_SUBJECT_LEN};
 use crate::model::{Role, UsState};
 
 /// Lifetime of a demo sign-in token: a working session, after which the console signs in again.
 pub const DEMO_TOKEN_TTL_SECS: u64 = 3600;
-
-use crate::hub::MAX_SUBJECT_LEN;
 
 /// The pages can only talk to this hub: no inline script, no other origin.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
@@ -119,6 +117,7 @@ pub struct SignedIn {
 
 /// `POST /demo/token`: a token for the onboarded, active caregiver `subject`.
 async fn sign_in(State(state): State<AppState>, Body(req): Body<SignIn>) -> Result<Json<SignedIn>, Problem> {
+    // The same rule as `app::signing_key`: no configured key means the development key.
     if state.config.signing_key.is_some() {
         return Err(HubError::new(
             ErrorCode::Forbidden,
@@ -127,7 +126,8 @@ async fn sign_in(State(state): State<AppState>, Body(req): Body<SignIn>) -> Resu
         .into());
     }
     if req.subject.is_empty() || req.subject.len() > MAX_SUBJECT_LEN {
-        return Err(HubError::new(ErrorCode::ValidationFailed, "`subject` must be 1 to 128 bytes").into());
+        let message = format!("`subject` must be 1 to {MAX_SUBJECT_LEN} bytes");
+        return Err(HubError::new(ErrorCode::ValidationFailed, message).into());
     }
     let hub: &Arc<Hub> = &state.hub;
     let caregiver = hub
