@@ -119,7 +119,7 @@ function queueCard(q) {
   card.dataset.state = q.state;
   card.innerHTML = `
     <div class="head"><h2></h2><span class="pill busy-flag"></span><span class="muted staffing"></span>
-      <button class="small secondary busy" type="button"></button></div>
+      <button class="small secondary busy-toggle" type="button"></button></div>
     <table><thead><tr><th>#</th><th>Patient</th><th>Reason</th><th>Est. wait</th><th></th></tr></thead>
       <tbody></tbody></table>`;
   card.querySelector('h2').textContent = `${q.state} · ${q.visits.length} waiting`;
@@ -128,7 +128,7 @@ function queueCard(q) {
   flag.classList.toggle('busy', q.busy);
   card.querySelector('.staffing').textContent =
     `providers: ${q.staffing.online} online, ${q.staffing.available} available`;
-  const busy = card.querySelector('.busy');
+  const busy = card.querySelector('.busy-toggle');
   busy.dataset.state = q.state;
   busy.textContent = q.busy ? 'Clear busy' : 'Mark busy';
   busy.onclick = () =>

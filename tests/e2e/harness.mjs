@@ -6,7 +6,7 @@
 // 127.0.0.1 only and no traffic can leave the machine.
 
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -231,6 +231,9 @@ export async function run(name, body, { deadlineMs = 150000 } = {}) {
     process.exit(2);
   }, deadlineMs);
   let ok = false;
+  // Screenshots of an earlier run of this script would pass for this run's.
+  mkdirSync(ARTIFACTS, { recursive: true });
+  for (const f of readdirSync(ARTIFACTS)) if (f.startsWith(`${name}-`)) rmSync(join(ARTIFACTS, f));
   try {
     hub = await startHub();
     browser = await launchBrowser();

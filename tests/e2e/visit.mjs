@@ -77,6 +77,14 @@ await run('visit', async ({ hub, browser }) => {
   check((await support.textContent(`${listItem} .unread`)) === '0', 'opening the conversation read it');
   log('unread count shown and cleared');
 
+  // Support marks WA busy; every console following WA sees the flag (a live queue.delta).
+  const flag = '.queue[data-state="WA"] .busy-flag';
+  await support.click('.queue[data-state="WA"] button.busy-toggle');
+  await until('the busy flag on the provider console', async () => (await provider.textContent(flag)) === 'busy');
+  await support.click('.queue[data-state="WA"] button.busy-toggle');
+  await until('the busy flag cleared', async () => (await provider.textContent(flag)) === 'normal intake');
+  log('busy flag set and cleared');
+
   // The provider claims the visit from the live queue and starts the video visit.
   await provider.waitForSelector(row);
   await provider.click(`${row} .claim`);
