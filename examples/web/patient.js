@@ -106,6 +106,7 @@ function setStatus(status) {
   $('chat-send').disabled = ['ended', 'cancelled', 'abandoned'].includes(status);
   if (over && demo.call) {
     demo.call.close();
+    show($('call'), false);
     notice($('visit-notice'), 'The video call has ended.');
   }
 }
