@@ -94,7 +94,7 @@ fn a_whole_visit_in_the_browser() {
 
 /// The patient's socket dies mid-visit: the page resumes its session with every chat message
 /// written meanwhile (from both sides), once each, and the call stays up (and survives an ICE
-/// restart).
+/// restart); then the patient reloads the page, which rejoins the call on a new session.
 #[test]
 fn the_patient_page_resumes_mid_visit() {
     run_script("resume.mjs");

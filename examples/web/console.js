@@ -193,6 +193,8 @@ function openVisit(client, visit, status) {
   $('local-video').srcObject = null;
   demo.call = new VisitCall(client, {
     visitId: visit.visit_id,
+    // A console reloaded mid-call joins with a new connection, which restarts ICE.
+    rejoin: status === 'in_visit',
     getLocalStream: () => navigator.mediaDevices.getUserMedia({ video: true, audio: true }),
     onTrack: (track, stream) => {
       $('remote-video').srcObject = stream;

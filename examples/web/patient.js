@@ -111,7 +111,7 @@ function setStatus(status) {
   }
 }
 
-async function enter(saved) {
+async function enter(saved, { restored = false } = {}) {
   demo.visitId = saved.visitId;
   show($('intake'), false);
   show($('visit'));
@@ -147,6 +147,8 @@ async function enter(saved) {
 
   demo.call = new VisitCall(client, {
     visitId: saved.visitId,
+    // A reloaded page may have been in this call already: its new connection restarts ICE.
+    rejoin: restored,
     getLocalStream: () => navigator.mediaDevices.getUserMedia({ video: true, audio: true }),
     onTrack: (track, stream) => {
       $('remote-video').srcObject = stream;
@@ -224,4 +226,4 @@ $('start-over').addEventListener('click', () => {
 
 // A reload of the page keeps the visit: the token is kept for this tab only.
 const saved = JSON.parse(sessionStorage.getItem(STORE_KEY) ?? 'null');
-if (saved) enter(saved).catch((err) => notice($('visit-notice'), `Could not connect (${err.code}).`));
+if (saved) enter(saved, { restored: true }).catch((err) => notice($('visit-notice'), `Could not connect (${err.code}).`));

@@ -13,7 +13,10 @@
  * Callbacks: onTrack(MediaStreamTrack, MediaStream), onState({connection, ice, signaling, closed}).
  */
 export class VisitCall {
-  constructor(client, { visitId, getLocalStream = async () => null, onTrack = () => {}, onState = () => {} }) {
+  constructor(
+    client,
+    { visitId, getLocalStream = async () => null, onTrack = () => {}, onState = () => {}, rejoin = false },
+  ) {
     this.client = client;
     this.visitId = visitId;
     this.getLocalStream = getLocalStream;
@@ -27,10 +30,13 @@ export class VisitCall {
     this._config = null;
     this._makingOffer = false;
     this._ignoreOffer = false;
-    this._restartPending = false;
+    // A page that was reloaded mid-visit joins with a new peer connection: its first offer
+    // restarts ICE for the other side, whose connection is still the old one.
+    this._restartPending = rejoin;
     this._pendingCandidates = [];
     this._chain = Promise.resolve();
     this._closed = false;
+    this._answering = false;
     const mine = (fn) => (data) => {
       if (data.visit_id === this.visitId) this._serial(() => fn(data));
     };
@@ -115,6 +121,7 @@ export class VisitCall {
       }
     };
     pc.onnegotiationneeded = async () => {
+      if (this._answering) return;
       try {
         this._makingOffer = true;
         await pc.setLocalDescription();
@@ -159,20 +166,19 @@ export class VisitCall {
     });
   }
 
-  async _onDescription(type, data) {
+  async _onDescription(type, data, replaced = false) {
     const pc = this.pc;
     if (!pc || this._closed) return;
     const collision = type === 'offer' && (this._makingOffer || pc.signalingState !== 'stable');
-    this._ignoreOffer = !this.polite && collision;
+    this._ignoreOffer = !this.polite && collision && !replaced;
     if (this._ignoreOffer) return;
     try {
       await pc.setRemoteDescription({ type, sdp: data.sdp });
     } catch (e) {
-      // The other side started over with a new peer connection (new DTLS fingerprint): this
-      // one cannot take its offer, so a new one answers it.
-      if (type !== 'offer' || !data.ice_restart) throw e;
-      this._replacePeerConnection();
-      await this.pc.setRemoteDescription({ type, sdp: data.sdp });
+      // The other side started over with a new peer connection (a reloaded page) and this one
+      // cannot take its offer (some browsers refuse a new DTLS fingerprint): a new one answers.
+      if (type !== 'offer' || !data.ice_restart || replaced) throw e;
+      return this._answerFromNewPeerConnection(data);
     }
     for (const c of this._pendingCandidates.splice(0)) await this._addCandidate(c);
     if (type === 'offer') {
@@ -181,11 +187,18 @@ export class VisitCall {
     }
   }
 
-  _replacePeerConnection() {
+  async _answerFromNewPeerConnection(offer) {
     const old = this.pc;
     this._pendingCandidates = [];
+    // The new connection answers with its tracks; it must not make an offer of its own first.
+    this._answering = true;
     this._createPeerConnection();
     old.close();
+    try {
+      await this._onDescription('offer', offer, true);
+    } finally {
+      this._answering = false;
+    }
   }
 
   async _onCandidate(data) {

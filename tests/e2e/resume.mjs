@@ -1,7 +1,8 @@
 // The patient's WebSocket dies in the middle of a video visit. While it is down the support
 // person and the provider write in the chat and the patient writes too; the page resumes its
 // session (every missed frame replayed, nothing lost or doubled), the call stays up, and an ICE
-// restart through the hub afterwards keeps it up as well.
+// restart through the hub afterwards keeps it up as well. Last, the patient reloads the page:
+// it rejoins the call with a new peer connection.
 
 import {
   run, log, until, pageUntil, check, onboard, newPage, screenshot, patientIntake, consoleSignIn, chatBodies,
@@ -115,4 +116,21 @@ await run('resume', async ({ hub, browser }) => {
   const afterRestart = await framesDecoded(provider);
   await until('frames after the ICE restart', async () => (await framesDecoded(provider)) > afterRestart + 10);
   log('ICE restart kept the call up');
+
+  // The patient reloads the page mid-call: it comes back from the tab's storage on a new
+  // session, joins with a new peer connection, and the provider's side answers from a new one.
+  await patient.reload();
+  await pageUntil(patient, 'the reloaded page to reconnect', () => window.visithubDemo.client?.status === 'open');
+  check(
+    (await patient.evaluate(() => window.visithubDemo.client.sessionId)) !== sessionBefore,
+    'a reloaded page has a new session',
+  );
+  // The reloaded page's connection is new, so its decoded frames all came after the reload; the
+  // console's keep counting, from the new connection of the patient.
+  const beforeRejoin = await framesDecoded(provider);
+  await Promise.all([waitForVideo(patient), waitForVideo(provider)]);
+  await until('the console to decode the rejoined video', async () => (await framesDecoded(provider)) > beforeRejoin + 10);
+  await until('the chat after the reload', async () => (await chatBodies(patient, '#chat-log')).length === expected.length);
+  await screenshot(patient, 'resume-patient-reloaded.png');
+  log('the reloaded page rejoined the call');
 });
