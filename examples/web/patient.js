@@ -130,7 +130,7 @@ async function enter(saved, { restored = false } = {}) {
   client.on('chat.message', (m) => m.visit_id === saved.visitId && chat.add(m));
   client.on('chat.participants', (d) => {
     const team = d.participants.filter((p) => p.role !== 'patient').map((p) => `${p.name} (${p.role})`);
-    $('participants').textContent = team.length ? `With you: ${team.join(', ')}` : '';
+    $('participants').textContent = team.length ? ` · With you: ${team.join(', ')}` : '';
   });
   client.on('visit.started', (d) => {
     $('peer-name').textContent = d.peer?.name ?? 'your provider';
