@@ -230,6 +230,11 @@ pub struct ServeArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    /// Serve the browser demo under /demo/ with a password-less caregiver sign-in
+    /// (development signing key only; never in production).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub demo: bool,
 }
 
 #[derive(Args, Debug)]

@@ -121,6 +121,9 @@ pub struct Config {
     pub log: String,
     /// Log output: human or json.
     pub log_format: LogFormat,
+    /// Serve the browser demo (patient page, caregiver console) under `/demo/`, with a demo
+    /// sign-in for onboarded caregivers. Development only.
+    pub demo: bool,
 }
 
 impl Default for Config {
@@ -175,6 +178,7 @@ impl Default for Config {
             still_there_timeout_secs: hub.still_there_timeout_secs,
             log: "info".into(),
             log_format: LogFormat::Human,
+            demo: false,
         }
     }
 }

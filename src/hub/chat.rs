@@ -175,10 +175,7 @@ impl Hub {
                     "the new caregiver must be active and cover the visit's state",
                 )
             })?;
-        let role = match target.kind {
-            crate::model::CaregiverKind::Provider => Role::Provider,
-            crate::model::CaregiverKind::Support => Role::Support,
-        };
+        let role = target.kind.role();
         let open = self.store.conversations_of(&target.subject).await.map_err(HubError::internal)?;
         if !open.iter().any(|c| c.visit_id == visit_id)
             && open.len() as u32 >= self.options.max_conversations_per_caregiver

@@ -27,7 +27,7 @@ use std::sync::{Arc, Weak};
 use dashmap::DashMap;
 
 pub use audit::Scope;
-pub use caregivers::{CaregiverPatch, NewCaregiver};
+pub use caregivers::{CaregiverPatch, MAX_SUBJECT_LEN, NewCaregiver};
 pub use chat::HistoryPage;
 pub use estimator::{EstimateInputs, Estimator, Staffing};
 pub use portal::{ConversationView, PortalSnapshot};
