@@ -466,7 +466,17 @@ async fn collect_chat(ws: &mut Ws, received: &mut Vec<String>, want: &[String]) 
 async fn a_session_moves_to_another_live_node_with_exactly_what_it_missed() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
-    let cluster = Cluster::new(redis.url(), false);
+    session_moves_between_nodes(&Cluster::new(redis.url(), false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_session_moves_to_another_node_with_exactly_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisCluster::start(dir.path());
+    session_moves_between_nodes(&Cluster::new(redis.urls(), true)).await;
+}
+
+async fn session_moves_between_nodes(cluster: &Cluster) {
     let (a, b) = (cluster.node("a").await, cluster.node("b").await);
     assert!(a.onboard("sam", "support", &["WA"]).await.status.is_success());
     let intake = a.intake("Ann", "WA", None).await;

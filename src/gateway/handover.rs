@@ -45,7 +45,7 @@ impl Session {
                 break;
             }
         }
-        let sealed = live.journal_sealed(&self.session_id, HANDOVER_WAIT).await.ok()??;
+        let sealed = live.journal_sealed(&self.session_id, &token, HANDOVER_WAIT).await.ok()??;
         let missed = sealed.missed_after(last_seq)?;
         let replayed = missed.len() as u64;
         self.out.adopt(sealed.last_seq, (last_seq + 1..).zip(missed).collect());

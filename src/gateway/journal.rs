@@ -76,8 +76,9 @@ impl SessionJournal {
     }
 
     /// This node stops sending for the session after `seq`.
-    pub fn seal(&mut self, seq: u64) {
-        let op = JournalOp::Seal { session_id: self.session_id.clone(), seq, broken: self.broken };
+    pub fn seal(&mut self, token: &str, seq: u64) {
+        let op =
+            JournalOp::Seal { session_id: self.session_id.clone(), token: token.to_string(), seq, broken: self.broken };
         // Sent even past a full queue: a lost seal only makes the taker wait and give up.
         let _ = self.tx.try_send(op);
     }

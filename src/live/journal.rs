@@ -34,10 +34,11 @@ pub enum JournalOp {
         max_frames: usize,
         ttl_secs: u64,
     },
-    /// The owner stops here: `seq` is its last frame; `broken` if some frames never made it
-    /// into the journal.
+    /// The owner stops here, answering the take-over named `token`: `seq` is its last frame;
+    /// `broken` if some frames never made it into the journal.
     Seal {
         session_id: String,
+        token: String,
         seq: u64,
         broken: bool,
     },

@@ -139,7 +139,7 @@ impl LiveState for MemoryLive {
         Ok(None)
     }
 
-    async fn journal_sealed(&self, _session_id: &str, _wait: Duration) -> anyhow::Result<Option<Sealed>> {
+    async fn journal_sealed(&self, _session_id: &str, _token: &str, _wait: Duration) -> anyhow::Result<Option<Sealed>> {
         Ok(None)
     }
 }

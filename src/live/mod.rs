@@ -97,7 +97,7 @@ pub trait LiveState: Send + Sync {
 
     async fn journal_meta(&self, session_id: &str) -> anyhow::Result<Option<SessionMeta>>;
 
-    /// The session's journal once its owner sealed it, waiting at most `wait`; `None` when
-    /// it was not sealed in time.
-    async fn journal_sealed(&self, session_id: &str, wait: Duration) -> anyhow::Result<Option<Sealed>>;
+    /// The session's journal once its owner sealed it for the take-over `token`, waiting at
+    /// most `wait`; `None` when it was not sealed in time.
+    async fn journal_sealed(&self, session_id: &str, token: &str, wait: Duration) -> anyhow::Result<Option<Sealed>>;
 }

@@ -112,8 +112,9 @@ fn add_to(pipe: &mut redis::Pipeline, op: &JournalOp) -> anyhow::Result<()> {
             pipe.xadd_maxlen(&key, trim, "*", &[("s", seq.to_string().as_str()), ("f", text.as_str())]).ignore();
             pipe.expire(&key, *ttl_secs as i64).ignore();
         }
-        JournalOp::Seal { session_id, seq, broken } => {
-            let fields = [("seal", seq.to_string()), ("broken", u8::from(*broken).to_string())];
+        JournalOp::Seal { session_id, token, seq, broken } => {
+            let fields =
+                [("seal", seq.to_string()), ("token", token.clone()), ("broken", u8::from(*broken).to_string())];
             pipe.xadd(out_key(session_id), "*", &fields).ignore();
         }
         JournalOp::Drop { session_id } => {
@@ -123,12 +124,19 @@ fn add_to(pipe: &mut redis::Pipeline, op: &JournalOp) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads a stream's entries into frames and, if present, the seal.
-fn read_entries(entries: &[redis::streams::StreamId], frames: &mut Vec<(u64, String)>) -> Option<(u64, bool)> {
+/// Reads a stream's entries into frames and, if present, the seal answering `token` (seals
+/// of earlier hand-overs of the session are passed over).
+fn read_entries(
+    entries: &[redis::streams::StreamId],
+    token: &str,
+    frames: &mut Vec<(u64, String)>,
+) -> Option<(u64, bool)> {
     let mut seal = None;
     for e in entries {
         if let Some(seq) = e.get::<u64>("seal") {
-            seal = Some((seq, e.get::<u8>("broken").unwrap_or(1) != 0));
+            if e.get::<String>("token").as_deref() == Some(token) {
+                seal = Some((seq, e.get::<u8>("broken").unwrap_or(1) != 0));
+            }
         } else if let (Some(seq), Some(text)) = (e.get::<u64>("s"), e.get::<String>("f")) {
             frames.push((seq, text));
         }
@@ -368,7 +376,7 @@ impl LiveState for RedisLive {
         Ok(raw.map(|r| serde_json::from_str(&r)).transpose()?)
     }
 
-    async fn journal_sealed(&self, session_id: &str, wait: Duration) -> anyhow::Result<Option<Sealed>> {
+    async fn journal_sealed(&self, session_id: &str, token: &str, wait: Duration) -> anyhow::Result<Option<Sealed>> {
         let key = out_key(session_id);
         let deadline = tokio::time::Instant::now() + wait;
         let mut frames = Vec::new();
@@ -383,7 +391,7 @@ impl LiveState for RedisLive {
             if let Some(last) = entries.last() {
                 last_id = last.id.clone();
             }
-            if let Some((last_seq, broken)) = read_entries(&entries, &mut frames) {
+            if let Some((last_seq, broken)) = read_entries(&entries, token, &mut frames) {
                 return Ok(Some(Sealed { last_seq, broken, frames }));
             }
             if entries.is_empty() {
