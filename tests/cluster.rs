@@ -65,17 +65,23 @@ async fn history(ws: &mut Ws, visit_id: &str) -> Vec<String> {
     page["messages"].as_array().unwrap().iter().map(|m| m["body"].as_str().unwrap().to_string()).collect()
 }
 
+/// One cluster at a time: each starts PostgreSQL, Redis and several hub processes, and on a
+/// 2-core machine running them side by side would starve heartbeats and blur what is tested.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Cluster {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
     _pg: PgCluster,
     dir: tempfile::TempDir,
     backing: Backing,
 }
 
 impl Cluster {
-    fn new(redis_url: String, redis_cluster: bool) -> Cluster {
+    async fn new(redis_url: String, redis_cluster: bool) -> Cluster {
+        let serial = ONE_AT_A_TIME.lock().await;
         let pg = PgCluster::primary();
         let backing = Backing { database_url: pg.primary_url(), redis_url, redis_cluster };
-        Cluster { _pg: pg, dir: tempfile::tempdir().unwrap(), backing }
+        Cluster { _serial: serial, _pg: pg, dir: tempfile::tempdir().unwrap(), backing }
     }
 
     async fn node(&self, name: &str) -> HubProcess {
@@ -158,7 +164,7 @@ async fn whole_visit_across_nodes(a: &HubProcess, b: &HubProcess, c: &HubProcess
 async fn three_nodes_on_one_redis_complete_a_visit() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
-    let cluster = Cluster::new(redis.url(), false);
+    let cluster = Cluster::new(redis.url(), false).await;
     let (a, b, c) = (cluster.node("a").await, cluster.node("b").await, cluster.node("c").await);
     whole_visit_across_nodes(&a, &b, &c).await;
     // Each node sees all three in the registry.
@@ -170,7 +176,7 @@ async fn three_nodes_on_one_redis_complete_a_visit() {
 async fn three_nodes_on_a_three_master_redis_cluster_complete_a_visit() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisCluster::start(dir.path());
-    let cluster = Cluster::new(redis.urls(), true);
+    let cluster = Cluster::new(redis.urls(), true).await;
     let (a, b, c) = (cluster.node("a").await, cluster.node("b").await, cluster.node("c").await);
     whole_visit_across_nodes(&a, &b, &c).await;
 }
@@ -179,7 +185,7 @@ async fn three_nodes_on_a_three_master_redis_cluster_complete_a_visit() {
 async fn a_patient_whose_node_is_killed_mid_visit_resumes_on_another_and_the_visit_completes() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
-    let cluster = Cluster::new(redis.url(), false);
+    let cluster = Cluster::new(redis.url(), false).await;
     let (mut a, b, c) = (cluster.node("a").await, cluster.node("b").await, cluster.node("c").await);
     assert!(b.onboard("sam", "support", &["WA"]).await.status.is_success());
     assert!(b.onboard("dr-lee", "provider", &["WA"]).await.status.is_success());
@@ -308,7 +314,7 @@ async fn send_until_acked(node: &HubProcess, token: &str, mut ws: Ws, visit_id: 
 async fn redis_restarting_empty_loses_no_acknowledged_chat_and_the_queues_are_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let mut redis = RedisServer::start(dir.path());
-    let cluster = Cluster::new(redis.url(), false);
+    let cluster = Cluster::new(redis.url(), false).await;
     let (a, b) = (cluster.node("a").await, cluster.node("b").await);
     assert!(a.onboard("sam", "support", &["WA"]).await.status.is_success());
 
@@ -433,7 +439,7 @@ async fn redis_restarting_empty_loses_no_acknowledged_chat_and_the_queues_are_re
 async fn without_redis_a_node_reports_degraded_and_refuses_what_needs_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut redis = RedisServer::start(dir.path());
-    let cluster = Cluster::new(redis.url(), false);
+    let cluster = Cluster::new(redis.url(), false).await;
     let a = cluster.node("a").await;
     redis.stop();
     let mut degraded: Option<Value> = None;
@@ -466,14 +472,14 @@ async fn collect_chat(ws: &mut Ws, received: &mut Vec<String>, want: &[String]) 
 async fn a_session_moves_to_another_live_node_with_exactly_what_it_missed() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
-    session_moves_between_nodes(&Cluster::new(redis.url(), false)).await;
+    session_moves_between_nodes(&Cluster::new(redis.url(), false).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_redis_cluster_a_session_moves_to_another_node_with_exactly_what_it_missed() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisCluster::start(dir.path());
-    session_moves_between_nodes(&Cluster::new(redis.urls(), true)).await;
+    session_moves_between_nodes(&Cluster::new(redis.urls(), true).await).await;
 }
 
 async fn session_moves_between_nodes(cluster: &Cluster) {
@@ -547,7 +553,7 @@ async fn session_moves_between_nodes(cluster: &Cluster) {
 async fn a_draining_node_sends_its_clients_elsewhere_and_hands_their_sessions_over() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
-    let cluster = Cluster::new(redis.url(), false);
+    let cluster = Cluster::new(redis.url(), false).await;
     let (mut a, b) = (cluster.node("a").await, cluster.node("b").await);
     assert!(b.onboard("sam", "support", &["WA"]).await.status.is_success());
     let intake = b.intake("Ann", "WA", None).await;

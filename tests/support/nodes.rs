@@ -43,7 +43,7 @@ impl HubProcess {
             .env("VISITHUB_DATABASE_URL", &backing.database_url)
             .env("VISITHUB_REDIS_URL", &backing.redis_url)
             .env("VISITHUB_REDIS_CLUSTER", backing.redis_cluster.to_string())
-            .env("VISITHUB_HEARTBEAT_MS", "200")
+            .env("VISITHUB_HEARTBEAT_MS", "300")
             .env("VISITHUB_LOG", "info")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
