@@ -146,7 +146,6 @@ impl Hub {
         }
         if after.status.is_final() {
             self.metrics.visits_finished.with_label_values(&[after.state.code(), after.status.as_str()]).inc();
-            self.chat_locks.remove(&after.id);
             if let Some((_, timer)) = self.abandon_timers.remove(&after.id) {
                 timer.abort();
             }

@@ -113,8 +113,6 @@ pub struct Hub {
     live_state: Arc<dyn LiveState>,
     /// What this node knows of the other nodes.
     cluster: cluster::ClusterView,
-    /// Serializes each conversation's appends and fan-out, so every member sees one order.
-    chat_locks: DashMap<VisitId, Arc<tokio::sync::Mutex<()>>>,
     /// Patients' open sockets per visit, and the abandonment timers of those with none.
     patient_sockets: DashMap<VisitId, u32>,
     abandon_timers: DashMap<VisitId, tokio::task::AbortHandle>,
@@ -148,7 +146,6 @@ impl Hub {
             live: live::LiveVisits::default(),
             live_state,
             cluster: cluster::ClusterView::default(),
-            chat_locks: DashMap::new(),
             patient_sockets: DashMap::new(),
             abandon_timers: DashMap::new(),
             me: std::sync::OnceLock::new(),

@@ -18,10 +18,28 @@ struct StateQueue {
     version: u64,
 }
 
+type Locks = Arc<DashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+/// A held lock; the last holder takes the lock's entry away, so names (a visit's chat, a
+/// provider's claims) do not pile up.
+struct MemoryLock {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    name: String,
+    locks: Locks,
+}
+
+impl Drop for MemoryLock {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // Only the map's own handle left: nobody holds or waits for it.
+        self.locks.remove_if(&self.name, |_, mutex| Arc::strong_count(mutex) == 1);
+    }
+}
+
 #[derive(Default)]
 pub struct MemoryLive {
     queues: DashMap<UsState, Mutex<StateQueue>>,
-    locks: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    locks: Locks,
     record: Mutex<Option<NodeRecord>>,
     orphans: Mutex<VecDeque<String>>,
     seeded: AtomicBool,
@@ -50,7 +68,7 @@ impl LiveState for MemoryLive {
         let guard = tokio::time::timeout(wait, mutex.lock_owned())
             .await
             .map_err(|_| anyhow::anyhow!("lock {name} not free within {wait:?}"))?;
-        Ok(LockGuard::new(guard))
+        Ok(LockGuard::new(MemoryLock { guard: Some(guard), name: name.to_string(), locks: self.locks.clone() }))
     }
 
     async fn queue_push(&self, state: UsState, entry: &QueuedVisit) -> anyhow::Result<u64> {
@@ -141,5 +159,23 @@ impl LiveState for MemoryLive {
 
     async fn journal_sealed(&self, _session_id: &str, _token: &str, _wait: Duration) -> anyhow::Result<Option<Sealed>> {
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lock_is_exclusive_and_leaves_nothing_behind() {
+        let live = MemoryLive::new();
+        let wait = Duration::from_millis(50);
+        let held = live.lock("chat:v1", Duration::from_secs(1), wait).await.unwrap();
+        assert!(live.lock("chat:v1", Duration::from_secs(1), wait).await.is_err(), "held elsewhere");
+        assert!(live.lock("chat:v2", Duration::from_secs(1), wait).await.is_ok(), "another name is free");
+        drop(held);
+        let again = live.lock("chat:v1", Duration::from_secs(1), wait).await.unwrap();
+        drop(again);
+        assert!(live.locks.is_empty(), "released locks are forgotten");
     }
 }
