@@ -69,6 +69,19 @@ async fn history(ws: &mut Ws, visit_id: &str) -> Vec<String> {
 /// 2-core machine running them side by side would starve heartbeats and blur what is tested.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Whether `node` counts `n` nodes in the registry within a few heartbeats.
+async fn nodes_seen_by(node: &HubProcess, n: usize) -> bool {
+    for _ in 0..50 {
+        let url = format!("http://{}/metrics", node.metrics_addr);
+        let page = node.http.get(url).send().await.unwrap().text().await.unwrap();
+        if page.lines().any(|l| l.starts_with("visithub_cluster_nodes") && l.ends_with(&format!(" {n}"))) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 struct Cluster {
     _serial: tokio::sync::MutexGuard<'static, ()>,
     _pg: PgCluster,
@@ -167,9 +180,8 @@ async fn three_nodes_on_one_redis_complete_a_visit() {
     let cluster = Cluster::new(redis.url(), false).await;
     let (a, b, c) = (cluster.node("a").await, cluster.node("b").await, cluster.node("c").await);
     whole_visit_across_nodes(&a, &b, &c).await;
-    // Each node sees all three in the registry.
-    let page = b.http.get(format!("http://{}/metrics", b.metrics_addr)).send().await.unwrap().text().await.unwrap();
-    assert!(page.lines().any(|l| l.starts_with("visithub_cluster_nodes") && l.ends_with(" 3")), "{page}");
+    // Each node sees all three in the registry (from its next heartbeat on).
+    assert!(nodes_seen_by(&b, 3).await, "b does not see three nodes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,16 +276,7 @@ async fn a_patient_whose_node_is_killed_mid_visit_resumes_on_another_and_the_vis
     .await;
 
     // The survivors noticed the dead node and took it out of the registry.
-    let mut nodes_seen = 0;
-    for _ in 0..50 {
-        let page = b.http.get(format!("http://{}/metrics", b.metrics_addr)).send().await.unwrap().text().await.unwrap();
-        if page.lines().any(|l| l.starts_with("visithub_cluster_nodes") && l.ends_with(" 2")) {
-            nodes_seen = 2;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(nodes_seen, 2, "the killed node is still in the registry");
+    assert!(nodes_seen_by(&b, 2).await, "the killed node is still in the registry");
 }
 
 /// Sends a chat message, retrying on a fresh socket when the hub closes this one; the same
