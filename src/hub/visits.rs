@@ -63,6 +63,10 @@ impl Hub {
         match &result {
             Ok(r) if !r.replayed => {
                 m.intakes.with_label_values(&[state.code()]).inc();
+                // A patient who never opens a socket is gone like one whose socket closed.
+                if !self.patient_connected(&r.visit_id) {
+                    self.start_abandon_timer(&r.visit_id);
+                }
                 let subject = patient_subject(&r.visit_id);
                 self.audit_as(&subject, Role::Patient, "visit.create", Scope::visit(&r.visit_id), Ok(())).await;
             }
