@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use visithub::app::{self, App, KeySource};
 use visithub::auth::{Claims, TokenKeys};
 use visithub::cli::{self, AuditArgs, Cmd, ServeArgs, TokenArgs};
@@ -28,7 +28,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (listen, metrics_listen) = (config.listen, config.metrics_listen);
     let data_dir = config.data_dir.clone();
     let (app, key) = App::from_config(config).await?;
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = listen_on(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let metrics_listener =
         TcpListener::bind(metrics_listen).await.with_context(|| format!("cannot listen on {metrics_listen}"))?;
     let addr = listener.local_addr()?;
@@ -43,6 +43,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Handshakes waiting to be accepted. When every client reconnects at once (a node restart, a
+/// network blip), an overflowing accept queue drops SYNs, and each dropped client waits a full
+/// second before retrying; the kernel caps this at `net.core.somaxconn`.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+fn listen_on(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// The start-up banner on stdout (not the log): where to connect and how to get a token.

@@ -111,7 +111,7 @@ pub async fn upgrade(
                 .max_frame_size(limit * 2)
                 // Small buffers: most sockets idle, and memory per idle socket is what caps
                 // how many one node holds.
-                .read_buffer_size(4 * 1024)
+                .read_buffer_size(1024)
                 .write_buffer_size(0)
                 .on_upgrade(move |socket| async move {
                     let recovered = match resume {

@@ -15,7 +15,7 @@ mod portal;
 mod presence;
 pub mod queues;
 mod router;
-mod sdp_check;
+pub mod sdp_check;
 mod settings;
 mod signaling;
 pub mod turn;
@@ -33,7 +33,7 @@ pub use estimator::{EstimateInputs, Estimator, Staffing};
 pub use portal::{ConversationView, PortalSnapshot};
 pub use queues::QueueView;
 pub use router::SessionLink;
-pub use settings::SettingsPatch;
+pub use settings::{MAX_QUEUE_CAP, SettingsPatch};
 pub use turn::TurnOptions;
 pub use visits::{IntakeReceipt, IntakeRequest, VisitView};
 
@@ -46,7 +46,7 @@ use crate::model::{StateSettings, UsState, VisitId};
 use crate::store::Store;
 use presence::Presence;
 use queues::Queues;
-use router::Router;
+pub use router::Router;
 
 /// Domain settings, from the hub's configuration.
 #[derive(Debug, Clone)]

@@ -87,10 +87,41 @@ pub fn decode_server(text: &str) -> Result<ServerFrame, String> {
 /// Encodes a hub frame. `seq` is the session's sequence number; `id` answers a request.
 pub fn encode_server(seq: u64, id: Option<&str>, msg: &ServerMessage) -> String {
     let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(b"{\"v\":1,\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
+    write_head(&mut out, seq);
     write_tail(&mut out, id, msg.kind(), |o| msg.write_data(o));
     String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// An event encoded once for every session it goes to. Only the sequence number differs
+/// between sessions, so fanning one event out to many sockets costs one serialization of the
+/// payload and a copy per socket instead of a serialization per socket.
+#[derive(Debug, Clone)]
+pub struct SharedFrame {
+    /// Everything after the sequence number: `,"type":"...","data":{...}}`.
+    tail: Vec<u8>,
+}
+
+impl SharedFrame {
+    pub fn new(msg: &ServerMessage) -> SharedFrame {
+        let mut tail = Vec::with_capacity(128);
+        write_tail(&mut tail, None, msg.kind(), |o| msg.write_data(o));
+        SharedFrame { tail }
+    }
+
+    /// The frame for one session: the same bytes `encode_server(seq, None, msg)` gives.
+    pub fn with_seq(&self, seq: u64) -> String {
+        let mut out = Vec::with_capacity(self.tail.len() + 24);
+        write_head(&mut out, seq);
+        out.extend_from_slice(&self.tail);
+        String::from_utf8(out).expect("serde_json writes UTF-8")
+    }
+}
+
+/// `{"v":1,"seq":<seq>`, written without a temporary string.
+fn write_head(out: &mut Vec<u8>, seq: u64) {
+    use std::io::Write;
+    out.extend_from_slice(b"{\"v\":1,\"seq\":");
+    write!(out, "{seq}").expect("writing to a Vec cannot fail");
 }
 
 /// Encodes a client frame (for tests, examples and the load generator).
@@ -152,6 +183,19 @@ mod tests {
     fn keeps_the_id_for_the_error_reply() {
         let err = decode_client(r#"{"id":"r9","type":"nope"}"#).unwrap_err();
         assert_eq!(err.id.as_deref(), Some("r9"));
+    }
+
+    #[test]
+    fn a_shared_frame_is_the_per_session_encoding() {
+        let msg = ServerMessage::Error(crate::protocol::ErrorBody {
+            code: "rate_limited".into(),
+            message: "slow down".into(),
+            retry_after_secs: Some(1),
+        });
+        let shared = SharedFrame::new(&msg);
+        for seq in [1, 9, 10, 12_345_678_901] {
+            assert_eq!(shared.with_seq(seq), encode_server(seq, None, &msg));
+        }
     }
 
     #[test]

@@ -13,7 +13,9 @@ mod server;
 
 pub use client::*;
 pub use close::CloseCode;
-pub use frame::{DecodeError, InboundFrame, ServerFrame, decode_client, decode_server, encode_client, encode_server};
+pub use frame::{
+    DecodeError, InboundFrame, ServerFrame, SharedFrame, decode_client, decode_server, encode_client, encode_server,
+};
 pub use server::*;
 
 /// The protocol version this hub speaks.

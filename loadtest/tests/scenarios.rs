@@ -1,0 +1,161 @@
+//! Every scenario at a small size against a real hub started in-process on port 0, through
+//! the library API: zero errors, nothing lost or repeated, and a JSON report with the
+//! documented fields. (Figures are not asserted: those come from full runs, BENCHMARKS.md.)
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+use visithub::app::{self, App, Backends};
+use visithub::bus::MemoryBus;
+use visithub::clock::SystemClock;
+use visithub::config::Config;
+use visithub::live::MemoryLive;
+use visithub::store::SqliteStore;
+use visithub_loadtest::scenarios::{ChatArgs, ConnectionsArgs, FanoutArgs, Scenario, StormArgs, VisitsArgs};
+use visithub_loadtest::{Auth, Context, Report};
+
+const SECRET: &[u8] = b"loadtest-signing-secret-32-bytes!!";
+
+struct Hub {
+    url: String,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn hub() -> Hub {
+    let config = Config { shutdown_grace_secs: 1, ..Config::default() };
+    let backends = Backends {
+        store: Arc::new(SqliteStore::in_memory().await.unwrap()),
+        bus: Arc::new(MemoryBus::new()),
+        live: Arc::new(MemoryLive::new()),
+        keys: app::token_keys(&config, SECRET).unwrap(),
+        clock: Arc::new(SystemClock),
+    };
+    let app = App::with_backends(config, backends).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app::serve(listener, app, async {
+        let _ = stopped.await;
+    }));
+    Hub { url, _stop: stop }
+}
+
+/// Runs `scenario` against a fresh hub (this process's pid stands in for the hub's).
+async fn run(scenario: Scenario) -> Report {
+    let hub = hub().await;
+    let auth = Auth::from_secret(SECRET).unwrap();
+    let ctx =
+        Arc::new(Context::new(std::slice::from_ref(&hub.url), auth, vec![std::process::id()], false).await.unwrap());
+    let report = visithub_loadtest::run(&ctx, &scenario).await.unwrap();
+    println!("{}", report.table());
+    assert_eq!(report.errors, Default::default(), "no refusals or failures");
+    assert_eq!(report.lost_events, 0, "nothing lost");
+    assert_eq!(report.duplicated_events, 0, "nothing repeated");
+    check_json(&report);
+    report
+}
+
+/// The JSON report carries the fields BENCHMARKS.md documents.
+fn check_json(report: &Report) {
+    let json: Value = serde_json::from_str(&serde_json::to_string(report).unwrap()).unwrap();
+    for field in [
+        "scenario",
+        "targets",
+        "duration_secs",
+        "messages_sent",
+        "messages_received",
+        "messages_per_sec",
+        "counts",
+        "throughput_per_sec",
+        "latency_ms",
+        "errors",
+        "error_total",
+        "lost_events",
+        "duplicated_events",
+        "hub",
+    ] {
+        assert!(json.get(field).is_some(), "report has {field}: {json}");
+    }
+    for (name, p) in json["latency_ms"].as_object().unwrap() {
+        for q in ["count", "p50", "p90", "p99", "p99_9", "max"] {
+            assert!(p[q].is_number(), "{name} has {q}");
+        }
+    }
+    let hub = &json["hub"];
+    for field in ["rss_before_bytes", "rss_after_bytes", "cpu_secs", "cpu_us_per_message"] {
+        assert!(hub.get(field).is_some(), "hub has {field}: {hub}");
+    }
+    let back: Report = serde_json::from_value(json).unwrap();
+    assert_eq!((&back.scenario, &back.counts, &back.errors), (&report.scenario, &report.counts, &report.errors));
+}
+
+fn latency(report: &Report, name: &str) -> u64 {
+    report.latency_ms.get(name).map_or(0, |p| p.count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visits_run_end_to_end() {
+    let args = VisitsArgs {
+        rate: 8.0,
+        duration_secs: 2,
+        states: "WA,OR".into(),
+        hold_secs: 0.5,
+        signal_rate: 4.0,
+        candidates: 2,
+        providers: 0,
+        support: 0,
+    };
+    let r = run(Scenario::Visits(args)).await;
+    assert_eq!(r.counts["visits_completed"], 16);
+    assert_eq!(latency(&r, "intake"), 16);
+    // Offer, 2 candidates and end-of-candidates each way, plus the candidates of the hold.
+    assert!(r.counts["relayed"] >= 16 * 8, "{:?}", r.counts);
+    assert_eq!(latency(&r, "relay"), r.counts["relayed"]);
+    assert_eq!(latency(&r, "chat_delivery"), 32);
+    assert!(r.hub.as_ref().unwrap().cpu_us_per_relayed_message.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_reaches_every_waiting_patient() {
+    let args = FanoutArgs { patients: 60, states: "WA,OR".into(), changes: 4, change_timeout_secs: 10 };
+    let r = run(Scenario::Fanout(args)).await;
+    assert_eq!(r.counts["changes"], 4);
+    // Each change reaches everyone behind the head of its queue: 29 + 29 + 28 + 28.
+    assert_eq!(r.counts["positions"], 114);
+    assert_eq!(latency(&r, "fanout"), 114);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_delivers_every_message_both_ways() {
+    let args = ChatArgs { support: 2, conversations: 3, messages: 4, rate: 4.0, states: "WA".into(), no_reply: false };
+    let r = run(Scenario::Chat(args)).await;
+    // 6 patients x 4 messages to support, and as many answers back.
+    assert_eq!(r.counts["chat_delivered"], 48);
+    assert_eq!(latency(&r, "chat_delivery"), 48);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_resumes_every_session() {
+    let args = StormArgs { clients: 40, states: "WA".into(), churn_rate: 5.0, settle_timeout_secs: 20 };
+    let r = run(Scenario::Storm(args)).await;
+    assert_eq!(r.counts["resumed"], 40);
+    assert_eq!(latency(&r, "resume"), 40);
+    assert_eq!(r.notes["not_resumed"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_over_workers_and_source_addresses() {
+    let args = ConnectionsArgs {
+        count: 300,
+        processes: 2,
+        source_base: "127.0.0.2".into(),
+        hold_secs: 1,
+        worker_exe: Some(env!("CARGO_BIN_EXE_visithub-loadtest").into()),
+    };
+    let r = run(Scenario::Connections(args)).await;
+    assert_eq!(r.counts["connected"], 300);
+    assert_eq!(latency(&r, "connect"), 300);
+    assert!(r.hub.as_ref().unwrap().rss_per_connection_bytes.is_some());
+    assert!(r.notes["accepted_per_sec"].as_f64().unwrap() > 0.0);
+}
