@@ -10,20 +10,37 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::auth::{TokenKeys, dev_key};
-use crate::bus::{Bus, MemoryBus};
+use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::hub::Hub;
+use crate::live::{LiveState, MemoryLive, RedisLive};
 use crate::metrics::Metrics;
+use crate::redis_link::RedisLink;
 use crate::store::{Metered, PostgresStore, SqliteStore, Store};
 
 /// The swappable pieces, chosen once from configuration.
 pub struct Backends {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
+    pub live: Arc<dyn LiveState>,
     pub keys: TokenKeys,
     pub clock: Arc<dyn Clock>,
+}
+
+/// Bus and live state: Redis when the configuration names one, else this process's memory.
+pub async fn open_shared(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Arc<dyn Bus>, Arc<dyn LiveState>)> {
+    let Some(url) = &config.redis_url else {
+        return Ok((Arc::new(MemoryBus::new()), Arc::new(MemoryLive::new())));
+    };
+    let urls: Vec<String> = url.expose().split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
+    let link = RedisLink::connect(&urls, config.redis_cluster).await?;
+    let bus = RedisBus::connect(&link, &config.node_id, metrics.clone()).await?;
+    Ok((bus, Arc::new(RedisLive::new(&link, metrics.clone()))))
 }
 
 /// How the signing key was found, for the start-up banner.
@@ -72,22 +89,34 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 impl App {
     /// The default single-node deployment: SQLite in the data folder, in-process bus.
-    pub async fn from_config(config: Config) -> anyhow::Result<(App, KeySource)> {
+    pub async fn from_config(mut config: Config) -> anyhow::Result<(App, KeySource)> {
+        if config.redis_url.is_some() && config.node_id == Config::default().node_id {
+            // Nodes of one cluster need distinct names; a pod or host name is the usual one.
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into());
+            config.node_id = format!("{host}-{}", std::process::id());
+        }
         let (secret, source) = signing_key(&config)?;
+        let metrics = Arc::new(Metrics::new(&config.node_id));
+        let (bus, live) = open_shared(&config, &metrics).await?;
         let backends = Backends {
             store: open_store(&config).await?,
-            bus: Arc::new(MemoryBus::new()),
+            bus,
+            live,
             keys: token_keys(&config, &secret)?,
             clock: Arc::new(SystemClock),
         };
-        Ok((App::with_backends(config, backends).await?, source))
+        Ok((App::with_metrics(config, backends, metrics).await?, source))
     }
 
     pub async fn with_backends(config: Config, b: Backends) -> anyhow::Result<App> {
-        let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new(&config.node_id));
+        App::with_metrics(config, b, metrics).await
+    }
+
+    async fn with_metrics(config: Config, b: Backends, metrics: Arc<Metrics>) -> anyhow::Result<App> {
+        let config = Arc::new(config);
         let store: Arc<dyn Store> = Arc::new(Metered::new(b.store, metrics.clone()));
-        let hub = Hub::start(config.hub_options(), store, b.bus, b.keys, b.clock, metrics).await?;
+        let hub = Hub::start(config.hub_options(), store, b.bus, b.live, b.keys, b.clock, metrics).await?;
         let gateway = Arc::new(Gateway::new(hub.clone(), config.clone()));
         Ok(App { state: AppState { hub, config, gateway } })
     }
@@ -128,6 +157,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let gateway = app.state.gateway.clone();
+    let hub = app.state.hub.clone();
+    let app_hub = hub.clone();
     let grace = Duration::from_secs(app.state.config.shutdown_grace_secs);
     let router = api::router(app.state);
     // Signaling is latency-bound small messages: never wait for Nagle.
@@ -141,6 +172,7 @@ pub async fn serve(
             shutdown.await;
             tracing::info!("shutting down: closing sockets with server_shutdown");
             draining.cancel();
+            hub.begin_drain().await;
         }
     });
     let deadline = async {
@@ -155,5 +187,6 @@ pub async fn serve(
     if tokio::time::timeout(grace, gateway.sessions.wait()).await.is_err() {
         tracing::warn!(open = gateway.connections.open(), "sessions still open at the shutdown deadline");
     }
+    app_hub.leave_cluster().await;
     Ok(())
 }

@@ -69,6 +69,14 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// Treat VISITHUB_REDIS_URL as the comma-separated seed URLs of a Redis Cluster.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cluster: Option<bool>,
+    /// Milliseconds between this node's registry heartbeats (it expires after three missed).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
     /// Folder of the SQLite database and the development signing key.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -222,6 +230,11 @@ pub struct ServeArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    /// Serve the browser demo under /demo/ with a password-less caregiver sign-in
+    /// (development signing key only; never in production).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub demo: bool,
 }
 
 #[derive(Args, Debug)]
@@ -294,7 +307,7 @@ mod tests {
         let help = command().find_subcommand_mut("serve").unwrap().render_long_help().to_string();
         let defaults = serde_json::to_value(Config::default()).unwrap();
         for (key, _) in defaults.as_object().unwrap() {
-            if matches!(key.as_str(), "signing_key" | "turn_secrets" | "database_url" | "replica_url") {
+            if matches!(key.as_str(), "signing_key" | "turn_secrets" | "database_url" | "replica_url" | "redis_url") {
                 // Secrets (and URLs that carry passwords) are never flags (they would show in
                 // `ps`): env or file only.
                 continue;

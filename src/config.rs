@@ -35,6 +35,13 @@ pub struct Config {
     pub database_url: Option<Secret>,
     /// PostgreSQL URL of a streaming replica for reads (never stale for this node's writes).
     pub replica_url: Option<Secret>,
+    /// Redis URL (cluster mode: bus and shared live state); with `redis_cluster`, the
+    /// comma-separated seed URLs of a Redis Cluster. In-process when absent.
+    pub redis_url: Option<Secret>,
+    /// Treat `redis_url` as the seeds of a Redis Cluster.
+    pub redis_cluster: bool,
+    /// Milliseconds between this node's registry heartbeats (it expires after three missed).
+    pub heartbeat_ms: u64,
     /// HS256 secret (at least 32 bytes) for tokens; a development key is made when absent.
     pub signing_key: Option<Secret>,
     /// PEM files of Ed25519 or RSA public keys whose tokens are also accepted.
@@ -114,6 +121,9 @@ pub struct Config {
     pub log: String,
     /// Log output: human or json.
     pub log_format: LogFormat,
+    /// Serve the browser demo (patient page, caregiver console) under `/demo/`, with a demo
+    /// sign-in for onboarded caregivers. Development only.
+    pub demo: bool,
 }
 
 impl Default for Config {
@@ -126,6 +136,9 @@ impl Default for Config {
             data_dir: PathBuf::from("visithub-data"),
             database_url: None,
             replica_url: None,
+            redis_url: None,
+            redis_cluster: false,
+            heartbeat_ms: hub.heartbeat_ms,
             signing_key: None,
             jwt_public_keys: Vec::new(),
             allowed_origins: vec!["http://localhost:8080".into(), "http://127.0.0.1:8080".into()],
@@ -165,6 +178,7 @@ impl Default for Config {
             still_there_timeout_secs: hub.still_there_timeout_secs,
             log: "info".into(),
             log_format: LogFormat::Human,
+            demo: false,
         }
     }
 }
@@ -233,6 +247,8 @@ impl Config {
                 secrets: self.turn_secrets.clone(),
                 ttl_secs: self.turn_ttl_secs,
             },
+            node_id: self.node_id.clone(),
+            heartbeat_ms: self.heartbeat_ms,
         }
     }
 

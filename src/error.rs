@@ -112,6 +112,12 @@ impl HubError {
         self
     }
 
+    /// Live state (Redis) could not be reached: refused rather than done half-safely.
+    pub fn unavailable(err: impl fmt::Display) -> Self {
+        tracing::warn!(error = %err, "live state unavailable");
+        HubError::new(ErrorCode::Unavailable, "shared live state is unreachable; retry").retry_after(2)
+    }
+
     pub fn internal(err: impl fmt::Display) -> Self {
         // The detail goes to the log (it names no patient data: store and bus errors only);
         // the client sees the generic title.

@@ -23,6 +23,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), &args)?;
     visithub::logging::init(&config);
     tracing::info!(?config, "configuration");
+    visithub::api::demo::warn_if_on(&config);
+    let demo = config.demo;
     let (listen, metrics_listen) = (config.listen, config.metrics_listen);
     let data_dir = config.data_dir.clone();
     let (app, key) = App::from_config(config).await?;
@@ -31,6 +33,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         TcpListener::bind(metrics_listen).await.with_context(|| format!("cannot listen on {metrics_listen}"))?;
     let addr = listener.local_addr()?;
     announce(addr, &data_dir, &key);
+    if demo {
+        println!("Browser demo (development only): http://{addr}/demo/");
+    }
     println!("Prometheus metrics on http://{}/metrics", metrics_listener.local_addr()?);
     let draining = app.gateway().shutdown.clone();
     let metrics = app::serve_metrics(metrics_listener, app.hub().clone(), async move { draining.cancelled().await });

@@ -3,7 +3,8 @@
 //! never a patient, visit, session or caregiver id.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Buckets for latencies from 50 µs to 10 s.
@@ -37,7 +38,30 @@ pub struct Metrics {
     pub store_pool_in_use: IntGauge,
     pub store_replica_reads: IntCounterVec,
     pub audit_records: IntCounterVec,
+    pub redis_seconds: HistogramVec,
+    pub redis_errors: IntCounterVec,
+    pub bus_lag: Histogram,
+    pub bus_disconnects: IntCounter,
+    pub cluster_nodes: IntGauge,
 }
+
+/// Redis operations, listed so their series exist (at zero) before the first use.
+const REDIS_OPS: &[&str] = &[
+    "publish",
+    "subscribe",
+    "unsubscribe",
+    "lock",
+    "queue_push",
+    "queue_remove",
+    "queue_bump",
+    "queue_len",
+    "queue_load",
+    "seeded",
+    "heartbeat",
+    "registry",
+    "orphans",
+    "journal",
+];
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -187,6 +211,46 @@ impl Metrics {
                 "Audit records written, by outcome.",
                 &["outcome"],
             ),
+            redis_seconds: {
+                let h = histogram(
+                    r,
+                    "visithub_redis_command_seconds",
+                    "Redis command latency, by operation.",
+                    &["op"],
+                    LATENCY,
+                );
+                for op in REDIS_OPS {
+                    h.with_label_values(&[op]);
+                }
+                h
+            },
+            redis_errors: {
+                let c = counter(r, "visithub_redis_errors_total", "Redis commands that failed, by operation.", &["op"]);
+                for op in REDIS_OPS {
+                    c.with_label_values(&[op]);
+                }
+                c
+            },
+            bus_lag: histogram(
+                r,
+                "visithub_bus_fanout_lag_seconds",
+                "Pub/sub lag: publish on one node to receipt on another.",
+                &[],
+                LATENCY,
+            )
+            .with_label_values(&[] as &[&str]),
+            bus_disconnects: {
+                let c = IntCounter::new("visithub_bus_disconnects_total", "Times the bus lost its Redis connection.")
+                    .expect("valid metric");
+                registry.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            cluster_nodes: {
+                let g = IntGauge::new("visithub_cluster_nodes", "Nodes alive in the registry, as this node sees it.")
+                    .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             registry,
         }
     }

@@ -229,6 +229,14 @@ async fn a_patient_who_leaves_is_abandoned_after_the_grace_period() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let visit = hub.app_hub.store().get_visit(&intake.str("visit_id")).await.unwrap().unwrap();
     assert_eq!(visit.status, VisitStatus::Waiting);
+
+    // One who never connects after intake is gone as well; the queue forgets them.
+    let ghost = hub.intake("Cy", "WA", None).await.str("visit_id");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let visit = hub.app_hub.store().get_visit(&ghost).await.unwrap().unwrap();
+    assert_eq!(visit.status, VisitStatus::Abandoned);
+    let queue = hub.call("GET", "/v1/states/WA/queue", Some(&hub.admin()), None).await;
+    assert!(!queue.body.to_string().contains(&ghost), "{}", queue.body);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use visithub::app::{self, App, Backends};
 use visithub::bus::MemoryBus;
 use visithub::clock::SystemClock;
 use visithub::config::Config;
+use visithub::live::MemoryLive;
 use visithub::store::SqliteStore;
 use visithub_loadtest::scenarios::{ChatArgs, ConnectionsArgs, FanoutArgs, Scenario, StormArgs, VisitsArgs};
 use visithub_loadtest::{Auth, Context, Report};
@@ -26,6 +27,7 @@ async fn hub() -> Hub {
     let backends = Backends {
         store: Arc::new(SqliteStore::in_memory().await.unwrap()),
         bus: Arc::new(MemoryBus::new()),
+        live: Arc::new(MemoryLive::new()),
         keys: app::token_keys(&config, SECRET).unwrap(),
         clock: Arc::new(SystemClock),
     };

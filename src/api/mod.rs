@@ -1,6 +1,7 @@
 //! The HTTP edge: REST side-API, health probes, and the WebSocket route.
 
 mod caregivers;
+pub mod demo;
 pub mod extract;
 mod health;
 pub mod problem;
@@ -42,6 +43,7 @@ impl FromRef<AppState> for Arc<Gateway> {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
+    let demo = if state.config.demo { demo::routes() } else { Router::new() };
     Router::new()
         .route("/v1/ws", get(gateway::upgrade))
         .route("/v1/visits", post(visits::intake))
@@ -59,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/states/{state}/queue", get(states::queue))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .merge(demo)
         .fallback(|| async { Problem::from(ErrorCode::NotFound) })
         .layer(DefaultBodyLimit::max(body_limit))
         // Spans name the route template, never the path: ids stay out of the logs.

@@ -46,6 +46,20 @@ pub enum BusEvent {
     ConversationAssigned {
         visit_id: VisitId,
     },
+    /// A state's settings changed: every node reads them again.
+    SettingsChanged {
+        state: UsState,
+    },
+    /// Never on the wire: this node's bus missed events, so each local session starts over.
+    Resync,
+    /// A node takes session `session_id` over. Everything a node received on the bus before
+    /// this marker is the old owner's to send; everything after, the taker's. Pub/sub hands
+    /// every subscriber the same order, so the two agree on the cut.
+    Handover {
+        session_id: String,
+        /// Names the taker's attempt, so it knows its own marker.
+        token: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

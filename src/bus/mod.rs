@@ -5,6 +5,7 @@
 
 mod event;
 mod memory;
+mod redis;
 
 use std::fmt;
 use std::sync::{Arc, Weak};
@@ -13,6 +14,7 @@ use async_trait::async_trait;
 
 pub use event::{BusEvent, Signal};
 pub use memory::MemoryBus;
+pub use redis::RedisBus;
 
 use crate::model::{UsState, VisitId};
 
@@ -29,6 +31,29 @@ pub enum Topic {
     Staff(UsState),
     /// Events about one user (access revoked), for all of their sessions.
     Subject(String),
+    /// News for every node (settings changed, session hand-overs); every node listens.
+    Cluster,
+    /// One session of this node, by session id: local routing only, never on the bus.
+    Session(String),
+}
+
+impl Topic {
+    /// The topic a name (as [`Topic`]'s `Display` writes it) stands for.
+    pub fn parse(name: &str) -> Option<Topic> {
+        if name == "cluster" {
+            return Some(Topic::Cluster);
+        }
+        let (kind, rest) = name.split_once('.')?;
+        Some(match kind {
+            "queue" => Topic::Queue(UsState::parse(rest).ok()?),
+            "visit" => Topic::Visit(rest.to_string()),
+            "signal" => Topic::Signal(rest.to_string()),
+            "staff" => Topic::Staff(UsState::parse(rest).ok()?),
+            "subject" => Topic::Subject(rest.to_string()),
+            "session" => Topic::Session(rest.to_string()),
+            _ => return None,
+        })
+    }
 }
 
 impl fmt::Display for Topic {
@@ -39,6 +64,8 @@ impl fmt::Display for Topic {
             Topic::Signal(v) => write!(f, "signal.{v}"),
             Topic::Staff(s) => write!(f, "staff.{s}"),
             Topic::Subject(s) => write!(f, "subject.{s}"),
+            Topic::Cluster => f.write_str("cluster"),
+            Topic::Session(s) => write!(f, "session.{s}"),
         }
     }
 }
@@ -47,6 +74,9 @@ impl fmt::Display for Topic {
 /// per-session queues.
 pub trait BusHandler: Send + Sync {
     fn deliver(&self, topic: &Topic, event: Arc<BusEvent>);
+
+    /// The bus was away and is back: events published meanwhile never arrived here.
+    fn resync(&self) {}
 }
 
 #[async_trait]
@@ -65,4 +95,27 @@ pub trait Bus: Send + Sync {
 
     /// Whether the bus can publish now (for readiness).
     fn is_connected(&self) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_round_trip() {
+        let wa = UsState::parse("WA").unwrap();
+        for topic in [
+            Topic::Queue(wa),
+            Topic::Visit("0192-a".into()),
+            Topic::Signal("v.1".into()),
+            Topic::Staff(wa),
+            Topic::Subject("dr.lee".into()),
+            Topic::Cluster,
+            Topic::Session("5c1e".into()),
+        ] {
+            assert_eq!(Topic::parse(&topic.to_string()), Some(topic));
+        }
+        assert_eq!(Topic::parse("queue.XX"), None);
+        assert_eq!(Topic::parse("nope.1"), None);
+    }
 }

@@ -113,7 +113,17 @@ impl Session {
                 ServerMessage::VisitUpdated(update.clone())
             }
             BusEvent::AccessChanged { .. } => return Some(Exit::Close(CloseCode::AccessRevoked)),
-            BusEvent::QueueChanged { .. } => return None,
+            BusEvent::Resync => return Some(Exit::Close(CloseCode::ResyncRequired)),
+            // Another node takes this session over from here: seal the journal and stop.
+            BusEvent::Handover { session_id, token } if *session_id == self.session_id => {
+                let seq = self.out.seq();
+                if let Some(journal) = &mut self.out.journal {
+                    journal.seal(token, seq);
+                }
+                return Some(Exit::HandedOver);
+            }
+            BusEvent::Handover { .. } => return None,
+            BusEvent::QueueChanged { .. } | BusEvent::SettingsChanged { .. } => return None,
             BusEvent::VisitStarted { visit_id, patient, provider } => {
                 if patient.subject != me && provider.subject != me {
                     return None;

@@ -4,6 +4,8 @@
 
 mod connections;
 mod events;
+mod handover;
+mod journal;
 mod outbound;
 mod requests;
 mod resume;
@@ -39,18 +41,21 @@ pub struct Gateway {
     pub connections: Connections,
     resumable: resume::Resumable,
     next_session: AtomicU64,
+    /// Cluster mode: sessions journal in live state, so another node can take them over.
+    journal: Option<journal::JournalWriter>,
 }
 
 impl Gateway {
     pub fn new(hub: Arc<Hub>, config: Arc<Config>) -> Gateway {
         Gateway {
-            hub,
             config,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             connections: Connections::default(),
             resumable: resume::Resumable::default(),
             next_session: AtomicU64::new(1),
+            journal: hub.live_state().is_shared().then(|| journal::JournalWriter::start(hub.live_state().clone())),
+            hub,
         }
     }
 }
@@ -116,15 +121,20 @@ pub async fn upgrade(
                             match gw.resumable.attach(&session_id, r) {
                                 Ok(()) => return,
                                 Err(r) => {
-                                    // Not here: a new session, and the client reloads its state.
-                                    session::run(r.socket, gw, r.principal, r.guard, id, Some(false)).await;
+                                    // Not here: in a cluster another node may hold it and hand
+                                    // it over; else a new session, and the client reloads.
+                                    let start = match gw.journal.is_some() {
+                                        true => session::Start::TakeOver { session_id, last_seq },
+                                        false => session::Start::New { recovered: Some(false) },
+                                    };
+                                    session::run(r.socket, gw, r.principal, r.guard, id, start).await;
                                     drop(token);
                                     return;
                                 }
                             }
                         }
                     };
-                    session::run(socket, gw, principal, guard, id, recovered).await;
+                    session::run(socket, gw, principal, guard, id, session::Start::New { recovered }).await;
                     drop(token);
                 })
         }

@@ -11,6 +11,7 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::{Sink, SinkExt};
 
+use super::journal::SessionJournal;
 use crate::metrics::Metrics;
 use crate::protocol::{ServerMessage, encode_server};
 
@@ -25,6 +26,8 @@ pub struct Outbound {
     seq: u64,
     /// Frames handed to the socket so far; a change means the client is reading.
     written: u64,
+    /// Cluster mode: every sequenced frame is journaled in live state too.
+    pub journal: Option<SessionJournal>,
 }
 
 /// The queue would pass its capacity: the client is not keeping up.
@@ -43,6 +46,18 @@ impl Outbound {
             capacity,
             seq: 0,
             written: 0,
+            journal: None,
+        }
+    }
+
+    /// Takes over a session whose frames went up to `last_seq` on another node: queues the
+    /// ones its client missed (already journaled there) and numbers on from `last_seq`.
+    pub fn adopt(&mut self, last_seq: u64, missed: Vec<(u64, String)>) {
+        self.seq = last_seq;
+        for (seq, text) in missed {
+            let msg = Message::Text(text.into());
+            self.remember(seq, &msg);
+            self.queue.push_back(msg);
         }
     }
 
@@ -82,6 +97,9 @@ impl Outbound {
     pub fn push(&mut self, id: Option<&str>, msg: &ServerMessage) -> Result<(), Overflow> {
         self.seq += 1;
         let text = encode_server(self.seq, id, msg);
+        if let Some(journal) = &mut self.journal {
+            journal.frame(self.seq, &text);
+        }
         self.metrics.messages_out.with_label_values(&[msg.kind()]).inc();
         self.metrics.outbound_queue.observe(self.queue.len() as f64);
         let msg = Message::Text(text.into());

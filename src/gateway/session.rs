@@ -45,6 +45,17 @@ pub(super) enum Exit {
     Gone,
     /// The client came back on a new socket.
     Resumed(Box<Resume>),
+    /// Another node took the session over (cluster mode).
+    HandedOver,
+}
+
+/// How a session begins.
+pub enum Start {
+    /// A new session; `recovered: Some(false)` when the client asked to resume one that could
+    /// not be resumed.
+    New { recovered: Option<bool> },
+    /// The client asked to resume a session this node does not hold: another node may.
+    TakeOver { session_id: String, last_seq: u64 },
 }
 
 pub(super) struct Session {
@@ -72,20 +83,24 @@ pub(super) struct Session {
     /// When a waiting patient is next asked "still there?", and by when they must answer.
     pub still_there_at: Option<Instant>,
     pub answer_by: Option<Instant>,
+    /// What the journal meta last said (topics, boards), to write it again only on change.
+    journaled: (Vec<Topic>, Vec<UsState>),
+    /// The node is draining and this session's socket was told so (cluster mode: the session
+    /// waits, detached, to be handed over).
+    drained: bool,
 }
 
-/// A new session on `socket`. `recovered` is `Some(false)` when the client asked to resume a
-/// session this node does not hold.
+/// A session on `socket`, new or taken over from another node.
 pub async fn run(
     socket: WebSocket,
     gw: Arc<Gateway>,
     principal: Principal,
     guard: ConnectionGuard,
     id: u64,
-    recovered: Option<bool>,
+    start: Start,
 ) {
     let span = tracing::info_span!("session", id, role = principal.role.as_str());
-    run_inner(socket, gw, principal, guard, id, recovered).instrument(span).await
+    run_inner(socket, gw, principal, guard, id, start).instrument(span).await
 }
 
 async fn run_inner(
@@ -94,12 +109,15 @@ async fn run_inner(
     principal: Principal,
     guard: ConnectionGuard,
     id: u64,
-    recovered: Option<bool>,
+    start: Start,
 ) {
     let (inbox_tx, mut inbox) = mpsc::channel(gw.config.outbound_queue);
     let link = SessionLink { id, inbox: inbox_tx, overflowed: CancellationToken::new() };
     let rate = NonZeroU32::new(gw.config.rate_for(principal.role)).unwrap_or(NonZeroU32::MIN);
-    let session_id = uuid::Uuid::new_v4().to_string();
+    let session_id = match &start {
+        Start::TakeOver { session_id, .. } => session_id.clone(),
+        Start::New { .. } => uuid::Uuid::new_v4().to_string(),
+    };
     let mut resumes = gw.resumable.register(&session_id, &principal.subject);
     let window = (gw.config.replay_window_frames, gw.config.replay_window_bytes);
     let mut session = Session {
@@ -116,6 +134,8 @@ async fn run_inner(
         strikes_since: Instant::now(),
         still_there_at: None,
         answer_by: None,
+        journaled: (Vec::new(), Vec::new()),
+        drained: false,
         link,
         principal,
         session_id,
@@ -128,7 +148,19 @@ async fn run_inner(
     let role = session.principal.role.as_str();
     metrics.connections_accepted.with_label_values(&[role]).inc();
     metrics.connections_open.with_label_values(&[role]).inc();
-    let exit = match session.open(recovered).await {
+    let opened = match start {
+        Start::New { recovered } => session.open(recovered).await,
+        Start::TakeOver { last_seq, .. } => match session.take_over(&mut inbox, last_seq).await {
+            Some(replayed) => session.taken_over(replayed).await,
+            None => {
+                // Not to be had: a new session, and the client reloads its state.
+                session.forget_takeover().await;
+                resumes = session.gw.resumable.register(&session.session_id, &session.principal.subject);
+                session.open(Some(false)).await
+            }
+        },
+    };
+    let exit = match opened {
         Ok(()) => session.serve(&mut sink, &mut stream, &mut inbox, &mut resumes).await,
         Err(e) => {
             tracing::warn!(error = %e, "session setup failed");
@@ -137,6 +169,7 @@ async fn run_inner(
     };
     let reason = match &exit {
         Exit::Close(code) => code.reason(),
+        Exit::HandedOver => "handed_over",
         Exit::Gone | Exit::Resumed(_) => "client_gone",
     };
     metrics.disconnects.with_label_values(&[reason]).inc();
@@ -163,6 +196,10 @@ async fn next_frame(stream: &mut Option<Stream>) -> Option<Result<Message, axum:
 impl Session {
     /// Welcome, then the subscriptions every session of this role has.
     async fn open(&mut self, recovered: Option<bool>) -> anyhow::Result<()> {
+        self.start_journal();
+        if self.out.journal.is_some() {
+            self.listen(Topic::Session(self.session_id.clone())).await?;
+        }
         let cfg = &self.gw.config;
         let welcome = Welcome {
             protocol: PROTOCOL_VERSION,
@@ -180,7 +217,64 @@ impl Session {
             recovered,
         };
         self.send(None, &ServerMessage::Welcome(welcome));
-        self.subscribe_for_role().await
+        self.subscribe_for_role().await?;
+        self.sync_journal_meta();
+        Ok(())
+    }
+
+    /// Cluster mode: journal this session's frames and topics in live state, and listen for
+    /// the marker of a node taking it over.
+    fn start_journal(&mut self) {
+        let Some(writer) = &self.gw.journal else { return };
+        let cfg = &self.gw.config;
+        let ttl = cfg.resume_window_secs + cfg.shutdown_grace_secs + 60;
+        self.out.journal = Some(writer.for_session(&self.session_id, cfg.replay_window_frames, ttl));
+    }
+
+    /// Writes the journal meta again if the topics or boards changed since last time.
+    pub(super) fn sync_journal_meta(&mut self) {
+        if self.out.journal.is_none() {
+            return;
+        }
+        let boards: Vec<UsState> = self.boards.keys().copied().collect();
+        if self.journaled.0 == self.topics && self.journaled.1 == boards {
+            return;
+        }
+        self.journaled = (self.topics.clone(), boards.clone());
+        let meta = crate::live::SessionMeta {
+            subject: self.principal.subject.clone(),
+            node: self.gw.hub.node_id().to_string(),
+            topics: self.topics.iter().map(ToString::to_string).collect(),
+            boards,
+        };
+        if let Some(journal) = &mut self.out.journal {
+            journal.meta(meta);
+        }
+    }
+
+    /// The take-over worked: this node holds the session now.
+    async fn taken_over(&mut self, replayed: u64) -> anyhow::Result<()> {
+        self.start_journal();
+        self.journaled = (Vec::new(), Vec::new());
+        self.sync_journal_meta();
+        match (self.principal.role, self.principal.visit.clone()) {
+            (Role::Patient, Some(visit_id)) => self.gw.hub.patient_online(&visit_id),
+            _ => self.gw.hub.caregiver_online(&self.principal).await?,
+        }
+        tracing::debug!(replayed, "session taken over from another node");
+        let resumed = SessionResumed { session_id: self.session_id.clone(), recovered: true, replayed };
+        self.send(None, &ServerMessage::SessionResumed(resumed));
+        Ok(())
+    }
+
+    /// A take-over that did not work leaves nothing behind: a new session starts.
+    async fn forget_takeover(&mut self) {
+        for topic in std::mem::take(&mut self.topics) {
+            self.gw.hub.unlisten(&topic, self.id).await;
+        }
+        self.boards = StreamMap::new();
+        self.gw.resumable.remove(&self.session_id);
+        self.session_id = uuid::Uuid::new_v4().to_string();
     }
 
     /// Routes a topic to this session (once).
@@ -225,7 +319,22 @@ impl Session {
             let attached = sink.is_some();
             let exit = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Some(Exit::Close(CloseCode::ServerShutdown)),
+                _ = shutdown.cancelled(), if !self.drained => {
+                    if self.out.journal.is_some() {
+                        // Cluster: the client reconnects elsewhere, and this session waits,
+                        // detached, for the node it lands on to take it over.
+                        self.drained = true;
+                        if let Some(old) = sink.take() {
+                            close_socket(old, CloseCode::ServerShutdown, Duration::from_millis(500)).await;
+                            *stream = None;
+                            self.left().await;
+                        }
+                        detached_until = Instant::now() + resume_window;
+                        None
+                    } else {
+                        Some(Exit::Close(CloseCode::ServerShutdown))
+                    }
+                }
                 _ = overflowed.cancelled() => Some(Exit::Close(CloseCode::SlowConsumer)),
                 _ = sleep_until(self.token_deadline) => Some(Exit::Close(CloseCode::TokenExpired)),
                 Some(resume) = resumes.recv() => Some(Exit::Resumed(resume)),
@@ -269,7 +378,7 @@ impl Session {
                 }
             };
             match exit {
-                None => {}
+                None => self.sync_journal_meta(),
                 Some(Exit::Gone) => {
                     // Keep the session (and what it is sent) for a client that comes back.
                     self.detach(sink, stream).await;
@@ -441,6 +550,16 @@ impl Session {
 
     async fn close(mut self, sink: Option<Sink>, exit: Exit) {
         self.gw.resumable.remove(&self.session_id);
+        // A session handed over lives on elsewhere, journal included; any other is over.
+        let exit = match exit {
+            Exit::HandedOver => Exit::Close(CloseCode::SessionResumed),
+            other => {
+                if let Some(journal) = &mut self.out.journal {
+                    journal.discard();
+                }
+                other
+            }
+        };
         for topic in std::mem::take(&mut self.topics) {
             self.gw.hub.unlisten(&topic, self.id).await;
         }

@@ -104,8 +104,12 @@ impl Hub {
         }
         let client_id = validate::identifier("client_id", client_id, MAX_CLIENT_ID_LEN)?;
         let body = validate::message("body", body, self.options.max_chat_body_chars)?;
-        let lock = self.chat_locks.entry(visit.id.clone()).or_default().clone();
-        let _in_order = lock.lock().await;
+        // Append and fan-out in one order for every member, across nodes.
+        let _in_order = self
+            .live_state
+            .lock(&format!("chat:{}", visit.id), super::cluster::LOCK_TTL, super::cluster::LOCK_WAIT)
+            .await
+            .map_err(HubError::unavailable)?;
         let new = NewMessage {
             visit_id: visit.id.clone(),
             message_id: new_visit_id(),
@@ -175,10 +179,7 @@ impl Hub {
                     "the new caregiver must be active and cover the visit's state",
                 )
             })?;
-        let role = match target.kind {
-            crate::model::CaregiverKind::Provider => Role::Provider,
-            crate::model::CaregiverKind::Support => Role::Support,
-        };
+        let role = target.kind.role();
         let open = self.store.conversations_of(&target.subject).await.map_err(HubError::internal)?;
         if !open.iter().any(|c| c.visit_id == visit_id)
             && open.len() as u32 >= self.options.max_conversations_per_caregiver

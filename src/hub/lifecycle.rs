@@ -3,7 +3,6 @@
 //! exactly one winner, and every step is stored with its time and actor and told to everyone
 //! in the visit.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -32,10 +31,14 @@ impl Hub {
                 ErrorCode::InvalidTransition
             }));
         }
-        let lock = self.claim_locks.entry(who.subject.clone()).or_default().clone();
         let at = self.clock.now();
         {
-            let _one_claim_at_a_time = lock.lock().await;
+            // One claim at a time per provider, across nodes, so the live-visit cap holds.
+            let _one_claim_at_a_time = self
+                .live_state
+                .lock(&format!("claim:{}", who.subject), super::cluster::LOCK_TTL, super::cluster::LOCK_WAIT)
+                .await
+                .map_err(HubError::unavailable)?;
             let held = self.store.live_visits_of(&who.subject).await.map_err(HubError::internal)?.len() as u32;
             if held >= self.options.max_live_visits_per_provider {
                 return Err(HubError::code(ErrorCode::ProviderBusy));
@@ -143,7 +146,6 @@ impl Hub {
         }
         if after.status.is_final() {
             self.metrics.visits_finished.with_label_values(&[after.state.code(), after.status.as_str()]).inc();
-            self.chat_locks.remove(&after.id);
             if let Some((_, timer)) = self.abandon_timers.remove(&after.id) {
                 timer.abort();
             }
@@ -186,19 +188,16 @@ impl Hub {
 
     /// Puts a visit back in its state's queue at its place by arrival.
     async fn join_queue(&self, visit: &Visit) {
-        let entry = Arc::new(QueuedVisit {
+        let entry = QueuedVisit {
             visit_id: visit.id.as_str().into(),
             display_name: visit.display_name.clone(),
             reason: visit.reason.clone(),
             enqueued_at: visit.created_at,
-        });
-        let version = self.queues.lane(visit.state).mutate(|entries| {
-            let at = entries.partition_point(|e| (e.enqueued_at, &*e.visit_id) < (entry.enqueued_at, &*entry.visit_id));
-            entries.insert(at, entry);
-            true
-        });
-        if let Some(version) = version {
-            self.announce_queue(visit.state, version).await;
+        };
+        match self.live_state.queue_push(visit.state, &entry).await {
+            Ok(version) => self.queue_changed(visit.state, version).await,
+            // The store says it waits: the next rebuild from the store queues it again.
+            Err(e) => tracing::warn!(error = %e, "visit not put back in live state"),
         }
     }
 
@@ -279,13 +278,21 @@ impl Hub {
         if !visit.status.can_become(VisitStatus::Abandoned) {
             return;
         }
+        self.start_abandon_timer(visit_id);
+    }
+
+    /// Abandons the visit after the grace period unless its patient is back by then, on
+    /// this node or another.
+    pub(super) fn start_abandon_timer(&self, visit_id: &str) {
         let Some(hub) = self.me.get().and_then(std::sync::Weak::upgrade) else { return };
         let grace = Duration::from_secs(self.options.abandon_grace_secs);
         let id = visit_id.to_string();
         let task = tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             hub.abandon_timers.remove(&id);
-            hub.abandon(&id).await;
+            if !hub.patient_connected(&id) {
+                hub.abandon(&id).await;
+            }
         });
         if let Some(old) = self.abandon_timers.insert(visit_id.to_string(), task.abort_handle()) {
             old.abort();

@@ -5,6 +5,7 @@ mod access;
 pub mod audit;
 mod caregivers;
 mod chat;
+mod cluster;
 pub mod estimator;
 pub mod hours;
 pub mod intake_rules;
@@ -26,7 +27,7 @@ use std::sync::{Arc, Weak};
 use dashmap::DashMap;
 
 pub use audit::Scope;
-pub use caregivers::{CaregiverPatch, NewCaregiver};
+pub use caregivers::{CaregiverPatch, MAX_SUBJECT_LEN, NewCaregiver};
 pub use chat::HistoryPage;
 pub use estimator::{EstimateInputs, Estimator, Staffing};
 pub use portal::{ConversationView, PortalSnapshot};
@@ -39,6 +40,7 @@ pub use visits::{IntakeReceipt, IntakeRequest, VisitView};
 use crate::auth::TokenKeys;
 use crate::bus::{Bus, BusEvent, BusHandler, Topic};
 use crate::clock::Clock;
+use crate::live::LiveState;
 use crate::metrics::Metrics;
 use crate::model::{StateSettings, UsState, VisitId};
 use crate::store::Store;
@@ -64,6 +66,10 @@ pub struct HubOptions {
     pub still_there_after_secs: u64,
     pub still_there_timeout_secs: u64,
     pub turn: TurnOptions,
+    /// This node's name in the cluster registry.
+    pub node_id: String,
+    /// How often the node renews its registry record; it expires after three missed beats.
+    pub heartbeat_ms: u64,
 }
 
 impl Default for HubOptions {
@@ -84,6 +90,8 @@ impl Default for HubOptions {
             still_there_after_secs: 15 * 60,
             still_there_timeout_secs: 120,
             turn: TurnOptions { ttl_secs: 3600, ..TurnOptions::default() },
+            node_id: "local".into(),
+            heartbeat_ms: 1000,
         }
     }
 }
@@ -101,10 +109,10 @@ pub struct Hub {
     settings: DashMap<UsState, StateSettings>,
     estimators: DashMap<UsState, Estimator>,
     live: live::LiveVisits,
-    /// Serializes each provider's claims, so the live-visit cap holds under concurrency.
-    claim_locks: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
-    /// Serializes each conversation's appends and fan-out, so every member sees one order.
-    chat_locks: DashMap<VisitId, Arc<tokio::sync::Mutex<()>>>,
+    /// Queue order, locks and the node registry, shared by the nodes of a cluster.
+    live_state: Arc<dyn LiveState>,
+    /// What this node knows of the other nodes.
+    cluster: cluster::ClusterView,
     /// Patients' open sockets per visit, and the abandonment timers of those with none.
     patient_sockets: DashMap<VisitId, u32>,
     abandon_timers: DashMap<VisitId, tokio::task::AbortHandle>,
@@ -112,12 +120,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Loads settings, rebuilds the queues from the store's waiting visits and attaches to
-    /// the bus.
+    /// Loads settings, builds the queues in live state from the store's waiting visits (if
+    /// no node did yet), attaches to the bus and joins the cluster registry.
     pub async fn start(
         options: HubOptions,
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
+        live_state: Arc<dyn LiveState>,
         keys: TokenKeys,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
@@ -135,8 +144,8 @@ impl Hub {
             settings: DashMap::new(),
             estimators: DashMap::new(),
             live: live::LiveVisits::default(),
-            claim_locks: DashMap::new(),
-            chat_locks: DashMap::new(),
+            live_state,
+            cluster: cluster::ClusterView::default(),
             patient_sockets: DashMap::new(),
             abandon_timers: DashMap::new(),
             me: std::sync::OnceLock::new(),
@@ -146,9 +155,9 @@ impl Hub {
         for s in hub.store.state_settings().await? {
             hub.settings.insert(s.state, s);
         }
-        hub.rebuild_queues().await?;
         let handler: Weak<dyn BusHandler> = Arc::downgrade(&hub) as Weak<dyn BusHandler>;
         hub.bus.attach(handler);
+        hub.join_cluster().await?;
         Ok(hub)
     }
 
@@ -193,6 +202,20 @@ impl Hub {
         &self.bus
     }
 
+    pub fn live_state(&self) -> &Arc<dyn LiveState> {
+        &self.live_state
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.options.node_id
+    }
+
+    /// Marks, for every node, the point where this node takes session `session_id` over.
+    pub async fn hand_over(&self, session_id: &str, token: &str) -> anyhow::Result<()> {
+        let event = BusEvent::Handover { session_id: session_id.to_string(), token: token.to_string() };
+        self.bus.publish(&Topic::Cluster, event).await
+    }
+
     /// The newest view of a state's queue, and later ones as they come.
     pub fn watch_queue(&self, state: UsState) -> tokio::sync::watch::Receiver<Arc<QueueView>> {
         self.queues.subscribe(state)
@@ -200,14 +223,16 @@ impl Hub {
 
     /// Routes `topic` to a local session, subscribing the node on the bus if it is the first.
     pub async fn listen(&self, topic: Topic, link: SessionLink) -> anyhow::Result<()> {
-        if self.router.add(topic.clone(), link) {
+        if self.router.add(topic.clone(), link) && !matches!(topic, Topic::Session(_)) {
             self.bus.subscribe(&topic).await?;
         }
         Ok(())
     }
 
     pub async fn unlisten(&self, topic: &Topic, session_id: u64) {
+        // The node itself always listens to queue changes (see `join_cluster`).
         if self.router.remove(topic, session_id)
+            && !matches!(topic, Topic::Queue(_) | Topic::Cluster | Topic::Session(_))
             && let Err(e) = self.bus.unsubscribe(topic).await
         {
             tracing::warn!(%topic, error = %e, "bus unsubscribe failed");
@@ -246,34 +271,13 @@ impl Hub {
         }
     }
 
-    async fn rebuild_queues(&self) -> anyhow::Result<()> {
-        let mut touched = Vec::new();
-        for visit in self.store.waiting_visits().await? {
-            let lane = self.queues.lane(visit.state);
-            lane.mutate(|entries| {
-                entries.push(Arc::new(queues::QueuedVisit {
-                    visit_id: visit.id.as_str().into(),
-                    display_name: visit.display_name,
-                    reason: visit.reason,
-                    enqueued_at: visit.created_at,
-                }));
-                true
-            });
-            if !touched.contains(&visit.state) {
-                touched.push(visit.state);
-            }
-        }
-        for state in touched {
-            self.refresh_board(state);
-        }
-        Ok(())
-    }
-
     /// Staffing of these states changed: new estimates for everyone waiting there.
     async fn staffing_changed(&self, states: Vec<UsState>) {
         for state in states {
-            let version = self.queues.lane(state).bump();
-            self.announce_queue(state, version).await;
+            match self.live_state.queue_bump(state).await {
+                Ok(version) => self.queue_changed(state, version).await,
+                Err(e) => tracing::warn!(state = %state, error = %e, "staffing change not announced"),
+            }
         }
     }
 }
@@ -281,7 +285,17 @@ impl Hub {
 impl BusHandler for Hub {
     fn deliver(&self, topic: &Topic, event: Arc<BusEvent>) {
         match &*event {
-            BusEvent::QueueChanged { state, .. } => self.refresh_board(*state),
+            BusEvent::QueueChanged { state, version } => {
+                if self.queues.lane(*state).announce(*version) {
+                    self.schedule_reload(*state);
+                } else {
+                    self.refresh_board(*state);
+                }
+            }
+            BusEvent::SettingsChanged { state } => self.schedule_settings_reload(*state),
+            BusEvent::Handover { session_id, .. } => {
+                self.router.dispatch(&Topic::Session(session_id.clone()), event.clone())
+            }
             BusEvent::VisitUpdated(u) => {
                 // Another node may have moved the visit: read it afresh next time.
                 self.live.forget_unless(&u.visit_id, u.status);
@@ -289,5 +303,9 @@ impl BusHandler for Hub {
             }
             _ => self.router.dispatch(topic, event),
         }
+    }
+
+    fn resync(&self) {
+        self.schedule_resync();
     }
 }

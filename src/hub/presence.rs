@@ -1,11 +1,13 @@
 //! Which caregivers are online, and for providers whether they are available or in a visit.
 //! Feeds the estimator's staffing figures and the portal. A caregiver with several sockets is
-//! online while any is open.
+//! online while any is open. In a cluster, the caregivers other nodes hold arrive with their
+//! heartbeats and count as well; a caregiver on several nodes counts once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::estimator::Staffing;
+use crate::live::PresenceRecord;
 use crate::model::{CaregiverKind, UsState};
 use crate::protocol::{PresenceStatus, ProviderPresence, ProviderStatus};
 
@@ -22,6 +24,8 @@ struct Entry {
 pub struct Presence {
     max_live: u32,
     caregivers: Mutex<HashMap<String, Entry>>,
+    /// Caregivers online on other nodes, by subject, from their last heartbeats.
+    remote: Mutex<HashMap<String, PresenceRecord>>,
 }
 
 /// A caregiver coming online.
@@ -35,21 +39,51 @@ pub struct Arrival<'a> {
 
 impl Presence {
     pub fn new(max_live: u32) -> Presence {
-        Presence { max_live, caregivers: Mutex::new(HashMap::new()) }
+        Presence { max_live, caregivers: Mutex::new(HashMap::new()), remote: Mutex::new(HashMap::new()) }
     }
 
     fn view(&self, subject: &str, e: &Entry) -> Option<ProviderPresence> {
-        (e.kind == CaregiverKind::Provider).then(|| ProviderPresence {
-            subject: subject.to_string(),
-            name: e.name.clone(),
-            status: match (e.sessions, e.live, e.status) {
-                (0, _, _) => ProviderStatus::Offline,
-                (_, 1.., _) => ProviderStatus::InVisit,
-                (_, 0, PresenceStatus::Available) => ProviderStatus::Available,
-                (_, 0, PresenceStatus::Away) => ProviderStatus::Away,
-            },
-            states: e.states.clone(),
-        })
+        (e.kind == CaregiverKind::Provider)
+            .then(|| provider_view(subject, &e.name, &e.states, e.sessions, e.live, e.status))
+    }
+
+    /// What this node tells the others: its caregivers online.
+    pub fn records(&self) -> Vec<PresenceRecord> {
+        let map = self.caregivers.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter(|(_, e)| e.sessions > 0)
+            .map(|(subject, e)| PresenceRecord {
+                subject: subject.clone(),
+                name: e.name.clone(),
+                kind: e.kind,
+                states: e.states.clone(),
+                status: e.status,
+                live: e.live,
+            })
+            .collect()
+    }
+
+    /// Replaces what other nodes hold; returns the states whose staffing changed.
+    pub fn set_remote(&self, records: impl IntoIterator<Item = PresenceRecord>) -> Vec<UsState> {
+        let before: Vec<(UsState, Staffing)> = UsState::all().map(|s| (s, self.staffing(s))).collect();
+        {
+            let mut remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+            remote.clear();
+            for r in records {
+                remote.entry(r.subject.clone()).or_insert(r);
+            }
+        }
+        before.into_iter().filter(|(s, was)| self.staffing(*s) != *was).map(|(s, _)| s).collect()
+    }
+
+    /// Providers held only by other nodes, as presence views.
+    fn remote_providers(&self, local: &HashMap<String, Entry>) -> Vec<(ProviderPresence, u32)> {
+        let remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+        remote
+            .values()
+            .filter(|r| r.kind == CaregiverKind::Provider && !local.contains_key(&r.subject))
+            .map(|r| (provider_view(&r.subject, &r.name, &r.states, 1, r.live, r.status), r.live))
+            .collect()
     }
 
     /// A caregiver's socket opened. Returns the provider's new presence, if a provider.
@@ -107,6 +141,12 @@ impl Presence {
                 staffing.available += 1;
             }
         }
+        for (p, live) in self.remote_providers(&map).into_iter().filter(|(p, _)| p.states.contains(&state)) {
+            staffing.online += 1;
+            if p.status == ProviderStatus::Available && live < self.max_live {
+                staffing.available += 1;
+            }
+        }
         staffing
     }
 
@@ -118,8 +158,35 @@ impl Presence {
             .filter(|(_, e)| e.states.iter().any(|s| states.contains(s)))
             .filter_map(|(subject, e)| self.view(subject, e))
             .collect();
+        out.extend(
+            self.remote_providers(&map)
+                .into_iter()
+                .map(|(p, _)| p)
+                .filter(|p| p.states.iter().any(|s| states.contains(s))),
+        );
         out.sort_by(|a, b| a.subject.cmp(&b.subject));
         out
+    }
+}
+
+fn provider_view(
+    subject: &str,
+    name: &str,
+    states: &[UsState],
+    sessions: u32,
+    live: u32,
+    status: PresenceStatus,
+) -> ProviderPresence {
+    ProviderPresence {
+        subject: subject.to_string(),
+        name: name.to_string(),
+        status: match (sessions, live, status) {
+            (0, _, _) => ProviderStatus::Offline,
+            (_, 1.., _) => ProviderStatus::InVisit,
+            (_, 0, PresenceStatus::Available) => ProviderStatus::Available,
+            (_, 0, PresenceStatus::Away) => ProviderStatus::Away,
+        },
+        states: states.to_vec(),
     }
 }
 
@@ -160,5 +227,27 @@ mod tests {
         assert_eq!(p.disconnect("dr-1").unwrap().status, ProviderStatus::Offline);
         assert_eq!(p.staffing(wa), Staffing { online: 0, available: 0 });
         assert!(p.providers(&[wa]).is_empty());
+    }
+
+    #[test]
+    fn providers_on_other_nodes_count_once() {
+        let p = Presence::new(1);
+        let wa = UsState::parse("WA").unwrap();
+        let record = |subject: &str, live| PresenceRecord {
+            subject: subject.into(),
+            name: "N".into(),
+            kind: CaregiverKind::Provider,
+            states: vec![wa],
+            status: PresenceStatus::Available,
+            live,
+        };
+        arrive(&p, "dr-1", CaregiverKind::Provider, &[wa]);
+        let changed = p.set_remote([record("dr-1", 0), record("dr-2", 0), record("dr-3", 1)]);
+        assert_eq!(changed, vec![wa]);
+        assert_eq!(p.staffing(wa), Staffing { online: 3, available: 2 }, "dr-1 is here and there: once");
+        assert_eq!(p.providers(&[wa]).len(), 3);
+        assert!(p.set_remote([record("dr-1", 0), record("dr-2", 0), record("dr-3", 1)]).is_empty());
+        assert_eq!(p.set_remote([]), vec![wa]);
+        assert_eq!(p.staffing(wa), Staffing { online: 1, available: 1 });
     }
 }

@@ -16,7 +16,7 @@ use crate::model::UsState;
 use crate::protocol::{QueueDelta, QueueEntry, QueuePosition, QueueSnapshot};
 
 /// A waiting visit as the queue holds it. Shared by `Arc` between views.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct QueuedVisit {
     pub visit_id: Arc<str>,
     pub display_name: String,
@@ -119,27 +119,32 @@ impl QueueView {
     }
 }
 
-/// The mutable queue of one state.
+/// This node's copy of one state's queue, as last read from live state.
 #[derive(Default)]
-pub struct StateQueue {
-    pub entries: Vec<Arc<QueuedVisit>>,
-    pub version: u64,
+struct Cached {
+    entries: Vec<Arc<QueuedVisit>>,
+    version: u64,
+    /// The newest version another node announced; above `version` means this copy is stale.
+    announced: u64,
 }
 
-/// Everything one state's queue owns.
+/// Everything one state's queue owns on this node.
 pub struct Lane {
-    /// Serializes intakes of the state, held across the store write, so the cap and hours
-    /// checks cannot be raced past. Guards the busy-rate window too.
+    /// Serializes this node's intakes of the state, held across the store write; the
+    /// cluster-wide intake lock in live state does the same across nodes. Guards the
+    /// busy-rate window too.
     pub intake_gate: tokio::sync::Mutex<BusyWindow>,
-    pub queue: Mutex<StateQueue>,
+    cached: Mutex<Cached>,
     pub board: watch::Sender<Arc<QueueView>>,
+    /// A reload from live state is scheduled (coalesces announcements).
+    pub reloading: std::sync::atomic::AtomicBool,
 }
 
 impl Lane {
     /// Builds the current view and publishes it if it is newer than the one on the board.
     pub fn refresh_board(&self, state: UsState, busy: bool, estimate: EstimateInputs) {
         let view = {
-            let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let q = self.cached.lock().unwrap_or_else(|e| e.into_inner());
             QueueView::new(state, q.version, busy, estimate, q.entries.clone())
         };
         self.board.send_if_modified(|current| {
@@ -153,26 +158,25 @@ impl Lane {
         });
     }
 
-    /// Changes the queue under its lock and returns the new version.
-    pub fn mutate(&self, f: impl FnOnce(&mut Vec<Arc<QueuedVisit>>) -> bool) -> Option<u64> {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if f(&mut q.entries) {
-            q.version += 1;
-            Some(q.version)
-        } else {
-            None
+    /// Keeps a queue read from live state if it is newer than the copy held.
+    pub fn store(&self, version: u64, entries: Vec<Arc<QueuedVisit>>) {
+        let mut q = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if version >= q.version {
+            q.entries = entries;
+            q.version = version;
         }
     }
 
-    /// Marks a change that is not in the entries (staffing, busy flag) with a new version.
-    pub fn bump(&self) -> u64 {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.version += 1;
-        q.version
+    /// Notes a version announced on the bus; true when this copy is older.
+    pub fn announce(&self, version: u64) -> bool {
+        let mut q = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        q.announced = q.announced.max(version);
+        q.announced > q.version
     }
 
-    pub fn waiting(&self) -> u32 {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).entries.len() as u32
+    pub fn is_stale(&self) -> bool {
+        let q = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        q.announced > q.version
     }
 }
 
@@ -197,8 +201,9 @@ impl Queues {
                 let view = QueueView::new(state, 0, false, self.empty_estimate, Vec::new());
                 Arc::new(Lane {
                     intake_gate: tokio::sync::Mutex::new(BusyWindow::default()),
-                    queue: Mutex::new(StateQueue::default()),
+                    cached: Mutex::new(Cached::default()),
                     board: watch::channel(Arc::new(view)).0,
+                    reloading: std::sync::atomic::AtomicBool::new(false),
                 })
             })
             .clone()
@@ -260,16 +265,18 @@ mod tests {
         let state = UsState::parse("WA").unwrap();
         let lane = queues.lane(state);
         let mut rx = queues.subscribe(state);
-        for id in ["a", "b", "c"] {
-            lane.mutate(|e| {
-                e.push(visit(id));
-                true
-            });
+        let mut entries = Vec::new();
+        for (version, id) in ["a", "b", "c"].into_iter().enumerate() {
+            entries.push(visit(id));
+            lane.store(version as u64 + 1, entries.clone());
             lane.refresh_board(state, false, view(0, &[]).estimate);
         }
+        lane.store(1, vec![visit("old")]);
+        lane.refresh_board(state, false, view(0, &[]).estimate);
         assert!(rx.has_changed().unwrap());
         let latest = rx.borrow_and_update().clone();
-        assert_eq!((latest.version, latest.len()), (3, 3));
+        assert_eq!((latest.version, latest.len()), (3, 3), "an older read never replaces a newer one");
         assert!(!rx.has_changed().unwrap());
+        assert!(!lane.announce(3) && lane.announce(4) && lane.is_stale());
     }
 }

@@ -49,6 +49,18 @@ impl Router {
         emptied
     }
 
+    /// Hands `event` to every session of this node, once each.
+    pub fn dispatch_all(&self, event: Arc<BusEvent>) {
+        let mut seen = std::collections::HashSet::new();
+        for links in self.topics.iter() {
+            for link in links.iter().filter(|l| seen.insert(l.id)) {
+                if let Err(mpsc::error::TrySendError::Full(_)) = link.inbox.try_send(event.clone()) {
+                    link.overflowed.cancel();
+                }
+            }
+        }
+    }
+
     pub fn dispatch(&self, topic: &Topic, event: Arc<BusEvent>) {
         let Some(links) = self.topics.get(topic) else {
             return;

@@ -4,6 +4,7 @@ use serde::Deserialize;
 
 use super::Hub;
 use crate::auth::Principal;
+use crate::bus::{BusEvent, Topic};
 use crate::error::{ErrorCode, HubError, HubResult};
 use crate::model::{Role, StateSettings, UsState, WeeklyHours};
 
@@ -89,7 +90,8 @@ impl Hub {
 
     async fn save_settings(&self, mut s: StateSettings, busy: bool) -> HubResult<StateSettings> {
         let lane = self.queues.lane(s.state);
-        // Under the intake gate, so an intake never sees half-applied settings.
+        // Under the intake gates, so an intake never sees half-applied settings.
+        let _cluster_gate = self.intake_lock(s.state).await?;
         let mut window = lane.intake_gate.lock().await;
         if busy && !s.busy {
             // The reduced rate counts from the moment the state turned busy.
@@ -99,8 +101,9 @@ impl Hub {
         self.store.put_state_settings(&s).await.map_err(HubError::internal)?;
         self.settings.insert(s.state, s.clone());
         drop(window);
-        let version = lane.bump();
-        self.announce_queue(s.state, version).await;
+        self.publish(Topic::Cluster, BusEvent::SettingsChanged { state: s.state }).await;
+        let version = self.live_state.queue_bump(s.state).await.map_err(HubError::unavailable)?;
+        self.queue_changed(s.state, version).await;
         Ok(s)
     }
 }

@@ -1,7 +1,5 @@
 //! Intake, reading and cancelling visits.
 
-use std::sync::Arc;
-
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -65,6 +63,10 @@ impl Hub {
         match &result {
             Ok(r) if !r.replayed => {
                 m.intakes.with_label_values(&[state.code()]).inc();
+                // A patient who never opens a socket is gone like one whose socket closed.
+                if !self.patient_connected(&r.visit_id) {
+                    self.start_abandon_timer(&r.visit_id);
+                }
                 let subject = patient_subject(&r.visit_id);
                 self.audit_as(&subject, Role::Patient, "visit.create", Scope::visit(&r.visit_id), Ok(())).await;
             }
@@ -91,11 +93,12 @@ impl Hub {
 
         let lane = self.queues.lane(req.state);
         let gate_and_version = {
+            let _cluster_gate = self.intake_lock(req.state).await?;
             let mut busy_window = lane.intake_gate.lock().await;
             let settings = self.state_settings(req.state);
             let now = self.clock.now();
             let estimate = self.estimate(req.state);
-            let waiting = lane.waiting();
+            let waiting = self.live_state.queue_len(req.state).await.map_err(HubError::unavailable)?;
             let projected = estimate.wait_for(waiting + 1);
             let ctx = IntakeContext {
                 settings: &settings,
@@ -137,33 +140,51 @@ impl Hub {
             if settings.busy {
                 busy_window.record(now, settings.busy_intake_per_hour);
             }
-            let entry = Arc::new(QueuedVisit {
+            let entry = QueuedVisit {
                 visit_id: visit.id.as_str().into(),
                 display_name: visit.display_name.clone(),
                 reason: visit.reason.clone(),
                 enqueued_at: visit.created_at,
-            });
-            let mut position = 0;
-            let version = lane
-                .mutate(|entries| {
-                    entries.push(entry);
-                    position = entries.len() as u32;
-                    true
-                })
-                .expect("a push always changes the queue");
-            (visit, version, position)
+            };
+            match self.live_state.queue_push(visit.state, &entry).await {
+                Ok(version) => (visit, version),
+                Err(e) => {
+                    // Stored but not queued: withdraw it, so nothing waits unseen.
+                    let system = Actor { subject: "visithub".into(), role: "system" };
+                    let withdrawn = self.store.transition_visit(
+                        &visit.id,
+                        VisitStatus::Waiting,
+                        VisitStatus::Cancelled,
+                        &system,
+                        now,
+                    );
+                    if let Err(e) = withdrawn.await {
+                        tracing::error!(error = %e, "an intake that failed half-way was not withdrawn");
+                    }
+                    return Err(HubError::unavailable(e));
+                }
+            }
         };
-        let (visit, version, position) = gate_and_version;
-        self.announce_queue(visit.state, version).await;
+        let (visit, version) = gate_and_version;
+        self.queue_changed(visit.state, version).await;
+        let position = lane.board.borrow().position_of(&visit.id);
         Ok(IntakeReceipt {
             patient_token: self.patient_token(&visit.id),
             visit_id: visit.id,
             state: visit.state,
             status: visit.status,
-            position: Some(position),
+            position,
             estimated_wait_secs: visit.estimated_wait_secs,
             replayed: false,
         })
+    }
+
+    /// Serializes intakes of a state (and settings changes) across every node.
+    pub(super) async fn intake_lock(&self, state: UsState) -> HubResult<crate::live::LockGuard> {
+        self.live_state
+            .lock(&format!("intake:{}", state.code()), super::cluster::LOCK_TTL, super::cluster::LOCK_WAIT)
+            .await
+            .map_err(HubError::unavailable)
     }
 
     /// The earlier answer for an idempotency key, or `None` if the key is new.
@@ -180,7 +201,7 @@ impl Hub {
             .await
             .map_err(HubError::internal)?
             .ok_or_else(|| HubError::code(ErrorCode::Internal))?;
-        let live = self.queues.lane(visit.state).board.borrow().position_message(&visit.id);
+        let live = self.fresh_view(visit.state).await.position_message(&visit.id);
         Ok(Some(IntakeReceipt {
             patient_token: self.patient_token(&visit.id),
             visit_id: visit.id,
@@ -215,7 +236,7 @@ impl Hub {
 
     pub async fn visit_view(&self, who: &Principal, visit_id: &str) -> HubResult<VisitView> {
         let visit = self.load_visit(who, visit_id).await?;
-        let live = self.queues.lane(visit.state).board.borrow().position_message(&visit.id);
+        let live = self.fresh_view(visit.state).await.position_message(&visit.id);
         Ok(VisitView {
             position: live.as_ref().map(|p| p.position),
             current_estimated_wait_secs: live.map(|p| p.estimated_wait_secs),
@@ -238,13 +259,11 @@ impl Hub {
     }
 
     pub(super) async fn leave_queue(&self, state: UsState, visit_id: &str) {
-        let version = self.queues.lane(state).mutate(|entries| {
-            let before = entries.len();
-            entries.retain(|e| &*e.visit_id != visit_id);
-            entries.len() != before
-        });
-        if let Some(version) = version {
-            self.announce_queue(state, version).await;
+        match self.live_state.queue_remove(state, visit_id).await {
+            Ok(Some(version)) => self.queue_changed(state, version).await,
+            Ok(None) => {}
+            // The store says it left: the next rebuild from the store drops it.
+            Err(e) => tracing::warn!(error = %e, "visit not taken out of live state"),
         }
     }
 }

@@ -22,6 +22,14 @@ impl CaregiverKind {
         }
     }
 
+    /// The token role of this kind of caregiver.
+    pub fn role(self) -> super::Role {
+        match self {
+            CaregiverKind::Provider => super::Role::Provider,
+            CaregiverKind::Support => super::Role::Support,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<CaregiverKind> {
         match s {
             "provider" => Some(CaregiverKind::Provider),

@@ -35,11 +35,18 @@ close_codes! {
     AccessRevoked = 4005, "access_revoked";
     HeartbeatTimeout = 4006, "heartbeat_timeout";
     SessionResumed = 4007, "session_resumed";
+    ResyncRequired = 4008, "resync_required";
 }
 
 impl CloseCode {
     /// Whether a client should reconnect (with backoff) after this close.
     pub fn should_reconnect(self) -> bool {
-        matches!(self, CloseCode::ServerShutdown | CloseCode::SlowConsumer | CloseCode::HeartbeatTimeout)
+        matches!(
+            self,
+            CloseCode::ServerShutdown
+                | CloseCode::SlowConsumer
+                | CloseCode::HeartbeatTimeout
+                | CloseCode::ResyncRequired
+        )
     }
 }

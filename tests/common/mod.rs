@@ -22,6 +22,7 @@ use visithub::auth::{Claims, TokenKeys};
 use visithub::bus::MemoryBus;
 use visithub::clock::{Clock, ManualClock, SystemClock};
 use visithub::config::Config;
+use visithub::live::MemoryLive;
 use visithub::model::{Role, UsState};
 use visithub::protocol::{ClientMessage, ServerFrame, ServerMessage, decode_server, encode_client};
 use visithub::store::SqliteStore;
@@ -29,12 +30,18 @@ use visithub::store::SqliteStore;
 pub const SECRET: &[u8] = b"test-signing-secret-of-32-bytes!!";
 const WAIT: Duration = Duration::from_secs(5);
 
-pub struct TestHub {
+/// Where a hub answers, with the HTTP and WebSocket helpers: an in-process [`TestHub`] or a
+/// hub process of a cluster test.
+pub struct Endpoint {
     pub addr: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+pub struct TestHub {
+    pub endpoint: Endpoint,
     pub metrics_addr: SocketAddr,
     pub app_hub: Arc<visithub::hub::Hub>,
     pub gateway: Arc<visithub::gateway::Gateway>,
-    pub http: reqwest::Client,
     pub clock: Option<Arc<ManualClock>>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -80,6 +87,7 @@ impl TestHub {
         let backends = Backends {
             store,
             bus: Arc::new(MemoryBus::new()),
+            live: Arc::new(MemoryLive::new()),
             keys: app::token_keys(&config, SECRET).unwrap(),
             clock: clock_dyn,
         };
@@ -98,11 +106,10 @@ impl TestHub {
             let _ = stopped.await;
         }));
         TestHub {
-            addr,
+            endpoint: Endpoint::new(addr),
             metrics_addr,
             app_hub,
             gateway,
-            http: reqwest::Client::new(),
             clock,
             stop: Some(stop),
             done: Some(done),
@@ -122,6 +129,24 @@ impl TestHub {
     /// The `/metrics` page.
     pub async fn metrics(&self) -> String {
         self.http.get(format!("http://{}/metrics", self.metrics_addr)).send().await.unwrap().text().await.unwrap()
+    }
+
+    pub async fn visits_stored(&self) -> u64 {
+        self.app_hub.store().count_visits().await.unwrap()
+    }
+}
+
+impl std::ops::Deref for TestHub {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr) -> Endpoint {
+        Endpoint { addr, http: reqwest::Client::new() }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -169,10 +194,6 @@ impl TestHub {
 
     pub async fn settings(&self, state: &str, patch: Value) -> Reply {
         self.call("PATCH", &format!("/v1/states/{state}/settings"), Some(&self.admin()), Some(patch)).await
-    }
-
-    pub async fn visits_stored(&self) -> u64 {
-        self.app_hub.store().count_visits().await.unwrap()
     }
 
     pub async fn ws(&self, token: &str) -> Ws {

@@ -1,0 +1,181 @@
+//! Live state of a single node: plain memory, nothing shared.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+
+use super::{JournalOp, LiveState, LockGuard, NodeRecord, QueueLoad, Registry, Sealed, SessionMeta};
+use crate::hub::queues::QueuedVisit;
+use crate::model::UsState;
+
+#[derive(Default)]
+struct StateQueue {
+    entries: Vec<Arc<QueuedVisit>>,
+    version: u64,
+}
+
+type Locks = Arc<DashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+/// A held lock; the last holder takes the lock's entry away, so names (a visit's chat, a
+/// provider's claims) do not pile up.
+struct MemoryLock {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    name: String,
+    locks: Locks,
+}
+
+impl Drop for MemoryLock {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // Only the map's own handle left: nobody holds or waits for it.
+        self.locks.remove_if(&self.name, |_, mutex| Arc::strong_count(mutex) == 1);
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryLive {
+    queues: DashMap<UsState, Mutex<StateQueue>>,
+    locks: Locks,
+    record: Mutex<Option<NodeRecord>>,
+    orphans: Mutex<VecDeque<String>>,
+    seeded: AtomicBool,
+}
+
+impl MemoryLive {
+    pub fn new() -> MemoryLive {
+        MemoryLive::default()
+    }
+
+    fn with_queue<T>(&self, state: UsState, f: impl FnOnce(&mut StateQueue) -> T) -> T {
+        let queue = self.queues.entry(state).or_default();
+        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut q)
+    }
+}
+
+#[async_trait]
+impl LiveState for MemoryLive {
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    async fn lock(&self, name: &str, _ttl: Duration, wait: Duration) -> anyhow::Result<LockGuard> {
+        let mutex = self.locks.entry(name.to_string()).or_default().clone();
+        let guard = tokio::time::timeout(wait, mutex.lock_owned())
+            .await
+            .map_err(|_| anyhow::anyhow!("lock {name} not free within {wait:?}"))?;
+        Ok(LockGuard::new(MemoryLock { guard: Some(guard), name: name.to_string(), locks: self.locks.clone() }))
+    }
+
+    async fn queue_push(&self, state: UsState, entry: &QueuedVisit) -> anyhow::Result<u64> {
+        Ok(self.with_queue(state, |q| {
+            if !q.entries.iter().any(|e| e.visit_id == entry.visit_id) {
+                let key = (entry.enqueued_at, &*entry.visit_id);
+                let at = q.entries.partition_point(|e| (e.enqueued_at, &*e.visit_id) < key);
+                q.entries.insert(at, Arc::new(entry.clone()));
+            }
+            q.version += 1;
+            q.version
+        }))
+    }
+
+    async fn queue_remove(&self, state: UsState, visit_id: &str) -> anyhow::Result<Option<u64>> {
+        Ok(self.with_queue(state, |q| {
+            let before = q.entries.len();
+            q.entries.retain(|e| &*e.visit_id != visit_id);
+            (q.entries.len() != before).then(|| {
+                q.version += 1;
+                q.version
+            })
+        }))
+    }
+
+    async fn queue_bump(&self, state: UsState) -> anyhow::Result<u64> {
+        Ok(self.with_queue(state, |q| {
+            q.version += 1;
+            q.version
+        }))
+    }
+
+    async fn queue_len(&self, state: UsState) -> anyhow::Result<u32> {
+        Ok(self.with_queue(state, |q| q.entries.len() as u32))
+    }
+
+    async fn queue_load(&self, state: UsState) -> anyhow::Result<QueueLoad> {
+        Ok(self.with_queue(state, |q| QueueLoad { version: q.version, entries: q.entries.clone() }))
+    }
+
+    async fn is_seeded(&self) -> anyhow::Result<bool> {
+        Ok(self.seeded.load(Ordering::Acquire))
+    }
+
+    async fn mark_seeded(&self) -> anyhow::Result<()> {
+        self.seeded.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn heartbeat(&self, record: &NodeRecord, _ttl: Duration) -> anyhow::Result<()> {
+        *self.record.lock().unwrap_or_else(|e| e.into_inner()) = Some(record.clone());
+        Ok(())
+    }
+
+    async fn registry(&self) -> anyhow::Result<Registry> {
+        let alive = self.record.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        Ok(Registry { alive, expired: Vec::new() })
+    }
+
+    async fn leave(&self, _node: &str) -> anyhow::Result<bool> {
+        Ok(self.record.lock().unwrap_or_else(|e| e.into_inner()).take().is_some())
+    }
+
+    async fn push_orphans(&self, visit_ids: &[String]) -> anyhow::Result<()> {
+        self.orphans.lock().unwrap_or_else(|e| e.into_inner()).extend(visit_ids.iter().cloned());
+        Ok(())
+    }
+
+    async fn pop_orphans(&self, max: usize) -> anyhow::Result<Vec<String>> {
+        let mut orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        let n = max.min(orphans.len());
+        Ok(orphans.drain(..n).collect())
+    }
+
+    async fn node_alive(&self, _node: &str) -> anyhow::Result<bool> {
+        Ok(true)
+    }
+
+    // One node: a session is resumed where it lives, from its in-memory window; journals are
+    // for clusters.
+    async fn journal_write(&self, _ops: &[JournalOp]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn journal_meta(&self, _session_id: &str) -> anyhow::Result<Option<SessionMeta>> {
+        Ok(None)
+    }
+
+    async fn journal_sealed(&self, _session_id: &str, _token: &str, _wait: Duration) -> anyhow::Result<Option<Sealed>> {
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lock_is_exclusive_and_leaves_nothing_behind() {
+        let live = MemoryLive::new();
+        let wait = Duration::from_millis(50);
+        let held = live.lock("chat:v1", Duration::from_secs(1), wait).await.unwrap();
+        assert!(live.lock("chat:v1", Duration::from_secs(1), wait).await.is_err(), "held elsewhere");
+        assert!(live.lock("chat:v2", Duration::from_secs(1), wait).await.is_ok(), "another name is free");
+        drop(held);
+        let again = live.lock("chat:v1", Duration::from_secs(1), wait).await.unwrap();
+        drop(again);
+        assert!(live.locks.is_empty(), "released locks are forgotten");
+    }
+}

@@ -1,0 +1,103 @@
+//! Live state the nodes share: each state's queue order, named locks, and the node registry
+//! with every node's presence (caregivers online, patients connected). In memory for one node;
+//! in Redis for a cluster, where each state's keys share one hash tag so a Redis Cluster keeps
+//! a queue on one shard and its scripts stay atomic.
+//!
+//! The truth of a visit is the store; live state is rebuilt from it after a loss
+//! ([`LiveState::is_seeded`] turns false when Redis restarted empty).
+
+mod journal;
+mod memory;
+mod records;
+mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use journal::{JournalOp, Sealed, SessionMeta};
+pub use memory::MemoryLive;
+pub use records::{NodeRecord, PresenceRecord};
+pub use redis::RedisLive;
+
+use crate::hub::queues::QueuedVisit;
+use crate::model::UsState;
+
+/// Held while a named lock is held; dropping it releases the lock.
+pub struct LockGuard(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl LockGuard {
+    pub fn new(inner: impl Send + Sync + 'static) -> LockGuard {
+        LockGuard(Box::new(inner))
+    }
+}
+
+/// A queue as live state holds it: its version (bumped by every change) and its order.
+pub struct QueueLoad {
+    pub version: u64,
+    pub entries: Vec<Arc<QueuedVisit>>,
+}
+
+/// What the registry knows of the cluster at one heartbeat.
+pub struct Registry {
+    /// Records of nodes alive now (this one included).
+    pub alive: Vec<NodeRecord>,
+    /// Nodes listed in the registry whose heartbeat expired.
+    pub expired: Vec<String>,
+}
+
+#[async_trait]
+pub trait LiveState: Send + Sync {
+    /// Whether other nodes share this state (Redis) or it is this node's alone (memory).
+    fn is_shared(&self) -> bool;
+
+    /// Takes the lock `name`, waiting at most `wait`. A holder that dies without releasing
+    /// it loses it after `ttl`.
+    async fn lock(&self, name: &str, ttl: Duration, wait: Duration) -> anyhow::Result<LockGuard>;
+
+    /// Adds a visit at its place by arrival; returns the queue's new version.
+    async fn queue_push(&self, state: UsState, entry: &QueuedVisit) -> anyhow::Result<u64>;
+
+    /// Removes a visit; the new version, or `None` when it was not queued.
+    async fn queue_remove(&self, state: UsState, visit_id: &str) -> anyhow::Result<Option<u64>>;
+
+    /// Marks a change that is not in the order (staffing, busy flag) with a new version.
+    async fn queue_bump(&self, state: UsState) -> anyhow::Result<u64>;
+
+    async fn queue_len(&self, state: UsState) -> anyhow::Result<u32>;
+
+    async fn queue_load(&self, state: UsState) -> anyhow::Result<QueueLoad>;
+
+    /// False when the live state was never built or was lost (Redis restarted empty).
+    async fn is_seeded(&self) -> anyhow::Result<bool>;
+
+    /// Marks the live state built from the store.
+    async fn mark_seeded(&self) -> anyhow::Result<()>;
+
+    /// Publishes this node's record, alive for `ttl`.
+    async fn heartbeat(&self, record: &NodeRecord, ttl: Duration) -> anyhow::Result<()>;
+
+    /// The nodes alive now, and those whose heartbeat expired.
+    async fn registry(&self) -> anyhow::Result<Registry>;
+
+    /// Takes `node` out of the registry; true for the one caller that did (it cleans up).
+    async fn leave(&self, node: &str) -> anyhow::Result<bool>;
+
+    /// Visits whose patient's node went away, for a survivor to watch for abandonment.
+    async fn push_orphans(&self, visit_ids: &[String]) -> anyhow::Result<()>;
+
+    async fn pop_orphans(&self, max: usize) -> anyhow::Result<Vec<String>>;
+
+    /// Whether `node`'s heartbeat is current.
+    async fn node_alive(&self, node: &str) -> anyhow::Result<bool>;
+
+    /// Applies journal writes, in order.
+    async fn journal_write(&self, ops: &[JournalOp]) -> anyhow::Result<()>;
+
+    async fn journal_meta(&self, session_id: &str) -> anyhow::Result<Option<SessionMeta>>;
+
+    /// The session's journal once its owner sealed it for the take-over `token`, waiting at
+    /// most `wait`; `None` when it was not sealed in time.
+    async fn journal_sealed(&self, session_id: &str, token: &str, wait: Duration) -> anyhow::Result<Option<Sealed>>;
+}

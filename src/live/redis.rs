@@ -1,0 +1,405 @@
+//! Live state in Redis. Key layout (hash tags in braces keep what one script touches on one
+//! Redis Cluster shard):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `vh:{q:WA}:order` | sorted set | waiting visit ids, scored by arrival (ms) |
+//! | `vh:{q:WA}:entries` | hash | visit id -> what the queue shows of it (JSON) |
+//! | `vh:{q:WA}:version` | string | counter bumped by every change of the queue |
+//! | `vh:lock:<name>` | string | a lock's holder token, with a TTL |
+//! | `vh:seeded` | string | present once the queues were built from the store |
+//! | `vh:nodes` | set | node ids in the registry |
+//! | `vh:node:<id>` | string | the node's record (JSON), expiring with its heartbeat |
+//! | `vh:orphans` | list | visits whose patient's node went away |
+//! | `vh:{s:<id>}:meta` | string | a session's topics and owner (JSON), expiring |
+//! | `vh:{s:<id>}:out` | stream | a session's frames (`s`, `f`) and the owner's seal (`seal`, `broken`) |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redis::{AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
+
+use super::{JournalOp, LiveState, LockGuard, NodeRecord, QueueLoad, Registry, Sealed, SessionMeta};
+use crate::hub::queues::QueuedVisit;
+use crate::metrics::Metrics;
+use crate::model::UsState;
+use crate::redis_link::{Commands, RedisLink, timed};
+
+/// A version counter that went missing (Redis lost its data) restarts from the clock in
+/// microseconds, above any version a node saw before, so nodes never mistake new for old.
+const NEXT_VERSION: &str = r"
+local function next_version(key, now_us)
+  if redis.call('EXISTS', key) == 0 then redis.call('SET', key, now_us) end
+  return redis.call('INCR', key)
+end";
+
+const PUSH: &str = r"
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return next_version(KEYS[3], ARGV[4])";
+
+const REMOVE: &str = r"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
+redis.call('HDEL', KEYS[2], ARGV[1])
+return next_version(KEYS[3], ARGV[2])";
+
+const BUMP: &str = r"return next_version(KEYS[1], ARGV[1])";
+
+/// Order, entries and version read together, so a load never mixes two versions.
+const LOAD: &str = r"
+return {redis.call('GET', KEYS[3]) or '0', redis.call('ZRANGE', KEYS[1], 0, -1), redis.call('HGETALL', KEYS[2])}";
+
+/// Deletes the lock only if this holder still has it.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+/// What the queue shows of a visit, as stored in `entries`.
+#[derive(Serialize, Deserialize)]
+struct StoredEntry {
+    display_name: String,
+    reason: String,
+    enqueued_at: DateTime<Utc>,
+}
+
+struct QueueKeys {
+    order: String,
+    entries: String,
+    version: String,
+}
+
+fn queue_keys(state: UsState) -> QueueKeys {
+    let tag = format!("vh:{{q:{}}}", state.code());
+    QueueKeys { order: format!("{tag}:order"), entries: format!("{tag}:entries"), version: format!("{tag}:version") }
+}
+
+const SEEDED: &str = "vh:seeded";
+const NODES: &str = "vh:nodes";
+const ORPHANS: &str = "vh:orphans";
+
+fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+fn meta_key(session_id: &str) -> String {
+    format!("vh:{{s:{session_id}}}:meta")
+}
+
+fn out_key(session_id: &str) -> String {
+    format!("vh:{{s:{session_id}}}:out")
+}
+
+fn session_of(op: &JournalOp) -> &str {
+    match op {
+        JournalOp::Meta { session_id, .. }
+        | JournalOp::Frame { session_id, .. }
+        | JournalOp::Seal { session_id, .. }
+        | JournalOp::Drop { session_id } => session_id,
+    }
+}
+
+fn add_to(pipe: &mut redis::Pipeline, op: &JournalOp) -> anyhow::Result<()> {
+    match op {
+        JournalOp::Meta { session_id, meta, ttl_secs } => {
+            pipe.set_ex(meta_key(session_id), serde_json::to_string(meta)?, *ttl_secs).ignore();
+        }
+        JournalOp::Frame { session_id, seq, text, max_frames, ttl_secs } => {
+            let key = out_key(session_id);
+            let trim = redis::streams::StreamMaxlen::Approx(*max_frames);
+            pipe.xadd_maxlen(&key, trim, "*", &[("s", seq.to_string().as_str()), ("f", text.as_str())]).ignore();
+            pipe.expire(&key, *ttl_secs as i64).ignore();
+        }
+        JournalOp::Seal { session_id, token, seq, broken } => {
+            let fields =
+                [("seal", seq.to_string()), ("token", token.clone()), ("broken", u8::from(*broken).to_string())];
+            pipe.xadd(out_key(session_id), "*", &fields).ignore();
+        }
+        JournalOp::Drop { session_id } => {
+            pipe.del(&[meta_key(session_id), out_key(session_id)]).ignore();
+        }
+    }
+    Ok(())
+}
+
+/// Reads a stream's entries into frames and, if present, the seal answering `token` (seals
+/// of earlier hand-overs of the session are passed over).
+fn read_entries(
+    entries: &[redis::streams::StreamId],
+    token: &str,
+    frames: &mut Vec<(u64, String)>,
+) -> Option<(u64, bool)> {
+    let mut seal = None;
+    for e in entries {
+        if let Some(seq) = e.get::<u64>("seal") {
+            if e.get::<String>("token").as_deref() == Some(token) {
+                seal = Some((seq, e.get::<u8>("broken").unwrap_or(1) != 0));
+            }
+        } else if let (Some(seq), Some(text)) = (e.get::<u64>("s"), e.get::<String>("f")) {
+            frames.push((seq, text));
+        }
+    }
+    seal
+}
+
+fn node_key(node: &str) -> String {
+    format!("vh:node:{node}")
+}
+
+pub struct RedisLive {
+    conn: Commands,
+    metrics: Arc<Metrics>,
+    push: Script,
+    remove: Script,
+    bump: Script,
+    load: Script,
+    unlock: Script,
+}
+
+impl RedisLive {
+    pub fn new(link: &RedisLink, metrics: Arc<Metrics>) -> RedisLive {
+        RedisLive {
+            conn: link.commands(),
+            metrics,
+            push: Script::new(&format!("{NEXT_VERSION}\n{PUSH}")),
+            remove: Script::new(&format!("{NEXT_VERSION}\n{REMOVE}")),
+            bump: Script::new(&format!("{NEXT_VERSION}\n{BUMP}")),
+            load: Script::new(LOAD),
+            unlock: Script::new(UNLOCK),
+        }
+    }
+}
+
+/// A Redis lock: released (if still ours) when dropped.
+struct RedisLock {
+    conn: Commands,
+    key: String,
+    token: String,
+    unlock: Script,
+}
+
+impl Drop for RedisLock {
+    fn drop(&mut self) {
+        let (mut conn, key, token, unlock) =
+            (self.conn.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.token), self.unlock.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                // Failing here only means the lock lives until its TTL.
+                let _: redis::RedisResult<i64> = unlock.key(&key).arg(&token).invoke_async(&mut conn).await;
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl LiveState for RedisLive {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn lock(&self, name: &str, ttl: Duration, wait: Duration) -> anyhow::Result<LockGuard> {
+        let key = format!("vh:lock:{name}");
+        let token = uuid::Uuid::new_v4().to_string();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let mut conn = self.conn.clone();
+            let options = redis::SetOptions::default()
+                .conditional_set(redis::ExistenceCheck::NX)
+                .with_expiration(redis::SetExpiry::PX(ttl.as_millis() as u64));
+            let taken: Option<String> = timed(&self.metrics, "lock", conn.set_options(&key, &token, options)).await?;
+            if taken.is_some() {
+                let unlock = self.unlock.clone();
+                return Ok(LockGuard::new(RedisLock { conn: self.conn.clone(), key, token, unlock }));
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                anyhow::bail!("lock {name} not free within {wait:?}");
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    async fn queue_push(&self, state: UsState, entry: &QueuedVisit) -> anyhow::Result<u64> {
+        let k = queue_keys(state);
+        let stored = StoredEntry {
+            display_name: entry.display_name.clone(),
+            reason: entry.reason.clone(),
+            enqueued_at: entry.enqueued_at,
+        };
+        let mut conn = self.conn.clone();
+        let mut call = self.push.key(&k.order);
+        call.key(&k.entries)
+            .key(&k.version)
+            .arg(entry.enqueued_at.timestamp_millis())
+            .arg(&*entry.visit_id)
+            .arg(serde_json::to_string(&stored)?)
+            .arg(now_us());
+        timed(&self.metrics, "queue_push", call.invoke_async(&mut conn)).await
+    }
+
+    async fn queue_remove(&self, state: UsState, visit_id: &str) -> anyhow::Result<Option<u64>> {
+        let k = queue_keys(state);
+        let mut conn = self.conn.clone();
+        let mut call = self.remove.key(&k.order);
+        call.key(&k.entries).key(&k.version).arg(visit_id).arg(now_us());
+        timed(&self.metrics, "queue_remove", call.invoke_async(&mut conn)).await
+    }
+
+    async fn queue_bump(&self, state: UsState) -> anyhow::Result<u64> {
+        let mut conn = self.conn.clone();
+        let mut call = self.bump.key(queue_keys(state).version);
+        call.arg(now_us());
+        timed(&self.metrics, "queue_bump", call.invoke_async(&mut conn)).await
+    }
+
+    async fn queue_len(&self, state: UsState) -> anyhow::Result<u32> {
+        let mut conn = self.conn.clone();
+        timed(&self.metrics, "queue_len", conn.zcard(queue_keys(state).order)).await
+    }
+
+    async fn queue_load(&self, state: UsState) -> anyhow::Result<QueueLoad> {
+        let k = queue_keys(state);
+        let mut conn = self.conn.clone();
+        let mut call = self.load.key(&k.order);
+        call.key(&k.entries).key(&k.version);
+        let (version, order, entries): (u64, Vec<String>, std::collections::HashMap<String, String>) =
+            timed(&self.metrics, "queue_load", call.invoke_async(&mut conn)).await?;
+        let mut out = Vec::with_capacity(order.len());
+        for id in order {
+            // An id without its entry is skipped rather than shown half-known.
+            let Some(raw) = entries.get(&id) else { continue };
+            let e: StoredEntry = serde_json::from_str(raw)?;
+            out.push(Arc::new(QueuedVisit {
+                visit_id: id.into(),
+                display_name: e.display_name,
+                reason: e.reason,
+                enqueued_at: e.enqueued_at,
+            }));
+        }
+        Ok(QueueLoad { version, entries: out })
+    }
+
+    async fn is_seeded(&self) -> anyhow::Result<bool> {
+        let mut conn = self.conn.clone();
+        timed(&self.metrics, "seeded", conn.exists(SEEDED)).await
+    }
+
+    async fn mark_seeded(&self) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        timed(&self.metrics, "seeded", conn.set(SEEDED, 1)).await
+    }
+
+    async fn heartbeat(&self, record: &NodeRecord, ttl: Duration) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let json = serde_json::to_string(record)?;
+        let () = timed(&self.metrics, "heartbeat", conn.pset_ex(node_key(&record.node), json, ttl.as_millis() as u64))
+            .await?;
+        let _: i64 = timed(&self.metrics, "heartbeat", conn.sadd(NODES, &record.node)).await?;
+        Ok(())
+    }
+
+    async fn registry(&self) -> anyhow::Result<Registry> {
+        let mut conn = self.conn.clone();
+        let nodes: Vec<String> = timed(&self.metrics, "registry", conn.smembers(NODES)).await?;
+        let mut registry = Registry { alive: Vec::new(), expired: Vec::new() };
+        // One GET per node: the records live on different cluster slots.
+        for node in nodes {
+            let raw: Option<String> = timed(&self.metrics, "registry", conn.get(node_key(&node))).await?;
+            match raw.map(|r| serde_json::from_str::<NodeRecord>(&r)) {
+                Some(Ok(record)) => registry.alive.push(record),
+                Some(Err(e)) => tracing::warn!(node, error = %e, "unreadable node record"),
+                None => registry.expired.push(node),
+            }
+        }
+        Ok(registry)
+    }
+
+    async fn leave(&self, node: &str) -> anyhow::Result<bool> {
+        let mut conn = self.conn.clone();
+        let removed: i64 = timed(&self.metrics, "registry", conn.srem(NODES, node)).await?;
+        let _: i64 = timed(&self.metrics, "registry", conn.del(node_key(node))).await?;
+        Ok(removed == 1)
+    }
+
+    async fn push_orphans(&self, visit_ids: &[String]) -> anyhow::Result<()> {
+        if visit_ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = timed(&self.metrics, "orphans", conn.rpush(ORPHANS, visit_ids)).await?;
+        Ok(())
+    }
+
+    async fn pop_orphans(&self, max: usize) -> anyhow::Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let count = std::num::NonZeroUsize::new(max.max(1));
+        let popped: Option<Vec<String>> = timed(&self.metrics, "orphans", conn.lpop(ORPHANS, count)).await?;
+        Ok(popped.unwrap_or_default())
+    }
+
+    async fn node_alive(&self, node: &str) -> anyhow::Result<bool> {
+        let mut conn = self.conn.clone();
+        timed(&self.metrics, "registry", conn.exists(node_key(node))).await
+    }
+
+    async fn journal_write(&self, ops: &[JournalOp]) -> anyhow::Result<()> {
+        // One pipeline per session: its keys share a hash tag, so a Redis Cluster takes it
+        // on one shard, in order.
+        let mut by_session: Vec<(&str, redis::Pipeline)> = Vec::new();
+        for op in ops {
+            let session = session_of(op);
+            let at = match by_session.iter().position(|(s, _)| *s == session) {
+                Some(i) => i,
+                None => {
+                    by_session.push((session, redis::pipe()));
+                    by_session.len() - 1
+                }
+            };
+            add_to(&mut by_session[at].1, op)?;
+        }
+        let writes = by_session.into_iter().map(|(_, pipe)| {
+            let mut conn = self.conn.clone();
+            async move { timed(&self.metrics, "journal", pipe.query_async::<()>(&mut conn)).await }
+        });
+        for result in futures_util::future::join_all(writes).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn journal_meta(&self, session_id: &str) -> anyhow::Result<Option<SessionMeta>> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = timed(&self.metrics, "journal", conn.get(meta_key(session_id))).await?;
+        Ok(raw.map(|r| serde_json::from_str(&r)).transpose()?)
+    }
+
+    async fn journal_sealed(&self, session_id: &str, token: &str, wait: Duration) -> anyhow::Result<Option<Sealed>> {
+        let key = out_key(session_id);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut frames = Vec::new();
+        let mut last_id = "0".to_string();
+        loop {
+            let mut conn = self.conn.clone();
+            let opts = redis::streams::StreamReadOptions::default().count(1000);
+            let reply: Option<redis::streams::StreamReadReply> =
+                timed(&self.metrics, "journal", conn.xread_options(&[&key], &[&last_id], &opts)).await?;
+            let entries: Vec<redis::streams::StreamId> =
+                reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+            if let Some(last) = entries.last() {
+                last_id = last.id.clone();
+            }
+            if let Some((last_seq, broken)) = read_entries(&entries, token, &mut frames) {
+                return Ok(Some(Sealed { last_seq, broken, frames }));
+            }
+            if entries.is_empty() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! Cluster mode with real processes: three `visithub serve` nodes sharing a PostgreSQL primary
+//! and Redis (one server, or a three-master Redis Cluster). A whole visit across nodes, a node
+//! killed with `kill -9` mid-visit, and Redis restarting empty under a stream of chat.
+//! Without redis-server or PostgreSQL these tests fail; `./scripts/test` installs both.
+
+mod common;
+#[path = "support/nodes.rs"]
+mod nodes;
+#[path = "support/pg.rs"]
+mod pg;
+#[path = "support/redis.rs"]
+mod redis_support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use common::*;
+use nodes::{Backing, HubProcess};
+use pg::PgCluster;
+use redis_support::{RedisCluster, RedisServer};
+use serde_json::Value;
+use visithub::model::{Role, UsState, VisitStatus};
+use visithub::protocol::{
+    ChatHistory, ChatSend, ClientMessage, ServerFrame, ServerMessage, SignalSdp, StateRef, VisitRef, VisitTransition,
+};
+
+const OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:Yx3a\r\na=ice-pwd:Wj5pZ0XE0VrUQ1nY7dXh7kFf\r\na=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CD:A8:1F:4A:0A:5E:AB:CD:3A:9C:B8:2B:4F:6D:1F:0C:E7:44:19:27\r\na=setup:actpass\r\na=mid:0\r\na=sctp-port:5000\r\n";
+
+fn sdp(visit_id: &str, ice_restart: bool) -> SignalSdp {
+    SignalSdp { visit_id: visit_id.into(), sdp: OFFER.into(), ice_restart, from: None }
+}
+
+fn say(visit_id: &str, client_id: &str) -> ClientMessage {
+    ClientMessage::ChatSend(ChatSend { visit_id: visit_id.into(), client_id: client_id.into(), body: client_id.into() })
+}
+
+fn join(visit_id: &str) -> ClientMessage {
+    ClientMessage::ChatJoin(VisitRef { visit_id: visit_id.into() })
+}
+
+fn to(visit_id: &str, status: VisitStatus) -> ClientMessage {
+    ClientMessage::VisitTransition(VisitTransition { visit_id: visit_id.into(), to: status })
+}
+
+fn chat_body(f: &ServerFrame) -> String {
+    let ServerMessage::ChatMessage(m) = &f.msg else { panic!("not a chat message: {f:?}") };
+    m.body.clone()
+}
+
+async fn welcome(ws: &mut Ws) -> String {
+    let ServerMessage::Welcome(w) = ws.next_of("welcome").await.msg else { unreachable!() };
+    w.session_id
+}
+
+/// Every message of a conversation, by body, from its history over the socket.
+async fn history(ws: &mut Ws, visit_id: &str) -> Vec<String> {
+    let page = ws
+        .request(&ClientMessage::ChatHistory(ChatHistory {
+            visit_id: visit_id.into(),
+            before_seq: None,
+            limit: Some(100),
+        }))
+        .await;
+    let ServerMessage::Ack(page) = page.msg else { panic!("{page:?}") };
+    page["messages"].as_array().unwrap().iter().map(|m| m["body"].as_str().unwrap().to_string()).collect()
+}
+
+/// One cluster at a time: each starts PostgreSQL, Redis and several hub processes, and on a
+/// 2-core machine running them side by side would starve heartbeats and blur what is tested.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether `node` counts `n` nodes in the registry within a few heartbeats.
+async fn nodes_seen_by(node: &HubProcess, n: usize) -> bool {
+    for _ in 0..50 {
+        let url = format!("http://{}/metrics", node.metrics_addr);
+        let page = node.http.get(url).send().await.unwrap().text().await.unwrap();
+        if page.lines().any(|l| l.starts_with("visithub_cluster_nodes") && l.ends_with(&format!(" {n}"))) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+struct Cluster {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    _pg: PgCluster,
+    dir: tempfile::TempDir,
+    backing: Backing,
+}
+
+impl Cluster {
+    async fn new(redis_url: String, redis_cluster: bool) -> Cluster {
+        let serial = ONE_AT_A_TIME.lock().await;
+        let pg = PgCluster::primary();
+        let backing = Backing { database_url: pg.primary_url(), redis_url, redis_cluster };
+        Cluster { _serial: serial, _pg: pg, dir: tempfile::tempdir().unwrap(), backing }
+    }
+
+    async fn node(&self, name: &str) -> HubProcess {
+        HubProcess::start(name, self.dir.path(), &self.backing, &[]).await
+    }
+}
+
+/// A patient on `a`, a support person on `b` and a provider on `c` go through a whole visit.
+async fn whole_visit_across_nodes(a: &HubProcess, b: &HubProcess, c: &HubProcess) {
+    assert!(a.onboard("sam", "support", &["WA"]).await.status.is_success());
+    assert!(a.onboard("dr-lee", "provider", &["WA"]).await.status.is_success());
+
+    let mut sam = b.ws(&b.token(Role::Support, "sam", &[], 3600)).await;
+    welcome(&mut sam).await;
+    assert!(is_ack(
+        &sam.request(&ClientMessage::QueueSubscribe(StateRef { state: UsState::parse("WA").unwrap() })).await
+    ));
+    sam.next_of("queue.snapshot").await;
+
+    let intake = a.intake("Ann", "WA", None).await;
+    assert_eq!(intake.status, 201, "{:?}", intake.body);
+    let visit_id = intake.str("visit_id");
+    let mut ann = a.ws(&intake.str("patient_token")).await;
+    let ServerMessage::QueuePosition(p) = ann.next_of("queue.position").await.msg else { unreachable!() };
+    assert_eq!(p.position, 1);
+    // The queue change made on A reaches the console on B.
+    let added = sam
+        .next_of_filtered(
+            "queue.delta",
+            |f| matches!(&f.msg, ServerMessage::QueueDelta(d) if d.added.iter().any(|e| e.visit_id == visit_id)),
+        )
+        .await;
+    assert!(matches!(added.msg, ServerMessage::QueueDelta(_)));
+
+    // Chat both ways between B and A.
+    assert!(is_ack(&sam.request(&join(&visit_id)).await));
+    let sent = sam.request(&say(&visit_id, "hello-from-B")).await;
+    assert!(is_ack(&sent), "{sent:?}");
+    assert_eq!(chat_body(&ann.next_of("chat.message").await), "hello-from-B");
+    assert!(is_ack(&ann.request(&say(&visit_id, "hello-from-A")).await));
+    assert_eq!(
+        chat_body(&sam.next_of_filtered("chat.message", |f| chat_body(f) == "hello-from-A").await),
+        "hello-from-A"
+    );
+
+    // The provider on C claims and starts; negotiation crosses C -> A -> C.
+    let mut dr = c.ws(&c.token(Role::Provider, "dr-lee", &[], 3600)).await;
+    welcome(&mut dr).await;
+    let claim = dr.request(&ClientMessage::VisitClaim(VisitRef { visit_id: visit_id.clone() })).await;
+    assert!(is_ack(&claim), "{claim:?}");
+    let ServerMessage::VisitUpdated(u) = ann.next_of("visit.updated").await.msg else { unreachable!() };
+    assert_eq!(u.status, VisitStatus::Claimed);
+    sam.next_of_filtered(
+        "queue.delta",
+        |f| matches!(&f.msg, ServerMessage::QueueDelta(d) if d.removed.contains(&visit_id)),
+    )
+    .await;
+    assert!(is_ack(&dr.request(&to(&visit_id, VisitStatus::InVisit)).await));
+    let ServerMessage::VisitStarted(s) = ann.next_of("visit.started").await.msg else { unreachable!() };
+    assert!(s.polite);
+    dr.next_of("visit.started").await;
+    assert!(is_ack(&dr.request(&ClientMessage::SignalOffer(sdp(&visit_id, false))).await));
+    let ServerMessage::SignalOffer(o) = ann.next_of("signal.offer").await.msg else { unreachable!() };
+    assert_eq!(o.from, Some(Role::Provider));
+    assert!(is_ack(&ann.request(&ClientMessage::SignalAnswer(sdp(&visit_id, false))).await));
+    let ServerMessage::SignalAnswer(r) = dr.next_of("signal.answer").await.msg else { unreachable!() };
+    assert_eq!(r.from, Some(Role::Patient));
+
+    for status in [VisitStatus::WrapUp, VisitStatus::Ended] {
+        assert!(is_ack(&dr.request(&to(&visit_id, status)).await));
+    }
+    ann.next_of_filtered(
+        "visit.updated",
+        |f| matches!(&f.msg, ServerMessage::VisitUpdated(u) if u.status == VisitStatus::Ended),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_one_redis_complete_a_visit() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let cluster = Cluster::new(redis.url(), false).await;
+    let (a, b, c) = (cluster.node("a").await, cluster.node("b").await, cluster.node("c").await);
+    whole_visit_across_nodes(&a, &b, &c).await;
+    // Each node sees all three in the registry (from its next heartbeat on).
+    assert!(nodes_seen_by(&b, 3).await, "b does not see three nodes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_a_three_master_redis_cluster_complete_a_visit() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisCluster::start(dir.path());
+    let cluster = Cluster::new(redis.urls(), true).await;
+    let (a, b, c) = (cluster.node("a").await, cluster.node("b").await, cluster.node("c").await);
+    whole_visit_across_nodes(&a, &b, &c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_whose_node_is_killed_mid_visit_resumes_on_another_and_the_visit_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let cluster = Cluster::new(redis.url(), false).await;
+    let (mut a, b, c) = (cluster.node("a").await, cluster.node("b").await, cluster.node("c").await);
+    assert!(b.onboard("sam", "support", &["WA"]).await.status.is_success());
+    assert!(b.onboard("dr-lee", "provider", &["WA"]).await.status.is_success());
+
+    let intake = a.intake("Ann", "WA", None).await;
+    let (visit_id, token) = (intake.str("visit_id"), intake.str("patient_token"));
+    let mut ann = a.ws(&token).await;
+    let sid = welcome(&mut ann).await;
+    let mut sam = b.ws(&b.token(Role::Support, "sam", &[], 3600)).await;
+    welcome(&mut sam).await;
+    assert!(is_ack(&sam.request(&join(&visit_id)).await));
+    let mut dr = c.ws(&c.token(Role::Provider, "dr-lee", &[], 3600)).await;
+    welcome(&mut dr).await;
+    assert!(is_ack(&dr.request(&ClientMessage::VisitClaim(VisitRef { visit_id: visit_id.clone() })).await));
+    assert!(is_ack(&dr.request(&to(&visit_id, VisitStatus::InVisit)).await));
+    ann.next_of("visit.started").await;
+    assert!(is_ack(&dr.request(&ClientMessage::SignalOffer(sdp(&visit_id, false))).await));
+    ann.next_of("signal.offer").await;
+
+    // Messages before the crash arrive live.
+    let mut acked = Vec::new();
+    let mut received: Vec<String> = Vec::new();
+    for i in 0..5 {
+        let body = format!("before-{i}");
+        assert!(is_ack(&sam.request(&say(&visit_id, &body)).await));
+        acked.push(body);
+        received.push(chat_body(&ann.next_of("chat.message").await));
+    }
+    let seen = ann.last_seq;
+
+    a.kill();
+    // While the patient is away, the conversation goes on.
+    for i in 0..5 {
+        let body = format!("during-{i}");
+        assert!(is_ack(&sam.request(&say(&visit_id, &body)).await));
+        acked.push(body);
+    }
+
+    // The patient comes back on B with its session: B never held it, so it says so plainly
+    // (recovered: false) and the client reloads what it missed from history.
+    let mut back = b.resume(&token, &sid, seen).await;
+    let frame = back.next_of_any(&["welcome", "session.resumed"]).await;
+    let recovered = match frame.msg {
+        ServerMessage::Welcome(w) => w.recovered.unwrap_or(false),
+        ServerMessage::SessionResumed(r) => r.recovered,
+        _ => unreachable!(),
+    };
+    if !recovered {
+        for body in history(&mut back, &visit_id).await {
+            if !received.contains(&body) {
+                received.push(body);
+            }
+        }
+    }
+    let lost: Vec<&String> = acked.iter().filter(|b| !received.contains(b)).collect();
+    let counts: HashMap<&String, usize> = received.iter().fold(HashMap::new(), |mut m, b| {
+        *m.entry(b).or_default() += 1;
+        m
+    });
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert!(counts.values().all(|n| *n == 1), "duplicates: {counts:?}");
+
+    // Signaling resumes from the new node: the patient restarts ICE, the provider answers.
+    assert!(is_ack(&back.request(&ClientMessage::SignalOffer(sdp(&visit_id, true))).await));
+    let ServerMessage::SignalOffer(o) = dr.next_of("signal.offer").await.msg else { unreachable!() };
+    assert!(o.ice_restart);
+    assert!(is_ack(&dr.request(&ClientMessage::SignalAnswer(sdp(&visit_id, false))).await));
+    back.next_of("signal.answer").await;
+    for status in [VisitStatus::WrapUp, VisitStatus::Ended] {
+        assert!(is_ack(&dr.request(&to(&visit_id, status)).await));
+    }
+    back.next_of_filtered(
+        "visit.updated",
+        |f| matches!(&f.msg, ServerMessage::VisitUpdated(u) if u.status == VisitStatus::Ended),
+    )
+    .await;
+
+    // The survivors noticed the dead node and took it out of the registry.
+    assert!(nodes_seen_by(&b, 2).await, "the killed node is still in the registry");
+}
+
+/// Sends a chat message, retrying on a fresh socket when the hub closes this one; the same
+/// `client_id` makes a retry safe. Returns the socket to go on with.
+async fn send_until_acked(node: &HubProcess, token: &str, mut ws: Ws, visit_id: &str, body: &str) -> (Ws, bool) {
+    for _ in 0..20 {
+        if ws.try_send(&say(visit_id, body)).await {
+            loop {
+                let Ok(Some(Ok(msg))) =
+                    tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut ws.stream)).await
+                else {
+                    break;
+                };
+                let tokio_tungstenite::tungstenite::Message::Text(t) = msg else { continue };
+                let f = visithub::protocol::decode_server(t.as_str()).unwrap();
+                match &f.msg {
+                    ServerMessage::Ack(_) if f.id.is_some() => return (ws, true),
+                    ServerMessage::Error(e) if f.id.is_some() => {
+                        assert_eq!(e.code, "unavailable", "only the outage may refuse: {e:?}");
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(mut fresh) = node.try_ws(token, None).await {
+            welcome(&mut fresh).await;
+            if is_ack(&fresh.request(&join(visit_id)).await) {
+                ws = fresh;
+            }
+        }
+    }
+    (ws, false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarting_empty_loses_no_acknowledged_chat_and_the_queues_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path());
+    let cluster = Cluster::new(redis.url(), false).await;
+    let (a, b) = (cluster.node("a").await, cluster.node("b").await);
+    assert!(a.onboard("sam", "support", &["WA"]).await.status.is_success());
+
+    let intake = a.intake("Ann", "WA", None).await;
+    let (visit_id, token) = (intake.str("visit_id"), intake.str("patient_token"));
+    let mut ann = a.ws(&token).await;
+    let sid = welcome(&mut ann).await;
+    let sam_token = b.token(Role::Support, "sam", &[], 3600);
+    let mut sam = b.ws(&sam_token).await;
+    welcome(&mut sam).await;
+    assert!(is_ack(&sam.request(&join(&visit_id)).await));
+
+    let mut waiting = vec![visit_id.clone()];
+    let mut acked = Vec::new();
+    let mut received = Vec::new();
+    for i in 0..5 {
+        let body = format!("m{i}");
+        let ok;
+        (sam, ok) = send_until_acked(&b, &sam_token, sam, &visit_id, &body).await;
+        assert!(ok);
+        acked.push(body);
+        received.push(chat_body(&ann.next_of("chat.message").await));
+    }
+    let seen = ann.last_seq;
+
+    // Redis restarts with nothing in it, in the middle of a stream of chat and intakes.
+    redis.restart_empty();
+    for i in 5..25 {
+        let body = format!("m{i}");
+        let ok;
+        (sam, ok) = send_until_acked(&b, &sam_token, sam, &visit_id, &body).await;
+        if ok {
+            acked.push(body);
+        }
+        if i % 5 == 0 {
+            let r = a.intake(&format!("P{i}"), "WA", None).await;
+            match r.status.as_u16() {
+                201 => waiting.push(r.str("visit_id")),
+                503 => assert_eq!(r.code(), "unavailable"),
+                s => panic!("unexpected intake answer {s}: {:?}", r.body),
+            }
+        }
+    }
+    assert!(acked.len() >= 20, "the outage should be short: only {} of 25 acknowledged", acked.len());
+    a.wait_ready(Duration::from_secs(30)).await;
+    b.wait_ready(Duration::from_secs(30)).await;
+
+    // The patient's socket: either everything arrives live, or the hub closed it (4008) and
+    // the resume says what it can: the missed events, or recovered: false and a reload.
+    let mut reloaded = false;
+    let mut live = ann;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(3), futures_util::StreamExt::next(&mut live.stream)).await;
+        match next {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                let f = visithub::protocol::decode_server(t.as_str()).unwrap();
+                if let ServerMessage::ChatMessage(m) = &f.msg {
+                    received.push(m.body.clone());
+                }
+                if received.len() >= acked.len() && acked.iter().all(|b| received.contains(b)) {
+                    break;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => {
+                let mut back = a.resume(&token, &sid, seen).await;
+                let frame = back.next_of_any(&["welcome", "session.resumed"]).await;
+                let recovered = match frame.msg {
+                    ServerMessage::Welcome(w) => w.recovered.unwrap_or(false),
+                    ServerMessage::SessionResumed(r) => r.recovered,
+                    _ => unreachable!(),
+                };
+                assert!(!recovered, "a session whose bus missed events must not claim a full replay");
+                received.retain(|b| acked[..5].contains(b));
+                for body in history(&mut back, &visit_id).await {
+                    if !received.contains(&body) {
+                        received.push(body);
+                    }
+                }
+                reloaded = true;
+                break;
+            }
+        }
+    }
+    let got: BTreeSet<&String> = received.iter().collect();
+    assert!(
+        acked.iter().all(|b| got.contains(b)),
+        "lost: {:?}",
+        acked.iter().filter(|b| !got.contains(b)).collect::<Vec<_>>()
+    );
+    assert_eq!(got.len(), received.len(), "duplicates among {received:?} (reloaded: {reloaded})");
+
+    // Every acknowledged message is in the stored history exactly once.
+    let stored = b.call("GET", &format!("/v1/visits/{visit_id}/messages?limit=100"), Some(&token), None).await;
+    let bodies: Vec<&str> =
+        stored.body["messages"].as_array().unwrap().iter().map(|m| m["body"].as_str().unwrap()).collect();
+    for body in &acked {
+        assert_eq!(bodies.iter().filter(|b| **b == body.as_str()).count(), 1, "{body} in {bodies:?}");
+    }
+
+    // The queues came back from PostgreSQL: every accepted intake waits, on every node.
+    for node in [&a, &b] {
+        let mut listed: Vec<String> = Vec::new();
+        for _ in 0..50 {
+            let q = node.call("GET", "/v1/states/WA/queue", Some(&node.admin()), None).await;
+            listed = q.body["visits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["visit_id"].as_str().unwrap().to_string())
+                .collect();
+            if waiting.iter().all(|w| listed.contains(w)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(waiting.iter().all(|w| listed.contains(w)), "{}: {listed:?} lacks some of {waiting:?}", node.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_a_node_reports_degraded_and_refuses_what_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path());
+    let cluster = Cluster::new(redis.url(), false).await;
+    let a = cluster.node("a").await;
+    redis.stop();
+    let mut degraded: Option<Value> = None;
+    for _ in 0..100 {
+        if let Some((503, body)) = a.ready().await {
+            degraded = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = degraded.expect("readiness turns 503 without Redis");
+    assert_eq!((body["degraded"].as_bool(), body["store"].as_bool()), (Some(true), Some(true)), "{body}");
+    let r = a.intake("Ann", "WA", None).await;
+    assert_eq!((r.status.as_u16(), r.code()), (503, "unavailable"), "{:?}", r.body);
+    assert!(r.retry_after.is_some());
+
+    redis.restart_empty();
+    a.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(a.intake("Ann", "WA", None).await.status, 201);
+}
+
+/// Frames until the hub has sent everything `want` lists (chat bodies), collecting chat.
+async fn collect_chat(ws: &mut Ws, received: &mut Vec<String>, want: &[String]) {
+    while !want.iter().all(|b| received.contains(b)) {
+        received.push(chat_body(&ws.next_of("chat.message").await));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moves_to_another_live_node_with_exactly_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    session_moves_between_nodes(&Cluster::new(redis.url(), false).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_session_moves_to_another_node_with_exactly_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisCluster::start(dir.path());
+    session_moves_between_nodes(&Cluster::new(redis.urls(), true).await).await;
+}
+
+async fn session_moves_between_nodes(cluster: &Cluster) {
+    let (a, b) = (cluster.node("a").await, cluster.node("b").await);
+    assert!(a.onboard("sam", "support", &["WA"]).await.status.is_success());
+    let intake = a.intake("Ann", "WA", None).await;
+    let (visit_id, token) = (intake.str("visit_id"), intake.str("patient_token"));
+    let mut ann = a.ws(&token).await;
+    let sid = welcome(&mut ann).await;
+    ann.next_of("queue.position").await;
+    let mut sam = b.ws(&b.token(Role::Support, "sam", &[], 3600)).await;
+    welcome(&mut sam).await;
+    assert!(is_ack(&sam.request(&join(&visit_id)).await));
+
+    let mut sent = Vec::new();
+    let mut received = Vec::new();
+    for i in 0..3 {
+        sent.push(format!("live-{i}"));
+        assert!(is_ack(&sam.request(&say(&visit_id, &sent[i])).await));
+    }
+    collect_chat(&mut ann, &mut received, &sent).await;
+    let seen = ann.last_seq;
+    // The patient's connection to A breaks; the conversation goes on meanwhile.
+    drop(ann);
+    for i in 0..4 {
+        let body = format!("away-{i}");
+        assert!(is_ack(&sam.request(&say(&visit_id, &body)).await));
+        sent.push(body);
+    }
+    // It reconnects to B: A hands the session over, and B replays exactly what was missed.
+    let mut back = b.resume(&token, &sid, seen).await;
+    let mut replayed_chat = Vec::new();
+    let resumed = loop {
+        let f = back.next().await;
+        match f.msg {
+            ServerMessage::ChatMessage(m) => replayed_chat.push(m.body),
+            ServerMessage::SessionResumed(r) => break r,
+            ServerMessage::Welcome(w) => panic!("a new session instead of the old one: {w:?}"),
+            _ => {}
+        }
+    };
+    assert!(resumed.recovered, "{resumed:?}");
+    assert_eq!(resumed.session_id, sid);
+    assert_eq!(replayed_chat, sent[3..].to_vec(), "exactly the missed messages, in order");
+    // And from now on B sends, numbering on.
+    let after = back.last_seq;
+    assert!(is_ack(&sam.request(&say(&visit_id, "after")).await));
+    let f = back.next_of("chat.message").await;
+    assert_eq!(chat_body(&f), "after");
+    assert!(f.seq.unwrap() > after);
+    // A resumed again, on A this time, is taken back the same way.
+    let seen = back.last_seq;
+    drop(back);
+    assert!(is_ack(&sam.request(&say(&visit_id, "later")).await));
+    let mut again = a.resume(&token, &sid, seen).await;
+    let mut replayed_chat = Vec::new();
+    let resumed = loop {
+        let f = again.next().await;
+        match f.msg {
+            ServerMessage::ChatMessage(m) => replayed_chat.push(m.body),
+            ServerMessage::SessionResumed(r) => break r,
+            ServerMessage::Welcome(w) => panic!("a new session instead of the old one: {w:?}"),
+            _ => {}
+        }
+    };
+    assert!(resumed.recovered);
+    assert_eq!(replayed_chat, vec!["later".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_sends_its_clients_elsewhere_and_hands_their_sessions_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let cluster = Cluster::new(redis.url(), false).await;
+    let (mut a, b) = (cluster.node("a").await, cluster.node("b").await);
+    assert!(b.onboard("sam", "support", &["WA"]).await.status.is_success());
+    let intake = b.intake("Ann", "WA", None).await;
+    let (visit_id, token) = (intake.str("visit_id"), intake.str("patient_token"));
+    let mut ann = a.ws(&token).await;
+    let sid = welcome(&mut ann).await;
+    let mut sam = b.ws(&b.token(Role::Support, "sam", &[], 3600)).await;
+    welcome(&mut sam).await;
+    assert!(is_ack(&sam.request(&join(&visit_id)).await));
+    assert!(is_ack(&sam.request(&say(&visit_id, "one")).await));
+    assert_eq!(chat_body(&ann.next_of("chat.message").await), "one");
+    let seen = ann.last_seq;
+
+    // SIGTERM: A turns unready and tells its clients to go elsewhere (4000)...
+    let term = tokio::task::spawn_blocking(move || {
+        let status = a.terminate();
+        (a, status)
+    });
+    assert_eq!(ann.ended(Duration::from_secs(10)).await, Ended::Closed(4000));
+    assert!(is_ack(&sam.request(&say(&visit_id, "two")).await));
+    // ...and hands the session to B when the client lands there.
+    let mut back = b.resume(&token, &sid, seen).await;
+    let mut got = Vec::new();
+    let resumed = loop {
+        let f = back.next().await;
+        match f.msg {
+            ServerMessage::ChatMessage(m) => got.push(m.body),
+            ServerMessage::SessionResumed(r) => break r,
+            ServerMessage::Welcome(w) => panic!("a new session instead of the old one: {w:?}"),
+            _ => {}
+        }
+    };
+    assert!(resumed.recovered);
+    assert_eq!(got, vec!["two".to_string()]);
+    let (_a, status) = term.await.unwrap();
+    assert!(status.success(), "a drained node exits cleanly: {status:?}");
+}
