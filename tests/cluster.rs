@@ -47,6 +47,29 @@ fn chat_body(f: &ServerFrame) -> String {
     m.body.clone()
 }
 
+/// After a resume: whether the hub recovered the session (a `session.resumed` that says so)
+/// or started a new one (`welcome`, or `session.resumed` with `recovered: false`).
+async fn recovered(ws: &mut Ws) -> bool {
+    match ws.next_of_any(&["welcome", "session.resumed"]).await.msg {
+        ServerMessage::Welcome(w) => w.recovered.unwrap_or(false),
+        ServerMessage::SessionResumed(r) => r.recovered,
+        _ => unreachable!(),
+    }
+}
+
+/// After a resume that must recover the session: the chat replayed before `session.resumed`.
+async fn replay_until_resumed(ws: &mut Ws) -> (visithub::protocol::SessionResumed, Vec<String>) {
+    let mut chat = Vec::new();
+    loop {
+        match ws.next().await.msg {
+            ServerMessage::ChatMessage(m) => chat.push(m.body),
+            ServerMessage::SessionResumed(r) => return (r, chat),
+            ServerMessage::Welcome(w) => panic!("a new session instead of the old one: {w:?}"),
+            _ => {}
+        }
+    }
+}
+
 async fn welcome(ws: &mut Ws) -> String {
     let ServerMessage::Welcome(w) = ws.next_of("welcome").await.msg else { unreachable!() };
     w.session_id
@@ -239,12 +262,7 @@ async fn a_patient_whose_node_is_killed_mid_visit_resumes_on_another_and_the_vis
     // The patient comes back on B with its session: B never held it, so it says so plainly
     // (recovered: false) and the client reloads what it missed from history.
     let mut back = b.resume(&token, &sid, seen).await;
-    let frame = back.next_of_any(&["welcome", "session.resumed"]).await;
-    let recovered = match frame.msg {
-        ServerMessage::Welcome(w) => w.recovered.unwrap_or(false),
-        ServerMessage::SessionResumed(r) => r.recovered,
-        _ => unreachable!(),
-    };
+    let recovered = recovered(&mut back).await;
     if !recovered {
         for body in history(&mut back, &visit_id).await {
             if !received.contains(&body) {
@@ -384,12 +402,7 @@ async fn redis_restarting_empty_loses_no_acknowledged_chat_and_the_queues_are_re
             Ok(Some(Ok(_))) => {}
             _ => {
                 let mut back = a.resume(&token, &sid, seen).await;
-                let frame = back.next_of_any(&["welcome", "session.resumed"]).await;
-                let recovered = match frame.msg {
-                    ServerMessage::Welcome(w) => w.recovered.unwrap_or(false),
-                    ServerMessage::SessionResumed(r) => r.recovered,
-                    _ => unreachable!(),
-                };
+                let recovered = recovered(&mut back).await;
                 assert!(!recovered, "a session whose bus missed events must not claim a full replay");
                 received.retain(|b| acked[..5].contains(b));
                 for body in history(&mut back, &visit_id).await {
@@ -514,16 +527,7 @@ async fn session_moves_between_nodes(cluster: &Cluster) {
     }
     // It reconnects to B: A hands the session over, and B replays exactly what was missed.
     let mut back = b.resume(&token, &sid, seen).await;
-    let mut replayed_chat = Vec::new();
-    let resumed = loop {
-        let f = back.next().await;
-        match f.msg {
-            ServerMessage::ChatMessage(m) => replayed_chat.push(m.body),
-            ServerMessage::SessionResumed(r) => break r,
-            ServerMessage::Welcome(w) => panic!("a new session instead of the old one: {w:?}"),
-            _ => {}
-        }
-    };
+    let (resumed, replayed_chat) = replay_until_resumed(&mut back).await;
     assert!(resumed.recovered, "{resumed:?}");
     assert_eq!(resumed.session_id, sid);
     assert_eq!(replayed_chat, sent[3..].to_vec(), "exactly the missed messages, in order");
@@ -538,16 +542,7 @@ async fn session_moves_between_nodes(cluster: &Cluster) {
     drop(back);
     assert!(is_ack(&sam.request(&say(&visit_id, "later")).await));
     let mut again = a.resume(&token, &sid, seen).await;
-    let mut replayed_chat = Vec::new();
-    let resumed = loop {
-        let f = again.next().await;
-        match f.msg {
-            ServerMessage::ChatMessage(m) => replayed_chat.push(m.body),
-            ServerMessage::SessionResumed(r) => break r,
-            ServerMessage::Welcome(w) => panic!("a new session instead of the old one: {w:?}"),
-            _ => {}
-        }
-    };
+    let (resumed, replayed_chat) = replay_until_resumed(&mut again).await;
     assert!(resumed.recovered);
     assert_eq!(replayed_chat, vec!["later".to_string()]);
 }
@@ -579,16 +574,7 @@ async fn a_draining_node_sends_its_clients_elsewhere_and_hands_their_sessions_ov
     assert!(is_ack(&sam.request(&say(&visit_id, "two")).await));
     // ...and hands the session to B when the client lands there.
     let mut back = b.resume(&token, &sid, seen).await;
-    let mut got = Vec::new();
-    let resumed = loop {
-        let f = back.next().await;
-        match f.msg {
-            ServerMessage::ChatMessage(m) => got.push(m.body),
-            ServerMessage::SessionResumed(r) => break r,
-            ServerMessage::Welcome(w) => panic!("a new session instead of the old one: {w:?}"),
-            _ => {}
-        }
-    };
+    let (resumed, got) = replay_until_resumed(&mut back).await;
     assert!(resumed.recovered);
     assert_eq!(got, vec!["two".to_string()]);
     let (_a, status) = term.await.unwrap();

@@ -123,7 +123,10 @@ pub async fn upgrade(
                                 Err(r) => {
                                     // Not here: in a cluster another node may hold it and hand
                                     // it over; else a new session, and the client reloads.
-                                    let start = match gw.journal.is_some() {
+                                    // Session ids are UUIDs the hub made: anything else names
+                                    // no session and never reaches a live-state key.
+                                    let ours = uuid::Uuid::try_parse(&session_id).is_ok();
+                                    let start = match gw.journal.is_some() && ours {
                                         true => session::Start::TakeOver { session_id, last_seq },
                                         false => session::Start::New { recovered: Some(false) },
                                     };

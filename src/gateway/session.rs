@@ -236,10 +236,11 @@ impl Session {
         if self.out.journal.is_none() {
             return;
         }
-        let boards: Vec<UsState> = self.boards.keys().copied().collect();
-        if self.journaled.0 == self.topics && self.journaled.1 == boards {
+        // Called once per loop turn: compare without allocating.
+        if self.journaled.0 == self.topics && self.boards.keys().copied().eq(self.journaled.1.iter().copied()) {
             return;
         }
+        let boards: Vec<UsState> = self.boards.keys().copied().collect();
         self.journaled = (self.topics.clone(), boards.clone());
         let meta = crate::live::SessionMeta {
             subject: self.principal.subject.clone(),

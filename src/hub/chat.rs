@@ -105,11 +105,7 @@ impl Hub {
         let client_id = validate::identifier("client_id", client_id, MAX_CLIENT_ID_LEN)?;
         let body = validate::message("body", body, self.options.max_chat_body_chars)?;
         // Append and fan-out in one order for every member, across nodes.
-        let _in_order = self
-            .live_state
-            .lock(&format!("chat:{}", visit.id), super::cluster::LOCK_TTL, super::cluster::LOCK_WAIT)
-            .await
-            .map_err(HubError::unavailable)?;
+        let _in_order = self.hold(&format!("chat:{}", visit.id)).await?;
         let new = NewMessage {
             visit_id: visit.id.clone(),
             message_id: new_visit_id(),

@@ -16,9 +16,9 @@ use crate::model::{CaregiverKind, UsState, Visit, VisitStatus};
 use crate::protocol::{ProviderPresence, ProviderStatus};
 
 /// How long a lock protecting a short critical section may outlive a holder that died.
-pub(super) const LOCK_TTL: Duration = Duration::from_secs(10);
+const LOCK_TTL: Duration = Duration::from_secs(10);
 /// How long a request waits for such a lock before it is refused as unavailable.
-pub(super) const LOCK_WAIT: Duration = Duration::from_secs(5);
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Orphaned visits one heartbeat takes on.
 const ORPHANS_PER_BEAT: usize = 100;
 
@@ -35,15 +35,6 @@ pub struct ClusterView {
     left: AtomicBool,
     /// Live state answered the last heartbeat (always, in memory).
     unhealthy: AtomicBool,
-}
-
-fn entry_of(visit: &Visit) -> QueuedVisit {
-    QueuedVisit {
-        visit_id: visit.id.as_str().into(),
-        display_name: visit.display_name.clone(),
-        reason: visit.reason.clone(),
-        enqueued_at: visit.created_at,
-    }
 }
 
 impl Hub {
@@ -64,6 +55,12 @@ impl Hub {
             tokio::spawn(heartbeats(Arc::downgrade(self), every));
         }
         Ok(())
+    }
+
+    /// Holds the live-state lock `name` (across nodes in a cluster), or refuses with
+    /// `unavailable` when it cannot be had in time.
+    pub(super) async fn hold(&self, name: &str) -> crate::error::HubResult<crate::live::LockGuard> {
+        self.live_state.lock(name, LOCK_TTL, LOCK_WAIT).await.map_err(crate::error::HubError::unavailable)
     }
 
     /// Whether live state is reachable, for readiness.
@@ -177,7 +174,7 @@ impl Hub {
             let current = self.live_state.queue_load(state).await?;
             let have: HashSet<&str> = current.entries.iter().map(|e| &*e.visit_id).collect();
             for visit in want.iter().filter(|v| !have.contains(v.id.as_str())) {
-                self.live_state.queue_push(state, &entry_of(visit)).await?;
+                self.live_state.queue_push(state, &QueuedVisit::of(visit)).await?;
             }
             queued += want.len();
             let wanted: HashSet<&str> = want.iter().map(|v| v.id.as_str()).collect();

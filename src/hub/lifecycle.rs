@@ -34,11 +34,7 @@ impl Hub {
         let at = self.clock.now();
         {
             // One claim at a time per provider, across nodes, so the live-visit cap holds.
-            let _one_claim_at_a_time = self
-                .live_state
-                .lock(&format!("claim:{}", who.subject), super::cluster::LOCK_TTL, super::cluster::LOCK_WAIT)
-                .await
-                .map_err(HubError::unavailable)?;
+            let _one_claim_at_a_time = self.hold(&format!("claim:{}", who.subject)).await?;
             let held = self.store.live_visits_of(&who.subject).await.map_err(HubError::internal)?.len() as u32;
             if held >= self.options.max_live_visits_per_provider {
                 return Err(HubError::code(ErrorCode::ProviderBusy));
@@ -188,13 +184,7 @@ impl Hub {
 
     /// Puts a visit back in its state's queue at its place by arrival.
     async fn join_queue(&self, visit: &Visit) {
-        let entry = QueuedVisit {
-            visit_id: visit.id.as_str().into(),
-            display_name: visit.display_name.clone(),
-            reason: visit.reason.clone(),
-            enqueued_at: visit.created_at,
-        };
-        match self.live_state.queue_push(visit.state, &entry).await {
+        match self.live_state.queue_push(visit.state, &QueuedVisit::of(visit)).await {
             Ok(version) => self.queue_changed(visit.state, version).await,
             // The store says it waits: the next rebuild from the store queues it again.
             Err(e) => tracing::warn!(error = %e, "visit not put back in live state"),

@@ -286,9 +286,12 @@ impl BusHandler for Hub {
     fn deliver(&self, topic: &Topic, event: Arc<BusEvent>) {
         match &*event {
             BusEvent::QueueChanged { state, version } => {
-                if self.queues.lane(*state).announce(*version) {
+                let lane = self.queues.lane(*state);
+                if lane.announce(*version) {
                     self.schedule_reload(*state);
-                } else {
+                } else if lane.board.borrow().version < *version {
+                    // Reading the lane refreshes the board; a change this node made is on it
+                    // already, so the view is not built twice.
                     self.refresh_board(*state);
                 }
             }

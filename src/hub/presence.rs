@@ -76,14 +76,10 @@ impl Presence {
         before.into_iter().filter(|(s, was)| self.staffing(*s) != *was).map(|(s, _)| s).collect()
     }
 
-    /// Providers held only by other nodes, as presence views.
-    fn remote_providers(&self, local: &HashMap<String, Entry>) -> Vec<(ProviderPresence, u32)> {
+    /// Calls `f` with each provider held only by other nodes.
+    fn each_remote_provider(&self, local: &HashMap<String, Entry>, f: impl FnMut(&PresenceRecord)) {
         let remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
-        remote
-            .values()
-            .filter(|r| r.kind == CaregiverKind::Provider && !local.contains_key(&r.subject))
-            .map(|r| (provider_view(&r.subject, &r.name, &r.states, 1, r.live, r.status), r.live))
-            .collect()
+        remote.values().filter(|r| r.kind == CaregiverKind::Provider && !local.contains_key(&r.subject)).for_each(f);
     }
 
     /// A caregiver's socket opened. Returns the provider's new presence, if a provider.
@@ -141,12 +137,14 @@ impl Presence {
                 staffing.available += 1;
             }
         }
-        for (p, live) in self.remote_providers(&map).into_iter().filter(|(p, _)| p.states.contains(&state)) {
-            staffing.online += 1;
-            if p.status == ProviderStatus::Available && live < self.max_live {
-                staffing.available += 1;
+        self.each_remote_provider(&map, |r| {
+            if r.states.contains(&state) {
+                staffing.online += 1;
+                if r.status == PresenceStatus::Available && r.live < self.max_live {
+                    staffing.available += 1;
+                }
             }
-        }
+        });
         staffing
     }
 
@@ -158,12 +156,11 @@ impl Presence {
             .filter(|(_, e)| e.states.iter().any(|s| states.contains(s)))
             .filter_map(|(subject, e)| self.view(subject, e))
             .collect();
-        out.extend(
-            self.remote_providers(&map)
-                .into_iter()
-                .map(|(p, _)| p)
-                .filter(|p| p.states.iter().any(|s| states.contains(s))),
-        );
+        self.each_remote_provider(&map, |r| {
+            if r.states.iter().any(|s| states.contains(s)) {
+                out.push(provider_view(&r.subject, &r.name, &r.states, 1, r.live, r.status));
+            }
+        });
         out.sort_by(|a, b| a.subject.cmp(&b.subject));
         out
     }

@@ -24,6 +24,18 @@ pub struct QueuedVisit {
     pub enqueued_at: DateTime<Utc>,
 }
 
+impl QueuedVisit {
+    /// What the queue holds of a waiting visit.
+    pub fn of(visit: &crate::model::Visit) -> QueuedVisit {
+        QueuedVisit {
+            visit_id: visit.id.as_str().into(),
+            display_name: visit.display_name.clone(),
+            reason: visit.reason.clone(),
+            enqueued_at: visit.created_at,
+        }
+    }
+}
+
 /// One state's queue at one version, with what estimates need.
 #[derive(Debug)]
 pub struct QueueView {

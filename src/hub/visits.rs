@@ -140,13 +140,7 @@ impl Hub {
             if settings.busy {
                 busy_window.record(now, settings.busy_intake_per_hour);
             }
-            let entry = QueuedVisit {
-                visit_id: visit.id.as_str().into(),
-                display_name: visit.display_name.clone(),
-                reason: visit.reason.clone(),
-                enqueued_at: visit.created_at,
-            };
-            match self.live_state.queue_push(visit.state, &entry).await {
+            match self.live_state.queue_push(visit.state, &QueuedVisit::of(&visit)).await {
                 Ok(version) => (visit, version),
                 Err(e) => {
                     // Stored but not queued: withdraw it, so nothing waits unseen.
@@ -181,10 +175,7 @@ impl Hub {
 
     /// Serializes intakes of a state (and settings changes) across every node.
     pub(super) async fn intake_lock(&self, state: UsState) -> HubResult<crate::live::LockGuard> {
-        self.live_state
-            .lock(&format!("intake:{}", state.code()), super::cluster::LOCK_TTL, super::cluster::LOCK_WAIT)
-            .await
-            .map_err(HubError::unavailable)
+        self.hold(&format!("intake:{}", state.code())).await
     }
 
     /// The earlier answer for an idempotency key, or `None` if the key is new.
