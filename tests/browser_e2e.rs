@@ -87,8 +87,13 @@ fn run_script(script: &str) {
 /// Intake in WA (and a refused intake that names the opening time), support chat both ways,
 /// a provider's claim, both RTCPeerConnections connected and decoding each other's video, and
 /// the end of the visit on both pages.
+/// One browser at a time: two Chromiums with three pages each, decoding video on 2 cores,
+/// starve each other's ICE checks (a call then misses its 30 s to connect).
+static ONE_BROWSER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_whole_visit_in_the_browser() {
+    let _serial = ONE_BROWSER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     run_script("visit.mjs");
 }
 
@@ -97,5 +102,6 @@ fn a_whole_visit_in_the_browser() {
 /// restart); then the patient reloads the page, which rejoins the call on a new session.
 #[test]
 fn the_patient_page_resumes_mid_visit() {
+    let _serial = ONE_BROWSER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     run_script("resume.mjs");
 }
