@@ -68,7 +68,8 @@ fn routing(c: &mut Criterion) {
     let router = Router::default();
     let topic = Topic::Signal(VISIT.into());
     let (tx, mut rx) = mpsc::channel(1024);
-    router.add(topic.clone(), SessionLink { id: 1, inbox: tx, overflowed: CancellationToken::new() });
+    let link = SessionLink { id: 1, subject: "dr-1".into(), inbox: tx, overflowed: CancellationToken::new() };
+    router.add(topic.clone(), link);
     let event = Arc::new(BusEvent::Signal {
         from_subject: "dr-0042".into(),
         signal: Signal::Candidate(candidate()),

@@ -62,6 +62,17 @@ pub enum BusEvent {
     },
 }
 
+impl BusEvent {
+    /// The user whose own sessions have no use for this event (it came from them).
+    pub fn sender(&self) -> Option<&str> {
+        match self {
+            BusEvent::Signal { from_subject, .. } => Some(from_subject),
+            BusEvent::Typing(t) => Some(&t.from.subject),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Signal {

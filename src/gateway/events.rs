@@ -8,6 +8,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use super::session::{Exit, Session};
 use crate::bus::{BusEvent, Signal, Topic};
+use crate::error::ErrorCode;
 use crate::hub::QueueView;
 use crate::model::{Role, UsState, VisitStatus};
 use crate::protocol::{CloseCode, ServerMessage, VisitStillThere};
@@ -21,7 +22,12 @@ impl Session {
             self.listen(Topic::Visit(visit_id.clone())).await?;
             self.listen(Topic::Signal(visit_id.clone())).await?;
             hub.patient_online(&visit_id);
-            if let Some(visit) = hub.store().get_visit(&visit_id).await? {
+            let visit = match hub.visit(&visit_id).await {
+                Ok(visit) => Some(visit),
+                Err(e) if e.code == ErrorCode::VisitNotFound => None,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(visit) = visit {
                 if visit.status == VisitStatus::Waiting {
                     self.watch_board(visit.state, None);
                     self.still_there_at = Some(Instant::now() + self.still_there_after());
@@ -130,10 +136,8 @@ impl Session {
                 }
                 ServerMessage::VisitStarted(self.gw.hub.visit_started_for(&me, visit_id, patient, provider))
             }
-            BusEvent::Signal { from_subject, signal, received_at_us } => {
-                if *from_subject == me {
-                    return None;
-                }
+            // The router does not hand a user their own signals and typing.
+            BusEvent::Signal { signal, received_at_us, .. } => {
                 let lag_us = chrono::Utc::now().timestamp_micros().saturating_sub(*received_at_us).max(0);
                 self.gw.hub.metrics().relay_latency.observe(lag_us as f64 / 1e6);
                 match signal.clone() {
@@ -147,7 +151,6 @@ impl Session {
                 self.gw.hub.metrics().chat_delivered.with_label_values(&[self.principal.role.as_str()]).inc();
                 ServerMessage::ChatMessage(m.clone())
             }
-            BusEvent::Typing(t) if t.from.subject == me => return None,
             BusEvent::Typing(t) => ServerMessage::ChatTyping(t.clone()),
             BusEvent::Read(r) => ServerMessage::ChatRead(r.clone()),
             BusEvent::Participants(p) => ServerMessage::ChatParticipants(p.clone()),

@@ -43,6 +43,9 @@ pub struct Gateway {
     next_session: AtomicU64,
     /// Cluster mode: sessions journal in live state, so another node can take them over.
     journal: Option<journal::JournalWriter>,
+    /// One clock for every session's rate limiter: making a clock calibrates it (CPUID and a
+    /// timing loop), which was a tenth of the CPU of accepting a connection.
+    rate_clock: governor::clock::QuantaClock,
 }
 
 impl Gateway {
@@ -55,6 +58,7 @@ impl Gateway {
             resumable: resume::Resumable::default(),
             next_session: AtomicU64::new(1),
             journal: hub.live_state().is_shared().then(|| journal::JournalWriter::start(hub.live_state().clone())),
+            rate_clock: governor::clock::QuantaClock::default(),
             hub,
         }
     }
@@ -112,32 +116,30 @@ pub async fn upgrade(
                 // Small buffers: most sockets idle, and memory per idle socket is what caps
                 // how many one node holds.
                 .read_buffer_size(1024)
-                .write_buffer_size(0)
+                // Frames queued together leave in one write (the session flushes after
+                // taking what is ready); a lone frame is written at once by that flush.
+                .write_buffer_size(8 * 1024)
                 .on_upgrade(move |socket| async move {
-                    let recovered = match resume {
-                        None => None,
+                    // One call of `session::run` below: its future is most of a connection's
+                    // memory, and two call sites would each get their own room in this one.
+                    let (socket, principal, guard, start) = match resume {
+                        None => (socket, principal, guard, session::Start::New { recovered: None }),
                         Some((session_id, last_seq)) => {
                             let r = Box::new(resume::Resume { socket, last_seq, principal, guard });
-                            match gw.resumable.attach(&session_id, r) {
-                                Ok(()) => return,
-                                Err(r) => {
-                                    // Not here: in a cluster another node may hold it and hand
-                                    // it over; else a new session, and the client reloads.
-                                    // Session ids are UUIDs the hub made: anything else names
-                                    // no session and never reaches a live-state key.
-                                    let ours = uuid::Uuid::try_parse(&session_id).is_ok();
-                                    let start = match gw.journal.is_some() && ours {
-                                        true => session::Start::TakeOver { session_id, last_seq },
-                                        false => session::Start::New { recovered: Some(false) },
-                                    };
-                                    session::run(r.socket, gw, r.principal, r.guard, id, start).await;
-                                    drop(token);
-                                    return;
-                                }
-                            }
+                            let Err(r) = gw.resumable.attach(&session_id, r) else { return };
+                            // Not here: in a cluster another node may hold it and hand it over;
+                            // else a new session, and the client reloads. Session ids are UUIDs
+                            // the hub made: anything else names no session and never reaches a
+                            // live-state key.
+                            let ours = uuid::Uuid::try_parse(&session_id).is_ok();
+                            let start = match gw.journal.is_some() && ours {
+                                true => session::Start::TakeOver { session_id, last_seq },
+                                false => session::Start::New { recovered: Some(false) },
+                            };
+                            (r.socket, r.principal, r.guard, start)
                         }
                     };
-                    session::run(socket, gw, principal, guard, id, session::Start::New { recovered }).await;
+                    session::run(socket, gw, principal, guard, id, start).await;
                     drop(token);
                 })
         }

@@ -91,28 +91,24 @@ pub(super) struct Session {
 }
 
 /// A session on `socket`, new or taken over from another node.
-pub async fn run(
+///
+/// The session's future is a connection's largest allocation and lives as long as the socket,
+/// mostly idle. So the setup is done here, before it: an async fn would keep its arguments
+/// (the whole socket among them) in the future for its whole life. And what runs only now
+/// and then (opening, a request, an event, closing) is boxed for as long as it runs, so the
+/// idle future holds little more than the loop.
+pub fn run(
     socket: WebSocket,
     gw: Arc<Gateway>,
     principal: Principal,
     guard: ConnectionGuard,
     id: u64,
     start: Start,
-) {
+) -> impl Future<Output = ()> + Send {
     let span = tracing::info_span!("session", id, role = principal.role.as_str());
-    run_inner(socket, gw, principal, guard, id, start).instrument(span).await
-}
-
-async fn run_inner(
-    socket: WebSocket,
-    gw: Arc<Gateway>,
-    principal: Principal,
-    guard: ConnectionGuard,
-    id: u64,
-    start: Start,
-) {
     let (inbox_tx, mut inbox) = mpsc::channel(gw.config.outbound_queue);
-    let link = SessionLink { id, inbox: inbox_tx, overflowed: CancellationToken::new() };
+    let subject = principal.subject.as_str().into();
+    let link = SessionLink { id, subject, inbox: inbox_tx, overflowed: CancellationToken::new() };
     let rate = NonZeroU32::new(gw.config.rate_for(principal.role)).unwrap_or(NonZeroU32::MIN);
     let session_id = match &start {
         Start::TakeOver { session_id, .. } => session_id.clone(),
@@ -129,7 +125,7 @@ async fn run_inner(
         topics: Vec::new(),
         token_deadline: deadline_of(principal.expires_at),
         guard: Some(guard),
-        limiter: RateLimiter::direct(Quota::per_second(rate)),
+        limiter: RateLimiter::direct_with_clock(Quota::per_second(rate), gw.rate_clock.clone()),
         strikes: 0,
         strikes_since: Instant::now(),
         still_there_at: None,
@@ -148,32 +144,35 @@ async fn run_inner(
     let role = session.principal.role.as_str();
     metrics.connections_accepted.with_label_values(&[role]).inc();
     metrics.connections_open.with_label_values(&[role]).inc();
-    let opened = match start {
-        Start::New { recovered } => session.open(recovered).await,
-        Start::TakeOver { last_seq, .. } => match session.take_over(&mut inbox, last_seq).await {
-            Some(replayed) => session.taken_over(replayed).await,
-            None => {
-                // Not to be had: a new session, and the client reloads its state.
-                session.forget_takeover().await;
-                resumes = session.gw.resumable.register(&session.session_id, &session.principal.subject);
-                session.open(Some(false)).await
+    async move {
+        let opened = match start {
+            Start::New { recovered } => Box::pin(session.open(recovered)).await,
+            Start::TakeOver { last_seq, .. } => match Box::pin(session.take_over(&mut inbox, last_seq)).await {
+                Some(replayed) => Box::pin(session.taken_over(replayed)).await,
+                None => {
+                    // Not to be had: a new session, and the client reloads its state.
+                    Box::pin(session.forget_takeover()).await;
+                    resumes = session.gw.resumable.register(&session.session_id, &session.principal.subject);
+                    Box::pin(session.open(Some(false))).await
+                }
+            },
+        };
+        let exit = match opened {
+            Ok(()) => session.serve(&mut sink, &mut stream, &mut inbox, &mut resumes).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "session setup failed");
+                Exit::Close(CloseCode::ServerShutdown)
             }
-        },
-    };
-    let exit = match opened {
-        Ok(()) => session.serve(&mut sink, &mut stream, &mut inbox, &mut resumes).await,
-        Err(e) => {
-            tracing::warn!(error = %e, "session setup failed");
-            Exit::Close(CloseCode::ServerShutdown)
-        }
-    };
-    let reason = match &exit {
-        Exit::Close(code) => code.reason(),
-        Exit::HandedOver => "handed_over",
-        Exit::Gone | Exit::Resumed(_) => "client_gone",
-    };
-    metrics.disconnects.with_label_values(&[reason]).inc();
-    session.close(sink, exit).await;
+        };
+        let reason = match &exit {
+            Exit::Close(code) => code.reason(),
+            Exit::HandedOver => "handed_over",
+            Exit::Gone | Exit::Resumed(_) => "client_gone",
+        };
+        metrics.disconnects.with_label_values(&[reason]).inc();
+        Box::pin(session.close(sink, exit)).await;
+    }
+    .instrument(span)
 }
 
 /// The instant a token's `exp` (epoch seconds) falls due.
@@ -312,23 +311,31 @@ impl Session {
         let mut progress_at = Instant::now();
         // While detached: when the session gives up waiting for its client.
         let mut detached_until = far_future();
-        let shutdown = self.gw.shutdown.clone();
-        let overflowed = self.link.overflowed.clone();
+        // Made once and polled on every turn: a future made per turn would register (and drop)
+        // its waiter or timer entry each time, and a busy session turns once per frame.
+        let mut shutdown = std::pin::pin!(self.gw.shutdown.clone().cancelled_owned());
+        let mut overflowed = std::pin::pin!(self.link.overflowed.clone().cancelled_owned());
+        let mut timer = std::pin::pin!(sleep_until(far_future()));
         loop {
             let written_before = self.out.written();
             let was_empty = self.out.is_empty();
             let attached = sink.is_some();
+            let write_by = progress_at + write_timeout;
+            let due = self.next_deadline(attached, write_by, detached_until);
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
             let exit = tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if !self.drained => {
+                _ = &mut shutdown, if !self.drained => {
                     if self.out.journal.is_some() {
                         // Cluster: the client reconnects elsewhere, and this session waits,
                         // detached, for the node it lands on to take it over.
                         self.drained = true;
                         if let Some(old) = sink.take() {
-                            close_socket(old, CloseCode::ServerShutdown, Duration::from_millis(500)).await;
+                            Box::pin(close_socket(old, CloseCode::ServerShutdown, Duration::from_millis(500))).await;
                             *stream = None;
-                            self.left().await;
+                            Box::pin(self.left()).await;
                         }
                         detached_until = Instant::now() + resume_window;
                         None
@@ -336,35 +343,30 @@ impl Session {
                         Some(Exit::Close(CloseCode::ServerShutdown))
                     }
                 }
-                _ = overflowed.cancelled() => Some(Exit::Close(CloseCode::SlowConsumer)),
-                _ = sleep_until(self.token_deadline) => Some(Exit::Close(CloseCode::TokenExpired)),
+                _ = &mut overflowed => Some(Exit::Close(CloseCode::SlowConsumer)),
                 Some(resume) = resumes.recv() => Some(Exit::Resumed(resume)),
-                _ = sleep_until(detached_until), if !attached => return Exit::Gone,
-                _ = sleep_until(progress_at + write_timeout), if attached && !self.out.is_empty() => {
-                    Some(Exit::Close(CloseCode::SlowConsumer))
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if now >= self.token_deadline {
+                        Some(Exit::Close(CloseCode::TokenExpired))
+                    } else if !attached && now >= detached_until {
+                        return Exit::Gone;
+                    } else if attached && !self.out.is_empty() && now >= write_by {
+                        Some(Exit::Close(CloseCode::SlowConsumer))
+                    } else {
+                        Box::pin(self.on_still_there_due(now)).await;
+                        None
+                    }
                 }
-                res = self.out.flush(sink), if attached && !self.out.is_empty() => res.err().map(|_| Exit::Gone),
                 frame = next_frame(stream), if attached && self.out.has_room() => {
                     last_heard = Instant::now();
                     match frame {
-                        Some(Ok(msg)) => self.on_frame(msg).await,
+                        Some(Ok(msg)) => Box::pin(self.on_frame(msg)).await,
                         Some(Err(e)) => Some(self.on_read_error(e)),
                         None => Some(Exit::Gone),
                     }
                 }
-                Some(event) = inbox.recv(), if self.out.has_room() => self.on_event(&event).await,
-                _ = sleep_until(self.still_there_at.unwrap_or_else(far_future)), if self.still_there_at.is_some() && self.answer_by.is_none() => {
-                    self.ask_still_there();
-                    None
-                }
-                _ = sleep_until(self.answer_by.unwrap_or_else(far_future)), if self.answer_by.is_some() => {
-                    self.answer_by = None;
-                    self.still_there_at = None;
-                    if let Some(visit_id) = self.principal.visit.clone() {
-                        self.gw.hub.abandon(&visit_id).await;
-                    }
-                    None
-                }
+                Some(event) = inbox.recv(), if self.out.has_room() => Box::pin(self.on_event(&event)).await,
                 Some((state, view)) = self.boards.next(), if self.out.is_empty() => {
                     self.on_view(state, view);
                     None
@@ -377,22 +379,25 @@ impl Session {
                         None
                     }
                 }
+                // Written last: what the client and the bus have ready is taken first, so the
+                // frames it produces leave together in one write instead of one write each.
+                res = self.out.flush(sink), if attached && !self.out.is_empty() => res.err().map(|_| Exit::Gone),
             };
             match exit {
                 None => self.sync_journal_meta(),
                 Some(Exit::Gone) => {
                     // Keep the session (and what it is sent) for a client that comes back.
-                    self.detach(sink, stream).await;
+                    Box::pin(self.detach(sink, stream)).await;
                     detached_until = Instant::now() + resume_window;
                 }
                 Some(Exit::Resumed(resume)) => {
                     if let Some(old) = sink.take() {
                         // The client moved to a new socket before this one was seen to drop.
-                        close_socket(old, CloseCode::SessionResumed, Duration::from_millis(200)).await;
+                        Box::pin(close_socket(old, CloseCode::SessionResumed, Duration::from_millis(200))).await;
                         *stream = None;
-                        self.left().await;
+                        Box::pin(self.left()).await;
                     }
-                    self.attach(*resume, sink, stream).await;
+                    Box::pin(self.attach(*resume, sink, stream)).await;
                     (last_heard, progress_at, detached_until) = (Instant::now(), Instant::now(), far_future());
                     continue;
                 }
@@ -404,6 +409,36 @@ impl Session {
             if self.out.len() > cfg.outbound_queue {
                 return Exit::Close(CloseCode::SlowConsumer);
             }
+        }
+    }
+
+    /// The earliest moment something is due: token expiry, giving up on a detached client, a
+    /// write that took too long, "still there?" or its answer.
+    fn next_deadline(&self, attached: bool, write_by: Instant, detached_until: Instant) -> Instant {
+        let mut due = self.token_deadline;
+        if !attached {
+            due = due.min(detached_until);
+        }
+        if attached && !self.out.is_empty() {
+            due = due.min(write_by);
+        }
+        match (self.answer_by, self.still_there_at) {
+            (Some(by), _) => due.min(by),
+            (None, Some(at)) => due.min(at),
+            (None, None) => due,
+        }
+    }
+
+    /// A waiting patient is asked "still there?"; one who did not answer in time is abandoned.
+    async fn on_still_there_due(&mut self, now: Instant) {
+        if self.answer_by.is_some_and(|by| now >= by) {
+            self.answer_by = None;
+            self.still_there_at = None;
+            if let Some(visit_id) = self.principal.visit.clone() {
+                self.gw.hub.abandon(&visit_id).await;
+            }
+        } else if self.answer_by.is_none() && self.still_there_at.is_some_and(|at| now >= at) {
+            self.ask_still_there();
         }
     }
 

@@ -42,8 +42,9 @@ impl LiveVisits {
 }
 
 impl Hub {
-    /// The visit, from the cache or the store.
-    pub(super) async fn visit(&self, visit_id: &str) -> HubResult<Arc<Visit>> {
+    /// The visit, from the cache or the store: a patient's sign-in and every reconnect of a
+    /// waiting patient read it, so a storm of reconnects does not become a storm of reads.
+    pub async fn visit(&self, visit_id: &str) -> HubResult<Arc<Visit>> {
         if let Some(v) = self.live.get(visit_id) {
             return Ok(v);
         }

@@ -13,6 +13,8 @@ use crate::bus::{BusEvent, Topic};
 #[derive(Clone)]
 pub struct SessionLink {
     pub id: u64,
+    /// Whose session it is: a user's own signals and typing are not sent back to them.
+    pub subject: Arc<str>,
     pub inbox: mpsc::Sender<Arc<BusEvent>>,
     /// Cancelled when the inbox overflowed: the session closes as a slow consumer.
     pub overflowed: CancellationToken,
@@ -61,11 +63,14 @@ impl Router {
         }
     }
 
+    /// Hands `event` to the sessions listening to `topic`, except those of the user who sent it:
+    /// waking a session only for it to drop its own echo doubled the work of every relay.
     pub fn dispatch(&self, topic: &Topic, event: Arc<BusEvent>) {
         let Some(links) = self.topics.get(topic) else {
             return;
         };
-        for link in links.iter() {
+        let sender = event.sender();
+        for link in links.iter().filter(|l| sender != Some(&*l.subject)) {
             if let Err(mpsc::error::TrySendError::Full(_)) = link.inbox.try_send(event.clone()) {
                 link.overflowed.cancel();
             }
@@ -84,7 +89,7 @@ mod tests {
 
     fn link(id: u64, capacity: usize) -> (SessionLink, mpsc::Receiver<Arc<BusEvent>>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (SessionLink { id, inbox: tx, overflowed: CancellationToken::new() }, rx)
+        (SessionLink { id, subject: format!("user-{id}").into(), inbox: tx, overflowed: CancellationToken::new() }, rx)
     }
 
     fn event() -> Arc<BusEvent> {
@@ -118,5 +123,22 @@ mod tests {
         router.dispatch(&topic, event());
         assert!(slow_flag.is_cancelled());
         assert!(fast_rx.try_recv().is_ok() && fast_rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_signal_reaches_the_other_party_and_not_the_senders_own_sessions() {
+        use crate::bus::Signal;
+        use crate::protocol::SignalEnd;
+        let router = Router::default();
+        let topic = Topic::Signal("v-1".into());
+        let (sender, mut sender_rx) = link(1, 4);
+        let (peer, mut peer_rx) = link(2, 4);
+        router.add(topic.clone(), sender);
+        router.add(topic.clone(), peer);
+        let signal = Signal::EndOfCandidates(SignalEnd { visit_id: "v-1".into(), from: None });
+        let event = BusEvent::Signal { from_subject: "user-1".into(), signal, received_at_us: 0 };
+        router.dispatch(&topic, Arc::new(event));
+        assert!(peer_rx.try_recv().is_ok());
+        assert!(sender_rx.try_recv().is_err(), "the sender's own session is not woken by its echo");
     }
 }
