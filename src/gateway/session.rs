@@ -321,8 +321,11 @@ impl Session {
             let was_empty = self.out.is_empty();
             let attached = sink.is_some();
             let write_by = progress_at + write_timeout;
+            // Moved only earlier, or once it has fired: a deadline that moves later (the write
+            // timeout after every write) costs one early wake-up instead of two timer-wheel
+            // updates per frame.
             let due = self.next_deadline(attached, write_by, detached_until);
-            if timer.deadline() != due {
+            if due < timer.deadline() || timer.is_elapsed() {
                 timer.as_mut().reset(due);
             }
             let exit = tokio::select! {
@@ -392,8 +395,10 @@ impl Session {
                 }
                 Some(Exit::Resumed(resume)) => {
                     if let Some(old) = sink.take() {
-                        // The client moved to a new socket before this one was seen to drop.
-                        Box::pin(close_socket(old, CloseCode::SessionResumed, Duration::from_millis(200))).await;
+                        // The client moved to a new socket before this one was seen to drop. It
+                        // is closed aside: a socket its client dropped would hold the resume up
+                        // for the close's whole patience, and a storm of resumes with it.
+                        tokio::spawn(close_socket(old, CloseCode::SessionResumed, Duration::from_millis(200)));
                         *stream = None;
                         Box::pin(self.left()).await;
                     }
