@@ -57,8 +57,10 @@ pub async fn insert(
     key: Option<&IdempotencyKey>,
 ) -> StoreResult<InsertOutcome> {
     let mut tx = pool.begin().await?;
+    // The visit and its first transition in one round trip (two statements, arguments in order).
     sqlx::query(
-        "INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+         INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) VALUES (?, NULL, ?, ?, ?, ?)",
     )
     .bind(&visit.id)
     .bind(visit.state.code())
@@ -68,6 +70,11 @@ pub async fn insert(
     .bind(to_millis(visit.created_at))
     .bind(visit.estimated_wait_secs.map(|v| v as i64))
     .bind(visit.waited_secs.map(|v| v as i64))
+    .bind(&visit.id)
+    .bind(visit.status.as_str())
+    .bind(to_millis(visit.created_at))
+    .bind(&actor.subject)
+    .bind(actor.role)
     .execute(&mut *tx)
     .await?;
     if let Some(key) = key {
@@ -88,7 +95,6 @@ pub async fn insert(
             return Ok(InsertOutcome::Replayed { visit_id, request_hash });
         }
     }
-    record(&mut tx, &visit.id, None, visit.status, actor, visit.created_at).await?;
     tx.commit().await?;
     Ok(InsertOutcome::Inserted)
 }
@@ -107,6 +113,11 @@ pub async fn get(pool: &SqlitePool, id: &str) -> StoreResult<Option<Visit>> {
     row.as_ref().map(from_row).transpose()
 }
 
+/// Records a transition in the same round trip as the UPDATE before it, only if that UPDATE
+/// changed a row: `changes()` is the row count of the connection's last completed statement.
+/// sqlx runs the two statements of one query in turn, binding its arguments in order.
+const RECORD_IF_CHANGED: &str = "INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) SELECT ?, ?, ?, ?, ?, ? WHERE changes() = 1";
+
 pub async fn transition(
     pool: &SqlitePool,
     id: &str,
@@ -116,20 +127,26 @@ pub async fn transition(
     at: DateTime<Utc>,
 ) -> StoreResult<bool> {
     let mut tx = pool.begin().await?;
-    let changed = sqlx::query(
-        "UPDATE visits SET status = ?, provider_subject = CASE WHEN ? = 'waiting' THEN NULL ELSE provider_subject END WHERE id = ? AND status = ?",
-    )
-    .bind(to.as_str())
-    .bind(to.as_str())
-    .bind(id)
-    .bind(from.as_str())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let sql = format!(
+        "UPDATE visits SET status = ?, provider_subject = CASE WHEN ? = 'waiting' THEN NULL ELSE provider_subject END WHERE id = ? AND status = ?; {RECORD_IF_CHANGED}"
+    );
+    let changed = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(to.as_str())
+        .bind(to.as_str())
+        .bind(id)
+        .bind(from.as_str())
+        .bind(id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(to_millis(at))
+        .bind(&actor.subject)
+        .bind(actor.role)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     if changed == 0 {
         return Ok(false);
     }
-    record(&mut tx, id, Some(from), to, actor, at).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -142,20 +159,25 @@ pub async fn claim(
     waited_secs: u64,
 ) -> StoreResult<bool> {
     let mut tx = pool.begin().await?;
-    let changed = sqlx::query(
-        "UPDATE visits SET status = 'claimed', provider_subject = ?, waited_secs = COALESCE(waited_secs, ?) WHERE id = ? AND status = 'waiting'",
-    )
-    .bind(provider)
-    .bind(waited_secs as i64)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let sql = format!(
+        "UPDATE visits SET status = 'claimed', provider_subject = ?, waited_secs = COALESCE(waited_secs, ?) WHERE id = ? AND status = 'waiting'; {RECORD_IF_CHANGED}"
+    );
+    let changed = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(provider)
+        .bind(waited_secs as i64)
+        .bind(id)
+        .bind(id)
+        .bind(VisitStatus::Waiting.as_str())
+        .bind(VisitStatus::Claimed.as_str())
+        .bind(to_millis(at))
+        .bind(provider)
+        .bind("provider")
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     if changed == 0 {
         return Ok(false);
     }
-    let actor = Actor { subject: provider.to_string(), role: "provider" };
-    record(&mut tx, id, Some(VisitStatus::Waiting), VisitStatus::Claimed, &actor, at).await?;
     tx.commit().await?;
     Ok(true)
 }
