@@ -3,10 +3,9 @@
 
 use super::presence::Arrival;
 use crate::auth::{Claims, Principal};
-use crate::bus::{BusEvent, Topic};
 use crate::error::{ErrorCode, HubError, HubResult};
 use crate::model::{CaregiverKind, Role};
-use crate::protocol::{PresenceStatus, ProviderPresence};
+use crate::protocol::PresenceStatus;
 
 use super::Hub;
 
@@ -90,14 +89,6 @@ impl Hub {
             self.presence_changed(p).await;
         }
         Ok(())
-    }
-
-    /// A provider's presence changed: new estimates where they work, and caregivers there told.
-    pub(super) async fn presence_changed(&self, p: ProviderPresence) {
-        for state in &p.states {
-            self.publish(Topic::Staff(*state), BusEvent::Presence(p.clone())).await;
-        }
-        self.staffing_changed(p.states).await;
     }
 
     /// Signs claims with the hub's key (patient tokens, refreshed sessions in tests).

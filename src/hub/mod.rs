@@ -13,6 +13,7 @@ mod lifecycle;
 mod live;
 mod portal;
 mod presence;
+mod presence_feed;
 pub mod queues;
 mod router;
 pub mod sdp_check;
@@ -106,6 +107,7 @@ pub struct Hub {
     audit_writer: audit::AuditWriter,
     queues: Queues,
     presence: Presence,
+    presence_feed: presence_feed::PresenceFeed,
     router: Router,
     settings: DashMap<UsState, StateSettings>,
     estimators: DashMap<UsState, Estimator>,
@@ -145,6 +147,7 @@ impl Hub {
             clock,
             metrics,
             presence: Presence::new(options.max_live_visits_per_provider),
+            presence_feed: presence_feed::PresenceFeed::default(),
             router: Router::default(),
             settings: DashMap::new(),
             estimators: DashMap::new(),
