@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use visithub::model::audit::{GENESIS, first_broken};
 use visithub::model::{
-    Actor, AuditEntry, AuditRecord, Caregiver, CaregiverKind, Role, StateSettings, UsState, Visit, VisitStatus, new_visit_id,
+    Actor, AuditEntry, AuditRecord, Caregiver, CaregiverKind, Role, StateSettings, UsState, Visit, VisitStatus,
+    new_visit_id,
 };
 use visithub::protocol::Participant;
 use visithub::store::{IdempotencyKey, InsertOutcome, NewMessage, PostgresStore, SqliteStore, Store};

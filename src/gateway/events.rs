@@ -154,8 +154,12 @@ impl Session {
             BusEvent::Presence(batch) => {
                 // A provider covering several of this caregiver's states is announced on each
                 // state's topic: pass each change on once.
-                let providers: Vec<_> =
-                    batch.providers.iter().filter(|p| self.sent_presence.get(&p.subject) != Some(*p)).cloned().collect();
+                let providers: Vec<_> = batch
+                    .providers
+                    .iter()
+                    .filter(|p| self.sent_presence.get(&p.subject) != Some(*p))
+                    .cloned()
+                    .collect();
                 if providers.is_empty() {
                     return None;
                 }

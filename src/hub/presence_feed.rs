@@ -19,7 +19,7 @@ use crate::model::UsState;
 use crate::protocol::{PresenceUpdated, ProviderPresence};
 
 /// The shortest time between two batches of one state.
-pub const EVERY: Duration = Duration::from_millis(200);
+pub const EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 pub struct PresenceFeed {

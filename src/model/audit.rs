@@ -127,7 +127,10 @@ mod tests {
         let (first, rest) = all.split_at(2);
         let entries: Vec<AuditEntry> = rest.iter().map(|r| r.entry.clone()).collect();
         let continued = chain(&entries, first[1].hash.clone());
-        assert_eq!(continued.iter().map(|r| &r.hash).collect::<Vec<_>>(), rest.iter().map(|r| &r.hash).collect::<Vec<_>>());
+        assert_eq!(
+            continued.iter().map(|r| &r.hash).collect::<Vec<_>>(),
+            rest.iter().map(|r| &r.hash).collect::<Vec<_>>()
+        );
         assert_eq!(continued[0].prev_hash, first[1].hash);
     }
 }

@@ -12,7 +12,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Sqlite;
+use sqlx::query::Query;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use super::{
     ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, Store, StoreError, StoreResult, Transition,
@@ -72,6 +76,27 @@ fn options(options: SqliteConnectOptions) -> SqliteConnectOptions {
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true)
+}
+
+/// Runs a query whose statements open and commit a transaction (`BEGIN; ...; COMMIT`; sqlx
+/// runs them in turn, binding the arguments in order) as one trip to SQLite's thread: each trip
+/// costs two context switches, and a transaction of four statements took four. The trip runs
+/// in a task of its own, so a caller that stops waiting (a REST client gone) cannot leave the
+/// transaction half-done on a pooled connection; an error rolls back. Returns how many rows the
+/// statements returned (all of them run: a fetch of one row would stop before the COMMIT).
+async fn in_one_trip(pool: &SqlitePool, query: Query<'static, Sqlite, SqliteArguments>) -> StoreResult<u64> {
+    let pool = pool.clone();
+    let trip = tokio::spawn(async move {
+        let mut conn = pool.acquire().await?;
+        match query.fetch_all(&mut *conn).await {
+            Ok(rows) => Ok(rows.len() as u64),
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(e)
+            }
+        }
+    });
+    Ok(trip.await.map_err(|e| StoreError::Unavailable(e.to_string()))??)
 }
 
 #[async_trait]
