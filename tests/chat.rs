@@ -8,7 +8,8 @@ use common::*;
 use reqwest::StatusCode;
 use visithub::model::Role;
 use visithub::protocol::{
-    ChatHandoff, ChatHistory, ChatRead, ChatSend, ChatTyping, ClientMessage, Ping, ServerMessage, VisitRef,
+    ChatHandoff, ChatHistory, ChatRead, ChatSend, ChatTyping, ClientMessage, Ping, PresenceSet, PresenceStatus,
+    ServerMessage, VisitRef,
 };
 
 fn join(visit_id: &str) -> ClientMessage {
@@ -225,7 +226,7 @@ async fn the_portal_gives_everything_in_one_call_then_deltas() {
     // Presence moves are pushed too.
     drop(dr);
     let ServerMessage::PresenceUpdated(p) = sup.next_of("presence.updated").await.msg else { unreachable!() };
-    assert_eq!(p.subject, "dr-wa");
+    assert_eq!(p.providers[0].subject, "dr-wa");
 
     // The same over REST.
     let r = hub.call("GET", "/v1/portal", Some(&sup_token), None).await;
@@ -241,14 +242,16 @@ async fn a_provider_covering_several_shared_states_is_announced_once_per_change(
     sup.next_of("welcome").await;
     let mut dr = hub.ws(&hub.token(Role::Provider, "dr", &[], 3600)).await;
     let ServerMessage::PresenceUpdated(p) = sup.next_of("presence.updated").await.msg else { unreachable!() };
-    assert_eq!(p.status, visithub::protocol::ProviderStatus::Available);
+    assert_eq!(p.providers.len(), 1);
+    assert_eq!(p.providers[0].status, visithub::protocol::ProviderStatus::Available);
     let away = ClientMessage::PresenceSet(visithub::protocol::PresenceSet {
         status: visithub::protocol::PresenceStatus::Away,
     });
     assert!(is_ack(&dr.request(&away).await));
     // The next presence frame is the change, not a repeat of "available" from the other state.
     let ServerMessage::PresenceUpdated(p) = sup.next_of("presence.updated").await.msg else { unreachable!() };
-    assert_eq!(p.status, visithub::protocol::ProviderStatus::Away);
+    assert_eq!(p.providers.len(), 1);
+    assert_eq!(p.providers[0].status, visithub::protocol::ProviderStatus::Away);
     // Nothing else queued: a second "away" would come before the ping's reply.
     let id = sup.send(&ClientMessage::Ping(Ping {})).await;
     loop {
@@ -258,4 +261,32 @@ async fn a_provider_covering_several_shared_states_is_announced_once_per_change(
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn a_burst_of_presence_changes_reaches_caregivers_as_a_few_batches_ending_with_the_newest() {
+    let hub = TestHub::start().await;
+    hub.onboard("sup", "support", &["WA"]).await;
+    hub.onboard("dr", "provider", &["WA"]).await;
+    let mut sup = hub.ws(&hub.token(Role::Support, "sup", &[], 3600)).await;
+    sup.next_of("welcome").await;
+    let mut dr = hub.ws(&hub.token(Role::Provider, "dr", &[], 3600)).await;
+    sup.next_of("presence.updated").await;
+    // Ten changes back to back, then the provider goes offline: the last word.
+    const CHANGES: usize = 11;
+    for i in 0..CHANGES - 1 {
+        let status = if i % 2 == 0 { PresenceStatus::Away } else { PresenceStatus::Available };
+        assert!(is_ack(&dr.request(&ClientMessage::PresenceSet(PresenceSet { status })).await));
+    }
+    drop(dr);
+    let mut frames = 0;
+    loop {
+        let ServerMessage::PresenceUpdated(p) = sup.next_of("presence.updated").await.msg else { unreachable!() };
+        frames += 1;
+        assert_eq!(p.providers.len(), 1, "one provider changed: {p:?}");
+        if p.providers[0].status == visithub::protocol::ProviderStatus::Offline {
+            break;
+        }
+    }
+    assert!(frames < CHANGES, "{frames} frames for {CHANGES} changes: nothing was batched");
 }

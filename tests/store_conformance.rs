@@ -5,14 +5,14 @@
 #[path = "support/pg.rs"]
 mod pg;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use visithub::model::audit::{GENESIS, first_broken};
 use visithub::model::{
-    Actor, AuditEntry, Caregiver, CaregiverKind, Role, StateSettings, UsState, Visit, VisitStatus, new_visit_id,
+    Actor, AuditEntry, AuditRecord, Caregiver, CaregiverKind, Role, StateSettings, UsState, Visit, VisitStatus,
+    new_visit_id,
 };
 use visithub::protocol::Participant;
 use visithub::store::{IdempotencyKey, InsertOutcome, NewMessage, PostgresStore, SqliteStore, Store};
@@ -388,20 +388,25 @@ async fn audit(store: &dyn Store) {
             outcome: "ok".into(),
         })
         .collect();
-    let appended: Vec<_> =
-        join_all(entries.iter().map(|e| store.append_audit(e))).await.into_iter().map(Result::unwrap).collect();
+    // Batches of several sizes at once: each lands as one run, in its own order.
+    let batches: Vec<&[AuditEntry]> =
+        [0..1, 1..3, 3..6, 6..10, 10..15, 15..20].into_iter().map(|r| &entries[r]).collect();
+    let appended: Vec<Vec<AuditRecord>> =
+        join_all(batches.iter().map(|b| store.append_audits(b))).await.into_iter().map(Result::unwrap).collect();
     let trail = store.audit_trail(0, 1000).await.unwrap();
     assert_eq!(trail.len(), 20);
     assert!(first_broken(&trail, GENESIS.into()).is_ok(), "chain broken under concurrent appends");
     assert!(trail.windows(2).all(|w| w[0].id < w[1].id));
-    let ids: BTreeSet<i64> = appended.iter().map(|r| r.id).collect();
-    assert_eq!(ids, trail.iter().map(|r| r.id).collect(), "each append returned its stored record");
-    for record in &appended {
-        assert!(trail.contains(record), "{record:?} as returned is not as stored");
+    for (batch, records) in batches.iter().zip(&appended) {
+        let entries_back: Vec<&AuditEntry> = records.iter().map(|r| &r.entry).collect();
+        assert_eq!(entries_back, batch.iter().collect::<Vec<_>>(), "a batch is stored in its order");
+        let start = trail.iter().position(|r| r.id == records[0].id).expect("the batch's first record is stored");
+        assert_eq!(&trail[start..start + records.len()], records.as_slice(), "a batch is one run, as returned");
     }
+    assert!(store.append_audits(&[]).await.unwrap().is_empty());
 
     let next = AuditEntry { at: ms(6_000), action: "visit.claim".into(), ..entries[0].clone() };
-    let last = store.append_audit(&next).await.unwrap();
+    let last = store.append_audits(std::slice::from_ref(&next)).await.unwrap().remove(0);
     assert_eq!(last.prev_hash, trail[19].hash);
     assert_eq!(store.audit_trail(trail[9].id, 5).await.unwrap(), trail[10..15]);
     assert!(store.audit_trail(last.id, 5).await.unwrap().is_empty());
@@ -414,6 +419,17 @@ async fn audit(store: &dyn Store) {
     assert_eq!(odd.len(), 10);
     assert_eq!(store.audit_for_visit("audit-even").await.unwrap().len(), 11);
     assert!(store.audit_for_visit("no-such-visit").await.unwrap().is_empty());
+
+    // A batch past one statement's rows still chains on, in order.
+    let bulk: Vec<AuditEntry> = (0..300)
+        .map(|i| AuditEntry { at: ms(7_000 + i), visit_id: Some("audit-bulk".into()), ..entries[1].clone() })
+        .collect();
+    let stored = store.append_audits(&bulk).await.unwrap();
+    assert_eq!(stored.first().unwrap().prev_hash, last.hash);
+    assert_eq!(store.audit_for_visit("audit-bulk").await.unwrap(), stored);
+    let whole = store.audit_trail(0, 1000).await.unwrap();
+    assert_eq!(whole.len(), 321);
+    assert!(first_broken(&whole, GENESIS.into()).is_ok());
 }
 
 fn ms(n: i64) -> DateTime<Utc> {

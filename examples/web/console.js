@@ -61,8 +61,9 @@ async function start(token) {
   const providers = new Map();
 
   client.on('queue.delta', applyDelta);
-  client.on('presence.updated', (p) => {
-    providers.set(p.subject, p);
+  // A batch of providers, each with their newest presence.
+  client.on('presence.updated', (d) => {
+    for (const p of d.providers) providers.set(p.subject, p);
     renderProviders(providers);
   });
   client.on('visit.updated', (d) => {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{UsState, VisitId};
 use crate::protocol::{
-    ChatMessage, ChatParticipants, Participant, ProviderPresence, ReadEvent, SignalCandidate, SignalEnd, SignalSdp,
+    ChatMessage, ChatParticipants, Participant, PresenceUpdated, ReadEvent, SignalCandidate, SignalEnd, SignalSdp,
     TypingEvent, VisitUpdated,
 };
 
@@ -40,8 +40,8 @@ pub enum BusEvent {
     Typing(TypingEvent),
     Read(ReadEvent),
     Participants(ChatParticipants),
-    /// A provider's presence changed (for caregivers covering their states).
-    Presence(ProviderPresence),
+    /// Providers' presence changed (for caregivers covering their states), a batch at a time.
+    Presence(PresenceUpdated),
     /// A conversation was handed to this subject: their sessions join it.
     ConversationAssigned {
         visit_id: VisitId,

@@ -11,7 +11,7 @@ use crate::bus::{BusEvent, Signal, Topic};
 use crate::error::ErrorCode;
 use crate::hub::QueueView;
 use crate::model::{Role, UsState, VisitStatus};
-use crate::protocol::{CloseCode, ServerMessage, VisitStillThere};
+use crate::protocol::{CloseCode, PresenceUpdated, ServerMessage, VisitStillThere};
 
 impl Session {
     /// The subscriptions every session of this role has from the start, and what it must
@@ -154,14 +154,22 @@ impl Session {
             BusEvent::Typing(t) => ServerMessage::ChatTyping(t.clone()),
             BusEvent::Read(r) => ServerMessage::ChatRead(r.clone()),
             BusEvent::Participants(p) => ServerMessage::ChatParticipants(p.clone()),
-            BusEvent::Presence(p) => {
+            BusEvent::Presence(batch) => {
                 // A provider covering several of this caregiver's states is announced on each
                 // state's topic: pass each change on once.
-                if self.sent_presence.get(&p.subject) == Some(p) {
+                let providers: Vec<_> = batch
+                    .providers
+                    .iter()
+                    .filter(|p| self.sent_presence.get(&p.subject) != Some(*p))
+                    .cloned()
+                    .collect();
+                if providers.is_empty() {
                     return None;
                 }
-                self.sent_presence.insert(p.subject.clone(), p.clone());
-                ServerMessage::PresenceUpdated(p.clone())
+                for p in &providers {
+                    self.sent_presence.insert(p.subject.clone(), p.clone());
+                }
+                ServerMessage::PresenceUpdated(PresenceUpdated { providers })
             }
             BusEvent::ConversationAssigned { visit_id } => {
                 if let Err(e) = self.listen(Topic::Visit(visit_id.clone())).await {

@@ -3,10 +3,9 @@
 
 use super::presence::Arrival;
 use crate::auth::{Claims, Principal};
-use crate::bus::{BusEvent, Topic};
 use crate::error::{ErrorCode, HubError, HubResult};
 use crate::model::{CaregiverKind, Role};
-use crate::protocol::{PresenceStatus, ProviderPresence};
+use crate::protocol::PresenceStatus;
 
 use super::Hub;
 
@@ -23,6 +22,8 @@ impl Hub {
                 let visit_id = visit
                     .as_deref()
                     .ok_or_else(|| HubError::new(ErrorCode::TokenInvalid, "a patient token must name its visit"))?;
+                // From the cache when the visit is not over: a patient opens a socket right
+                // after intake, which put the visit there.
                 let record = self.visit(visit_id).await?;
                 (Vec::new(), record.display_name.clone())
             }
@@ -88,14 +89,6 @@ impl Hub {
             self.presence_changed(p).await;
         }
         Ok(())
-    }
-
-    /// A provider's presence changed: new estimates where they work, and caregivers there told.
-    pub(super) async fn presence_changed(&self, p: ProviderPresence) {
-        for state in &p.states {
-            self.publish(Topic::Staff(*state), BusEvent::Presence(p.clone())).await;
-        }
-        self.staffing_changed(p.states).await;
     }
 
     /// Signs claims with the hub's key (patient tokens, refreshed sessions in tests).

@@ -35,10 +35,16 @@ impl Hub {
 
     pub(super) async fn announce_participants(&self, visit_id: &str) {
         let Ok(visit) = self.visit(visit_id).await else { return };
-        if let Ok(participants) = self.participants(&visit).await {
-            let event = BusEvent::Participants(ChatParticipants { visit_id: visit.id.clone(), participants });
-            self.publish(Topic::Visit(visit.id.clone()), event).await;
-        }
+        let _ = self.announce_participants_of(&visit).await;
+    }
+
+    /// Tells the conversation who is in it now, and returns that list.
+    async fn announce_participants_of(&self, visit: &Visit) -> HubResult<Vec<Participant>> {
+        let participants = self.participants(visit).await?;
+        let event =
+            BusEvent::Participants(ChatParticipants { visit_id: visit.id.clone(), participants: participants.clone() });
+        self.publish(Topic::Visit(visit.id.clone()), event).await;
+        Ok(participants)
     }
 
     /// The patient, or a caregiver who joined the conversation (or an admin, read-only use).
@@ -75,7 +81,7 @@ impl Hub {
         }
         let at = self.clock.now();
         if self.store.join_conversation(visit_id, &who.participant(), at).await.map_err(HubError::internal)? {
-            self.announce_participants(visit_id).await;
+            return self.announce_participants_of(&visit).await;
         }
         self.participants(&visit).await
     }

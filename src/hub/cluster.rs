@@ -3,7 +3,7 @@
 //! nodes announce, renews its registry record with its presence, and cleans up after a node
 //! that stopped beating.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use super::queues::QueuedVisit;
 use crate::bus::{BusEvent, Topic};
 use crate::live::NodeRecord;
 use crate::model::{CaregiverKind, UsState, Visit, VisitStatus};
-use crate::protocol::{ProviderPresence, ProviderStatus};
+use crate::protocol::{PresenceUpdated, ProviderPresence, ProviderStatus};
 
 /// How long a lock protecting a short critical section may outlive a holder that died.
 const LOCK_TTL: Duration = Duration::from_secs(10);
@@ -248,6 +248,8 @@ impl Hub {
         if let Err(e) = self.live_state.push_orphans(&record.patients).await {
             tracing::warn!(error = %e, "orphaned visits not handed over");
         }
+        // One batch per state for all of the node's providers.
+        let mut by_state: BTreeMap<UsState, Vec<ProviderPresence>> = BTreeMap::new();
         for c in record.caregivers.into_iter().filter(|c| c.kind == CaregiverKind::Provider) {
             let offline = ProviderPresence {
                 subject: c.subject,
@@ -256,8 +258,11 @@ impl Hub {
                 states: c.states,
             };
             for state in &offline.states {
-                self.publish(Topic::Staff(*state), BusEvent::Presence(offline.clone())).await;
+                by_state.entry(*state).or_default().push(offline.clone());
             }
+        }
+        for (state, providers) in by_state {
+            self.publish(Topic::Staff(state), BusEvent::Presence(PresenceUpdated { providers })).await;
         }
     }
 

@@ -32,7 +32,7 @@ impl Hub {
             }));
         }
         let at = self.clock.now();
-        {
+        let live_now = {
             // One claim at a time per provider, across nodes, so the live-visit cap holds.
             let _one_claim_at_a_time = self.hold(&format!("claim:{}", who.subject)).await?;
             let held = self.store.live_visits_of(&who.subject).await.map_err(HubError::internal)?.len() as u32;
@@ -44,7 +44,9 @@ impl Hub {
                 self.live.forget(&visit.id);
                 return Err(HubError::code(ErrorCode::VisitAlreadyClaimed));
             }
-        }
+            // Counted under the claim lock, so the provider's load needs no second read.
+            held + 1
+        };
         let waited = (at - visit.created_at).num_seconds().max(0) as u64;
         let state = visit.state.code();
         self.metrics.time_to_provider.with_label_values(&[state]).observe(waited as f64);
@@ -57,7 +59,7 @@ impl Hub {
         next.waited_secs = next.waited_secs.or(Some((at - visit.created_at).num_seconds().max(0) as u64));
         // The provider joins the visit's conversation with the patient.
         self.store.join_conversation(&visit.id, &who.participant(), at).await.map_err(HubError::internal)?;
-        self.after_transition(&visit, next.clone(), at).await;
+        self.after_transition(&visit, next.clone(), at, Some(live_now)).await;
         self.announce_participants(&visit.id).await;
         Ok(next)
     }
@@ -107,11 +109,12 @@ impl Hub {
         if to == VisitStatus::Waiting {
             next.provider = None;
         }
-        self.after_transition(visit, next.clone(), at).await;
+        self.after_transition(visit, next.clone(), at, None).await;
         Ok(Some(next))
     }
 
-    async fn after_transition(&self, before: &Visit, after: Visit, at: DateTime<Utc>) {
+    /// `provider_live`: the live visits the provider holds now, when the caller counted them.
+    async fn after_transition(&self, before: &Visit, after: Visit, at: DateTime<Utc>, provider_live: Option<u32>) {
         let after = self.live.put(after);
         if before.status == VisitStatus::Waiting && after.status != VisitStatus::Waiting {
             self.leave_queue(before.state, &before.id).await;
@@ -119,13 +122,19 @@ impl Hub {
         if after.status == VisitStatus::Waiting && before.status != VisitStatus::Waiting {
             self.join_queue(&after).await;
         }
+        if after.status == VisitStatus::InVisit {
+            self.started.insert(after.id.clone(), at);
+        }
         if before.status == VisitStatus::InVisit && after.status == VisitStatus::WrapUp {
             self.learn_duration(&after, at).await;
         }
         if let Some(provider) = before.provider.as_deref().or(after.provider.as_deref())
             && before.is_live() != after.is_live()
         {
-            self.refresh_provider_load(provider).await;
+            match provider_live {
+                Some(live) => self.provider_load(provider, live).await,
+                None => self.refresh_provider_load(provider).await,
+            }
         }
         let update =
             VisitUpdated { visit_id: after.id.clone(), status: after.status, at, state: None, reported_state: None };
@@ -145,15 +154,20 @@ impl Hub {
             if let Some((_, timer)) = self.abandon_timers.remove(&after.id) {
                 timer.abort();
             }
+            self.started.remove(&after.id);
         }
     }
 
     /// The patient and provider of a visit, as each sees the other.
     pub(super) async fn parties(&self, visit: &Visit) -> Option<(Participant, Participant)> {
         let provider = visit.provider.as_deref()?;
-        let name = match self.store.get_caregiver(provider).await {
-            Ok(Some(c)) => c.name,
-            _ => provider.to_string(),
+        // A provider in a visit is almost always online here: their name is in presence.
+        let name = match self.presence.name_of(provider) {
+            Some(name) => name,
+            None => match self.store.get_caregiver(provider).await {
+                Ok(Some(c)) => c.name,
+                _ => provider.to_string(),
+            },
         };
         let patient =
             Participant { subject: visit.patient_subject(), name: visit.display_name.clone(), role: Role::Patient };
@@ -161,9 +175,15 @@ impl Hub {
     }
 
     async fn learn_duration(&self, visit: &Visit, at: DateTime<Utc>) {
-        let Ok(transitions) = self.store.transitions(&visit.id).await else { return };
-        if let Some(start) = transitions.iter().rev().find(|t| t.to == VisitStatus::InVisit) {
-            let secs = (at - start.at).num_seconds().max(0) as u64;
+        let start = match self.started.remove(&visit.id) {
+            Some((_, start)) => Some(start),
+            None => {
+                let Ok(transitions) = self.store.transitions(&visit.id).await else { return };
+                transitions.iter().rev().find(|t| t.to == VisitStatus::InVisit).map(|t| t.at)
+            }
+        };
+        if let Some(start) = start {
+            let secs = (at - start).num_seconds().max(0) as u64;
             let prior = || {
                 super::Estimator::new(
                     self.options.prior_visit_secs,
@@ -177,7 +197,11 @@ impl Hub {
 
     pub(super) async fn refresh_provider_load(&self, provider: &str) {
         let Ok(live) = self.store.live_visits_of(provider).await else { return };
-        if let Some(p) = self.presence.set_live(provider, live.len() as u32) {
+        self.provider_load(provider, live.len() as u32).await;
+    }
+
+    async fn provider_load(&self, provider: &str, live: u32) {
+        if let Some(p) = self.presence.set_live(provider, live) {
             self.presence_changed(p).await;
         }
     }

@@ -13,6 +13,7 @@ mod lifecycle;
 mod live;
 mod portal;
 mod presence;
+mod presence_feed;
 pub mod queues;
 mod router;
 pub mod sdp_check;
@@ -103,8 +104,10 @@ pub struct Hub {
     keys: TokenKeys,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    audit_writer: audit::AuditWriter,
     queues: Queues,
     presence: Presence,
+    presence_feed: presence_feed::PresenceFeed,
     router: Router,
     settings: DashMap<UsState, StateSettings>,
     estimators: DashMap<UsState, Estimator>,
@@ -116,6 +119,9 @@ pub struct Hub {
     /// Patients' open sockets per visit, and the abandonment timers of those with none.
     patient_sockets: DashMap<VisitId, u32>,
     abandon_timers: DashMap<VisitId, tokio::task::AbortHandle>,
+    /// When visits this node started went `in_visit`, until their wrap-up learns the duration
+    /// from it (no read of the stored transitions); a visit started elsewhere is read instead.
+    started: DashMap<VisitId, chrono::DateTime<chrono::Utc>>,
     me: std::sync::OnceLock<Weak<Hub>>,
 }
 
@@ -134,12 +140,14 @@ impl Hub {
         let prior = Estimator::new(options.prior_visit_secs, options.prior_pickup_secs, options.estimator_alpha);
         let hub = Arc::new(Hub {
             queues: Queues::new(prior.inputs(Staffing::default())),
+            audit_writer: audit::AuditWriter::start(store.clone()),
             store,
             bus,
             keys,
             clock,
             metrics,
             presence: Presence::new(options.max_live_visits_per_provider),
+            presence_feed: presence_feed::PresenceFeed::default(),
             router: Router::default(),
             settings: DashMap::new(),
             estimators: DashMap::new(),
@@ -148,6 +156,7 @@ impl Hub {
             cluster: cluster::ClusterView::default(),
             patient_sockets: DashMap::new(),
             abandon_timers: DashMap::new(),
+            started: DashMap::new(),
             me: std::sync::OnceLock::new(),
             options,
         });

@@ -127,6 +127,12 @@ impl Presence {
         if change(entry) { self.view(subject, entry) } else { None }
     }
 
+    /// The name of a caregiver online on this node.
+    pub fn name_of(&self, subject: &str) -> Option<String> {
+        let map = self.caregivers.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(subject).map(|e| e.name.clone())
+    }
+
     /// Providers online for `state`, and how many can take a visit now.
     pub fn staffing(&self, state: UsState) -> Staffing {
         let map = self.caregivers.lock().unwrap_or_else(|e| e.into_inner());
@@ -221,7 +227,9 @@ mod tests {
         assert_eq!(p.providers(&[wa]).len(), 1);
 
         assert_eq!(p.disconnect("dr-1").unwrap().status, ProviderStatus::InVisit);
+        assert_eq!(p.name_of("dr-1").as_deref(), Some("N"));
         assert_eq!(p.disconnect("dr-1").unwrap().status, ProviderStatus::Offline);
+        assert_eq!(p.name_of("dr-1"), None, "offline: the store has the name");
         assert_eq!(p.staffing(wa), Staffing { online: 0, available: 0 });
         assert!(p.providers(&[wa]).is_empty());
     }

@@ -141,7 +141,7 @@ impl Hub {
                 busy_window.record(now, settings.busy_intake_per_hour);
             }
             match self.live_state.queue_push(visit.state, &QueuedVisit::of(&visit)).await {
-                Ok(version) => (visit, version),
+                Ok(version) => (self.live.put(visit), version),
                 Err(e) => {
                     // Stored but not queued: withdraw it, so nothing waits unseen.
                     let system = Actor { subject: "visithub".into(), role: "system" };
@@ -164,7 +164,7 @@ impl Hub {
         let position = lane.board.borrow().position_of(&visit.id);
         Ok(IntakeReceipt {
             patient_token: self.patient_token(&visit.id),
-            visit_id: visit.id,
+            visit_id: visit.id.clone(),
             state: visit.state,
             status: visit.status,
             position,

@@ -58,6 +58,19 @@ impl AuditEntry {
     }
 }
 
+/// Records for `entries` in order, each chained to the one before and the first to `prev`;
+/// ids are left at 0 for the store to fill in.
+pub fn chain(entries: &[AuditEntry], mut prev: String) -> Vec<AuditRecord> {
+    entries
+        .iter()
+        .map(|e| {
+            let hash = e.chain_hash(&prev);
+            let prev_hash = std::mem::replace(&mut prev, hash.clone());
+            AuditRecord { id: 0, entry: e.clone(), prev_hash, hash }
+        })
+        .collect()
+}
+
 /// The first record whose link is broken, if any: its `prev_hash` is not the previous
 /// record's hash, or its own hash does not match its fields.
 pub fn first_broken<'a>(records: impl IntoIterator<Item = &'a AuditRecord>, mut prev: String) -> Result<String, i64> {
@@ -74,39 +87,50 @@ pub fn first_broken<'a>(records: impl IntoIterator<Item = &'a AuditRecord>, mut 
 mod tests {
     use super::*;
 
-    fn chain(n: usize) -> Vec<AuditRecord> {
-        let mut prev = GENESIS.to_string();
-        (1..=n as i64)
-            .map(|id| {
-                let entry = AuditEntry {
-                    at: DateTime::from_timestamp(1_800_000_000 + id, 0).unwrap(),
-                    subject: "dr-1".into(),
-                    role: "provider".into(),
-                    action: "visit.claim".into(),
-                    visit_id: Some(format!("v{id}")),
-                    target: None,
-                    outcome: "ok".into(),
-                };
-                let hash = entry.chain_hash(&prev);
-                let r = AuditRecord { id, entry, prev_hash: prev.clone(), hash: hash.clone() };
-                prev = hash;
-                r
+    fn records(n: usize) -> Vec<AuditRecord> {
+        let entries: Vec<AuditEntry> = (1..=n as i64)
+            .map(|id| AuditEntry {
+                at: DateTime::from_timestamp(1_800_000_000 + id, 0).unwrap(),
+                subject: "dr-1".into(),
+                role: "provider".into(),
+                action: "visit.claim".into(),
+                visit_id: Some(format!("v{id}")),
+                target: None,
+                outcome: "ok".into(),
             })
-            .collect()
+            .collect();
+        let mut records = chain(&entries, GENESIS.into());
+        for (i, r) in records.iter_mut().enumerate() {
+            r.id = i as i64 + 1;
+        }
+        records
     }
 
     #[test]
     fn an_intact_chain_verifies() {
-        assert!(first_broken(&chain(5), GENESIS.into()).is_ok());
+        assert!(first_broken(&records(5), GENESIS.into()).is_ok());
     }
 
     #[test]
     fn an_altered_field_or_a_removed_record_is_found() {
-        let mut c = chain(5);
+        let mut c = records(5);
         c[2].entry.outcome = "forbidden".into();
         assert_eq!(first_broken(&c, GENESIS.into()), Err(3));
-        let mut c = chain(5);
+        let mut c = records(5);
         c.remove(1);
         assert_eq!(first_broken(&c, GENESIS.into()), Err(3));
+    }
+
+    #[test]
+    fn a_batch_continues_the_chain_it_follows() {
+        let all = records(4);
+        let (first, rest) = all.split_at(2);
+        let entries: Vec<AuditEntry> = rest.iter().map(|r| r.entry.clone()).collect();
+        let continued = chain(&entries, first[1].hash.clone());
+        assert_eq!(
+            continued.iter().map(|r| &r.hash).collect::<Vec<_>>(),
+            rest.iter().map(|r| &r.hash).collect::<Vec<_>>()
+        );
+        assert_eq!(continued[0].prev_hash, first[1].hash);
     }
 }

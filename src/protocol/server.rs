@@ -28,7 +28,7 @@ messages! {
         "chat.typing" => ChatTyping(TypingEvent),
         "chat.read" => ChatRead(ReadEvent),
         "chat.participants" => ChatParticipants(ChatParticipants),
-        "presence.updated" => PresenceUpdated(ProviderPresence),
+        "presence.updated" => PresenceUpdated(PresenceUpdated),
         "session.resumed" => SessionResumed(SessionResumed),
     }
 }
@@ -110,6 +110,12 @@ pub struct ReadEvent {
 pub struct ChatParticipants {
     pub visit_id: VisitId,
     pub participants: Vec<Participant>,
+}
+
+/// Providers whose presence changed, each once with their newest presence, by subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceUpdated {
+    pub providers: Vec<ProviderPresence>,
 }
 
 /// A provider's presence, for caregivers covering the provider's states.

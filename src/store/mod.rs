@@ -160,8 +160,9 @@ pub trait Store: Send + Sync + 'static {
     /// Conversations `subject` is in whose visit is not over.
     async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>>;
 
-    /// Appends an audit record chained to the last one.
-    async fn append_audit(&self, record: &AuditEntry) -> StoreResult<AuditRecord>;
+    /// Appends audit records in order, the first chained to the last one stored, all in one
+    /// transaction (a batch costs one commit); returns them as stored.
+    async fn append_audits(&self, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>>;
     /// The trail in order, `limit` records after id `after_id`.
     async fn audit_trail(&self, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>>;
     async fn audit_for_visit(&self, visit_id: &str) -> StoreResult<Vec<AuditRecord>>;

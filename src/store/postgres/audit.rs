@@ -1,10 +1,11 @@
-//! The audit trail: appended in one transaction with its predecessor's hash, never updated.
+//! The audit trail: appended a batch at a time in one transaction with its predecessor's hash,
+//! never updated.
 
-use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::begin;
-use crate::model::audit::GENESIS;
+use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
 use crate::store::{StoreResult, from_millis, to_millis};
 
@@ -27,7 +28,14 @@ fn from_row(row: &PgRow) -> StoreResult<AuditRecord> {
     })
 }
 
-pub async fn append(pool: &PgPool, e: &AuditEntry) -> StoreResult<AuditRecord> {
+/// Rows per INSERT statement: nine parameters each stays well under PostgreSQL's 65,535.
+const ROWS_PER_INSERT: usize = 256;
+
+/// Appends `entries` in order, chained, in one transaction: one commit for a whole batch.
+pub async fn append(pool: &PgPool, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
     // EXCLUSIVE mode lets readers in but no other writer, whoever it is, until the commit: the
     // last hash read after it is the true predecessor, and ids are drawn in chain order, so
     // two appends never chain to the same record.
@@ -35,24 +43,34 @@ pub async fn append(pool: &PgPool, e: &AuditEntry) -> StoreResult<AuditRecord> {
     sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE").execute(&mut *tx).await?;
     let prev: Option<String> =
         sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&mut *tx).await?;
-    let prev = prev.unwrap_or_else(|| GENESIS.to_string());
-    let hash = e.chain_hash(&prev);
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO audit_log (at, subject, role, action, visit_id, target, outcome, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-    )
-    .bind(to_millis(e.at))
-    .bind(&e.subject)
-    .bind(&e.role)
-    .bind(&e.action)
-    .bind(&e.visit_id)
-    .bind(&e.target)
-    .bind(&e.outcome)
-    .bind(&prev)
-    .bind(&hash)
-    .fetch_one(&mut *tx)
-    .await?;
+    let mut records = chain(entries, prev.unwrap_or_else(|| GENESIS.to_string()));
+    for chunk in records.chunks_mut(ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Postgres>::new(
+            "INSERT INTO audit_log (at, subject, role, action, visit_id, target, outcome, prev_hash, hash) ",
+        );
+        insert.push_values(chunk.iter(), |mut row, r| {
+            let e = &r.entry;
+            row.push_bind(to_millis(e.at))
+                .push_bind(e.subject.clone())
+                .push_bind(e.role.clone())
+                .push_bind(e.action.clone())
+                .push_bind(e.visit_id.clone())
+                .push_bind(e.target.clone())
+                .push_bind(e.outcome.clone())
+                .push_bind(r.prev_hash.clone())
+                .push_bind(r.hash.clone());
+        });
+        insert.push(" RETURNING id");
+        let mut ids: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+        // The sequence is drawn row by row in VALUES order under the table lock; RETURNING
+        // itself promises no order.
+        ids.sort_unstable();
+        for (r, id) in chunk.iter_mut().zip(ids) {
+            r.id = id;
+        }
+    }
     tx.commit().await?;
-    Ok(AuditRecord { id, entry: e.clone(), prev_hash: prev, hash })
+    Ok(records)
 }
 
 pub async fn trail(pool: &PgPool, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {

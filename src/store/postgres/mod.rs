@@ -230,8 +230,8 @@ impl Store for PostgresStore {
         read!(self, |pool| chat::conversations_of(pool, subject))
     }
 
-    async fn append_audit(&self, record: &AuditEntry) -> StoreResult<AuditRecord> {
-        self.write(audit::append(&self.primary, record).await).await
+    async fn append_audits(&self, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
+        self.write(audit::append(&self.primary, entries).await).await
     }
 
     async fn audit_trail(&self, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {

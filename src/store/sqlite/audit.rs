@@ -1,11 +1,12 @@
-//! The audit trail: appended in one transaction with its predecessor's hash, never updated.
+//! The audit trail: appended a batch at a time in one transaction with its predecessor's hash,
+//! never updated.
 
-use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite};
 
-use crate::model::audit::GENESIS;
+use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
-use crate::store::{StoreResult, from_millis, to_millis};
+use crate::store::{StoreError, StoreResult, from_millis, to_millis};
 
 const COLUMNS: &str = "id, at, subject, role, action, visit_id, target, outcome, prev_hash, hash";
 
@@ -26,38 +27,69 @@ fn from_row(row: &SqliteRow) -> StoreResult<AuditRecord> {
     })
 }
 
-pub async fn append(pool: &SqlitePool, e: &AuditEntry) -> StoreResult<AuditRecord> {
+/// Rows per INSERT statement: nine parameters each stays well under SQLite's 32,766.
+const ROWS_PER_INSERT: usize = 256;
+
+/// Appends `entries` in order, chained, in one transaction: one commit for a whole batch. In a
+/// task of its own, so that a caller that stops waiting cannot leave the transaction open.
+pub async fn append(pool: &SqlitePool, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (pool, entries) = (pool.clone(), entries.to_vec());
+    tokio::spawn(async move { append_now(&pool, &entries).await })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+}
+
+async fn append_now(pool: &SqlitePool, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
     // BEGIN IMMEDIATE takes the write lock before reading the last hash, so two appends can
-    // never chain to the same predecessor.
+    // never chain to the same predecessor. Each trip to SQLite's thread costs two context
+    // switches, so statements travel together: the BEGIN with the read, the last INSERT with
+    // the COMMIT (sqlx runs the statements of one query in turn). An error rolls back.
     let mut conn = pool.acquire().await?;
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
     let result = async {
-        let prev: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&mut *conn).await?;
-        let prev = prev.unwrap_or_else(|| GENESIS.to_string());
-        let hash = e.chain_hash(&prev);
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO audit_log (at, subject, role, action, visit_id, target, outcome, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(to_millis(e.at))
-        .bind(&e.subject)
-        .bind(&e.role)
-        .bind(&e.action)
-        .bind(&e.visit_id)
-        .bind(&e.target)
-        .bind(&e.outcome)
-        .bind(&prev)
-        .bind(&hash)
-        .fetch_one(&mut *conn)
-        .await?;
-        Ok::<_, sqlx::Error>(AuditRecord { id, entry: e.clone(), prev_hash: prev, hash })
+        let prev: Option<String> =
+            sqlx::query_scalar("BEGIN IMMEDIATE; SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
+                .fetch_optional(&mut *conn)
+                .await?;
+        let mut records = chain(entries, prev.unwrap_or_else(|| GENESIS.to_string()));
+        let chunks = records.len().div_ceil(ROWS_PER_INSERT);
+        for (n, chunk) in records.chunks_mut(ROWS_PER_INSERT).enumerate() {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO audit_log (at, subject, role, action, visit_id, target, outcome, prev_hash, hash) ",
+            );
+            insert.push_values(chunk.iter(), |mut row, r| {
+                let e = &r.entry;
+                row.push_bind(to_millis(e.at))
+                    .push_bind(e.subject.clone())
+                    .push_bind(e.role.clone())
+                    .push_bind(e.action.clone())
+                    .push_bind(e.visit_id.clone())
+                    .push_bind(e.target.clone())
+                    .push_bind(e.outcome.clone())
+                    .push_bind(r.prev_hash.clone())
+                    .push_bind(r.hash.clone());
+            });
+            insert.push(" RETURNING id");
+            if n + 1 == chunks {
+                insert.push("; COMMIT");
+            }
+            let mut ids: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *conn).await?;
+            // AUTOINCREMENT hands the rows of one statement ascending ids in VALUES order;
+            // RETURNING itself promises no order.
+            ids.sort_unstable();
+            for (r, id) in chunk.iter_mut().zip(ids) {
+                r.id = id;
+            }
+        }
+        Ok::<_, sqlx::Error>(records)
     }
     .await;
     match result {
-        Ok(record) => {
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok(record)
-        }
+        Ok(records) => Ok(records),
         Err(err) => {
+            // Whatever ran of the transaction is undone; the connection goes back clean.
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
             Err(err.into())
         }

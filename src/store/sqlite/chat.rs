@@ -30,24 +30,29 @@ const COLUMNS: &str = "visit_id, seq, message_id, client_id, sender_subject, sen
 
 pub async fn append(pool: &SqlitePool, m: &NewMessage) -> StoreResult<(ChatMessage, bool)> {
     // The next seq is computed inside the INSERT: SQLite runs one writer at a time, so two
-    // messages never get the same number.
-    let inserted = sqlx::query(
-        "INSERT INTO chat_messages (visit_id, seq, message_id, client_id, sender_subject, sender_role, sender_name, body, sent_at)
+    // messages never get the same number. A new message comes back from the INSERT itself;
+    // only a retry (the conflict inserts nothing) reads the one stored before.
+    let sql = format!(
+        "INSERT INTO chat_messages ({COLUMNS})
          SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ? FROM chat_messages WHERE visit_id = ?
-         ON CONFLICT (visit_id, sender_subject, client_id) DO NOTHING",
-    )
-    .bind(&m.visit_id)
-    .bind(&m.message_id)
-    .bind(&m.client_id)
-    .bind(&m.from.subject)
-    .bind(m.from.role.as_str())
-    .bind(&m.from.name)
-    .bind(&m.body)
-    .bind(to_millis(m.sent_at))
-    .bind(&m.visit_id)
-    .execute(pool)
-    .await?
-    .rows_affected();
+         ON CONFLICT (visit_id, sender_subject, client_id) DO NOTHING
+         RETURNING {COLUMNS}"
+    );
+    let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&m.visit_id)
+        .bind(&m.message_id)
+        .bind(&m.client_id)
+        .bind(&m.from.subject)
+        .bind(m.from.role.as_str())
+        .bind(&m.from.name)
+        .bind(&m.body)
+        .bind(to_millis(m.sent_at))
+        .bind(&m.visit_id)
+        .fetch_optional(pool)
+        .await?;
+    if let Some(row) = inserted {
+        return Ok((message_from_row(&row)?, true));
+    }
     let sql =
         format!("SELECT {COLUMNS} FROM chat_messages WHERE visit_id = ? AND sender_subject = ? AND client_id = ?");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -56,7 +61,7 @@ pub async fn append(pool: &SqlitePool, m: &NewMessage) -> StoreResult<(ChatMessa
         .bind(&m.client_id)
         .fetch_one(pool)
         .await?;
-    Ok((message_from_row(&row)?, inserted == 1))
+    Ok((message_from_row(&row)?, false))
 }
 
 pub async fn page(

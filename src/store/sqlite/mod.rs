@@ -12,7 +12,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Sqlite;
+use sqlx::query::Query;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use super::{
     ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, Store, StoreError, StoreResult, Transition,
@@ -20,8 +24,13 @@ use super::{
 use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
 
+/// Two pools on one file. SQLite runs one writer at a time: writes share one connection and
+/// queue for it in the pool (a wait that costs nothing), instead of several connections
+/// racing for the file's write lock, where the losers sleep in SQLite's busy handler and
+/// retry. Reads run on their own connections beside it (WAL lets them see every commit).
 pub struct SqliteStore {
-    pool: SqlitePool,
+    writer: SqlitePool,
+    reader: SqlitePool,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -32,34 +41,62 @@ impl From<sqlx::Error> for StoreError {
 
 use super::corrupt;
 
+/// Reader connections: more than the two cores rarely helps, and each is a thread.
+const READERS: u32 = 4;
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and runs migrations.
     pub async fn open(path: &Path) -> anyhow::Result<SqliteStore> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
-        Self::connect(options, 4).await
+        let options = options(SqliteConnectOptions::new().filename(path).create_if_missing(true));
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
+        Ok(SqliteStore { writer, reader })
     }
 
     /// A private in-memory database, for tests.
     pub async fn in_memory() -> anyhow::Result<SqliteStore> {
-        // One connection: each in-memory connection would be its own database.
-        Self::connect(SqliteConnectOptions::from_str("sqlite::memory:")?, 1).await
-    }
-
-    async fn connect(options: SqliteConnectOptions, max_connections: u32) -> anyhow::Result<SqliteStore> {
-        let options = options
-            .journal_mode(SqliteJournalMode::Wal)
-            // WAL with NORMAL is durable across a process crash; only a power loss can drop
-            // the last commits, which the fsync cost per intake is not worth on a laptop node.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(options).await?;
+        // One connection for both: each in-memory connection would be its own database.
+        let options = options(SqliteConnectOptions::from_str("sqlite::memory:")?);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { writer: pool.clone(), reader: pool })
     }
+}
+
+fn options(options: SqliteConnectOptions) -> SqliteConnectOptions {
+    options
+        .journal_mode(SqliteJournalMode::Wal)
+        // WAL with NORMAL is durable across a process crash (a commit is in the WAL file once
+        // it returns); only a power loss can drop the last commits before a checkpoint, which
+        // an fsync per commit is not worth on a laptop node. Cluster mode uses PostgreSQL.
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true)
+}
+
+/// Runs a query whose statements open and commit a transaction (`BEGIN; ...; COMMIT`; sqlx
+/// runs them in turn, binding the arguments in order) as one trip to SQLite's thread: each trip
+/// costs two context switches, and a transaction of four statements took four. The trip runs
+/// in a task of its own, so a caller that stops waiting (a REST client gone) cannot leave the
+/// transaction half-done on a pooled connection; an error rolls back. Returns how many rows the
+/// statements returned (all of them run: a fetch of one row would stop before the COMMIT).
+async fn in_one_trip(pool: &SqlitePool, query: Query<'static, Sqlite, SqliteArguments>) -> StoreResult<u64> {
+    let pool = pool.clone();
+    let trip = tokio::spawn(async move {
+        let mut conn = pool.acquire().await?;
+        match query.fetch_all(&mut *conn).await {
+            Ok(rows) => Ok(rows.len() as u64),
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(e)
+            }
+        }
+    });
+    Ok(trip.await.map_err(|e| StoreError::Unavailable(e.to_string()))??)
 }
 
 #[async_trait]
@@ -70,15 +107,15 @@ impl Store for SqliteStore {
         actor: &Actor,
         key: Option<&IdempotencyKey>,
     ) -> StoreResult<InsertOutcome> {
-        visits::insert(&self.pool, visit, actor, key).await
+        visits::insert(&self.writer, visit, actor, key).await
     }
 
     async fn idempotent_visit(&self, key: &str) -> StoreResult<Option<(VisitId, String)>> {
-        visits::idempotent(&self.pool, key).await
+        visits::idempotent(&self.reader, key).await
     }
 
     async fn get_visit(&self, id: &str) -> StoreResult<Option<Visit>> {
-        visits::get(&self.pool, id).await
+        visits::get(&self.reader, id).await
     }
 
     async fn transition_visit(
@@ -89,11 +126,11 @@ impl Store for SqliteStore {
         actor: &Actor,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        visits::transition(&self.pool, id, from, to, actor, at).await
+        visits::transition(&self.writer, id, from, to, actor, at).await
     }
 
     async fn claim_visit(&self, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool> {
-        visits::claim(&self.pool, id, provider, at, waited_secs).await
+        visits::claim(&self.writer, id, provider, at, waited_secs).await
     }
 
     async fn move_visit(
@@ -104,99 +141,99 @@ impl Store for SqliteStore {
         actor: &Actor,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        visits::relocate(&self.pool, id, from, to, actor, at).await
+        visits::relocate(&self.writer, id, from, to, actor, at).await
     }
 
     async fn report_state(&self, id: &str, state: UsState) -> StoreResult<()> {
-        visits::report_state(&self.pool, id, state).await
+        visits::report_state(&self.writer, id, state).await
     }
 
     async fn live_visits_of(&self, provider: &str) -> StoreResult<Vec<Visit>> {
-        visits::live_of(&self.pool, provider).await
+        visits::live_of(&self.reader, provider).await
     }
 
     async fn transitions(&self, id: &str) -> StoreResult<Vec<Transition>> {
-        visits::transitions(&self.pool, id).await
+        visits::transitions(&self.reader, id).await
     }
 
     async fn waiting_visits(&self) -> StoreResult<Vec<Visit>> {
-        visits::waiting(&self.pool).await
+        visits::waiting(&self.reader).await
     }
 
     async fn count_visits(&self) -> StoreResult<u64> {
-        visits::count(&self.pool).await
+        visits::count(&self.reader).await
     }
 
     async fn insert_caregiver(&self, caregiver: &Caregiver) -> StoreResult<bool> {
-        directory::insert_caregiver(&self.pool, caregiver).await
+        directory::insert_caregiver(&self.writer, caregiver).await
     }
 
     async fn get_caregiver(&self, subject: &str) -> StoreResult<Option<Caregiver>> {
-        directory::get_caregiver(&self.pool, subject).await
+        directory::get_caregiver(&self.reader, subject).await
     }
 
     async fn list_caregivers(&self) -> StoreResult<Vec<Caregiver>> {
-        directory::list_caregivers(&self.pool).await
+        directory::list_caregivers(&self.reader).await
     }
 
     async fn update_caregiver(&self, caregiver: &Caregiver) -> StoreResult<bool> {
-        directory::update_caregiver(&self.pool, caregiver).await
+        directory::update_caregiver(&self.writer, caregiver).await
     }
 
     async fn state_settings(&self) -> StoreResult<Vec<StateSettings>> {
-        directory::state_settings(&self.pool).await
+        directory::state_settings(&self.reader).await
     }
 
     async fn put_state_settings(&self, settings: &StateSettings) -> StoreResult<()> {
-        directory::put_state_settings(&self.pool, settings).await
+        directory::put_state_settings(&self.writer, settings).await
     }
 
     async fn append_message(&self, msg: &NewMessage) -> StoreResult<(ChatMessage, bool)> {
-        chat::append(&self.pool, msg).await
+        chat::append(&self.writer, msg).await
     }
 
     async fn messages(&self, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>> {
-        chat::page(&self.pool, visit_id, before_seq, limit).await
+        chat::page(&self.reader, visit_id, before_seq, limit).await
     }
 
     async fn mark_read(&self, visit_id: &str, subject: &str, up_to_seq: u64) -> StoreResult<u64> {
-        chat::mark_read(&self.pool, visit_id, subject, up_to_seq).await
+        chat::mark_read(&self.writer, visit_id, subject, up_to_seq).await
     }
 
     async fn join_conversation(&self, visit_id: &str, member: &Participant, at: DateTime<Utc>) -> StoreResult<bool> {
-        chat::join(&self.pool, visit_id, member, at).await
+        chat::join(&self.writer, visit_id, member, at).await
     }
 
     async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool> {
-        chat::leave(&self.pool, visit_id, subject).await
+        chat::leave(&self.writer, visit_id, subject).await
     }
 
     async fn conversation_members(&self, visit_id: &str) -> StoreResult<Vec<Participant>> {
-        chat::members(&self.pool, visit_id).await
+        chat::members(&self.reader, visit_id).await
     }
 
     async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>> {
-        chat::conversations_of(&self.pool, subject).await
+        chat::conversations_of(&self.reader, subject).await
     }
 
-    async fn append_audit(&self, record: &AuditEntry) -> StoreResult<AuditRecord> {
-        audit::append(&self.pool, record).await
+    async fn append_audits(&self, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
+        audit::append(&self.writer, entries).await
     }
 
     async fn audit_trail(&self, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {
-        audit::trail(&self.pool, after_id, limit).await
+        audit::trail(&self.reader, after_id, limit).await
     }
 
     async fn audit_for_visit(&self, visit_id: &str) -> StoreResult<Vec<AuditRecord>> {
-        audit::for_visit(&self.pool, visit_id).await
+        audit::for_visit(&self.reader, visit_id).await
     }
 
     fn connections_in_use(&self) -> u32 {
-        self.pool.size().saturating_sub(self.pool.num_idle() as u32)
+        [&self.writer, &self.reader].iter().map(|p| p.size().saturating_sub(p.num_idle() as u32)).sum()
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
 }

@@ -1,10 +1,11 @@
 //! Visits, their transitions and idempotency keys.
 
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::corrupt;
+use super::{corrupt, in_one_trip};
 use crate::model::{Actor, UsState, Visit, VisitId, VisitStatus};
 use crate::store::{IdempotencyKey, InsertOutcome, StoreResult, Transition, from_millis, to_millis};
 
@@ -50,45 +51,57 @@ async fn record(
     Ok(())
 }
 
+/// The visit's row and its first transition (two statements, arguments in order), between
+/// `before` and `after`.
+fn insert_rows(before: &str, after: &str, visit: &Visit, actor: &Actor) -> Query<'static, Sqlite, SqliteArguments> {
+    let sql = format!(
+        "{before}INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+         INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) VALUES (?, NULL, ?, ?, ?, ?){after}"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(visit.id.clone())
+        .bind(visit.state.code())
+        .bind(visit.display_name.clone())
+        .bind(visit.reason.clone())
+        .bind(visit.status.as_str())
+        .bind(to_millis(visit.created_at))
+        .bind(visit.estimated_wait_secs.map(|v| v as i64))
+        .bind(visit.waited_secs.map(|v| v as i64))
+        .bind(visit.id.clone())
+        .bind(visit.status.as_str())
+        .bind(to_millis(visit.created_at))
+        .bind(actor.subject.clone())
+        .bind(actor.role)
+}
+
 pub async fn insert(
     pool: &SqlitePool,
     visit: &Visit,
     actor: &Actor,
     key: Option<&IdempotencyKey>,
 ) -> StoreResult<InsertOutcome> {
+    let Some(key) = key else {
+        in_one_trip(pool, insert_rows("BEGIN; ", "; COMMIT", visit, actor)).await?;
+        return Ok(InsertOutcome::Inserted);
+    };
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    insert_rows("", "", visit, actor).execute(&mut *tx).await?;
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (key, request_hash, visit_id, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
     )
+    .bind(&key.key)
+    .bind(&key.request_hash)
     .bind(&visit.id)
-    .bind(visit.state.code())
-    .bind(&visit.display_name)
-    .bind(&visit.reason)
-    .bind(visit.status.as_str())
     .bind(to_millis(visit.created_at))
-    .bind(visit.estimated_wait_secs.map(|v| v as i64))
-    .bind(visit.waited_secs.map(|v| v as i64))
     .execute(&mut *tx)
-    .await?;
-    if let Some(key) = key {
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, visit_id, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(&key.key)
-        .bind(&key.request_hash)
-        .bind(&visit.id)
-        .bind(to_millis(visit.created_at))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            let (visit_id, request_hash) =
-                idempotent(pool, &key.key).await?.ok_or_else(|| corrupt("idempotency key vanished"))?;
-            return Ok(InsertOutcome::Replayed { visit_id, request_hash });
-        }
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        tx.rollback().await?;
+        let (visit_id, request_hash) =
+            idempotent(pool, &key.key).await?.ok_or_else(|| corrupt("idempotency key vanished"))?;
+        return Ok(InsertOutcome::Replayed { visit_id, request_hash });
     }
-    record(&mut tx, &visit.id, None, visit.status, actor, visit.created_at).await?;
     tx.commit().await?;
     Ok(InsertOutcome::Inserted)
 }
@@ -107,6 +120,13 @@ pub async fn get(pool: &SqlitePool, id: &str) -> StoreResult<Option<Visit>> {
     row.as_ref().map(from_row).transpose()
 }
 
+/// Records a transition in the same trip as the UPDATE before it, only if that UPDATE changed
+/// a row: `changes()` is the row count of the connection's last completed statement. It returns
+/// the row it stored, which says the compare-and-set won (the summed "rows affected" of several
+/// statements cannot: SQLite reports a BEGIN or COMMIT with the count of the last change
+/// before it). When the UPDATE changed none, the transaction commits nothing.
+const RECORD_IF_CHANGED: &str = "INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) SELECT ?, ?, ?, ?, ?, ? WHERE changes() = 1 RETURNING visit_id";
+
 pub async fn transition(
     pool: &SqlitePool,
     id: &str,
@@ -115,23 +135,21 @@ pub async fn transition(
     actor: &Actor,
     at: DateTime<Utc>,
 ) -> StoreResult<bool> {
-    let mut tx = pool.begin().await?;
-    let changed = sqlx::query(
-        "UPDATE visits SET status = ?, provider_subject = CASE WHEN ? = 'waiting' THEN NULL ELSE provider_subject END WHERE id = ? AND status = ?",
-    )
-    .bind(to.as_str())
-    .bind(to.as_str())
-    .bind(id)
-    .bind(from.as_str())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if changed == 0 {
-        return Ok(false);
-    }
-    record(&mut tx, id, Some(from), to, actor, at).await?;
-    tx.commit().await?;
-    Ok(true)
+    let sql = format!(
+        "BEGIN; UPDATE visits SET status = ?, provider_subject = CASE WHEN ? = 'waiting' THEN NULL ELSE provider_subject END WHERE id = ? AND status = ?; {RECORD_IF_CHANGED}; COMMIT"
+    );
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(to.as_str())
+        .bind(to.as_str())
+        .bind(id.to_string())
+        .bind(from.as_str())
+        .bind(id.to_string())
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(to_millis(at))
+        .bind(actor.subject.clone())
+        .bind(actor.role);
+    Ok(in_one_trip(pool, query).await? == 1)
 }
 
 pub async fn claim(
@@ -141,23 +159,20 @@ pub async fn claim(
     at: DateTime<Utc>,
     waited_secs: u64,
 ) -> StoreResult<bool> {
-    let mut tx = pool.begin().await?;
-    let changed = sqlx::query(
-        "UPDATE visits SET status = 'claimed', provider_subject = ?, waited_secs = COALESCE(waited_secs, ?) WHERE id = ? AND status = 'waiting'",
-    )
-    .bind(provider)
-    .bind(waited_secs as i64)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if changed == 0 {
-        return Ok(false);
-    }
-    let actor = Actor { subject: provider.to_string(), role: "provider" };
-    record(&mut tx, id, Some(VisitStatus::Waiting), VisitStatus::Claimed, &actor, at).await?;
-    tx.commit().await?;
-    Ok(true)
+    let sql = format!(
+        "BEGIN; UPDATE visits SET status = 'claimed', provider_subject = ?, waited_secs = COALESCE(waited_secs, ?) WHERE id = ? AND status = 'waiting'; {RECORD_IF_CHANGED}; COMMIT"
+    );
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(provider.to_string())
+        .bind(waited_secs as i64)
+        .bind(id.to_string())
+        .bind(id.to_string())
+        .bind(VisitStatus::Waiting.as_str())
+        .bind(VisitStatus::Claimed.as_str())
+        .bind(to_millis(at))
+        .bind(provider.to_string())
+        .bind("provider");
+    Ok(in_one_trip(pool, query).await? == 1)
 }
 
 pub async fn relocate(
