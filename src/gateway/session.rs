@@ -398,7 +398,12 @@ impl Session {
                         // The client moved to a new socket before this one was seen to drop. It
                         // is closed aside: a socket its client dropped would hold the resume up
                         // for the close's whole patience, and a storm of resumes with it.
-                        tokio::spawn(close_socket(old, CloseCode::SessionResumed, Duration::from_millis(200)));
+                        // Tracked with the sessions, so a shutdown waits for it too.
+                        self.gw.sessions.spawn(close_socket(
+                            old,
+                            CloseCode::SessionResumed,
+                            Duration::from_millis(200),
+                        ));
                         *stream = None;
                         Box::pin(self.left()).await;
                     }
