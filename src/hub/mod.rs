@@ -311,6 +311,11 @@ impl BusHandler for Hub {
             BusEvent::VisitUpdated(u) => {
                 // Another node may have moved the visit: read it afresh next time.
                 self.live.forget_unless(&u.visit_id, u.status);
+                // A visit this node started and another node wrapped up or ended: its start
+                // time is of no more use here (else it would stay forever).
+                if u.status != crate::model::VisitStatus::InVisit {
+                    self.started.remove(&u.visit_id);
+                }
                 self.router.dispatch(topic, event)
             }
             _ => self.router.dispatch(topic, event),

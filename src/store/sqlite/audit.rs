@@ -6,7 +6,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
-use crate::store::{StoreError, StoreResult, from_millis, to_millis};
+use crate::store::{StoreResult, from_millis, to_millis};
 
 const COLUMNS: &str = "id, at, subject, role, action, visit_id, target, outcome, prev_hash, hash";
 
@@ -37,9 +37,7 @@ pub async fn append(pool: &SqlitePool, entries: &[AuditEntry]) -> StoreResult<Ve
         return Ok(Vec::new());
     }
     let (pool, entries) = (pool.clone(), entries.to_vec());
-    tokio::spawn(async move { append_now(&pool, &entries).await })
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    super::apart(async move { append_now(&pool, &entries).await }).await
 }
 
 async fn append_now(pool: &SqlitePool, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {

@@ -86,17 +86,23 @@ fn options(options: SqliteConnectOptions) -> SqliteConnectOptions {
 /// statements returned (all of them run: a fetch of one row would stop before the COMMIT).
 async fn in_one_trip(pool: &SqlitePool, query: Query<'static, Sqlite, SqliteArguments>) -> StoreResult<u64> {
     let pool = pool.clone();
-    let trip = tokio::spawn(async move {
+    apart(async move {
         let mut conn = pool.acquire().await?;
         match query.fetch_all(&mut *conn).await {
             Ok(rows) => Ok(rows.len() as u64),
             Err(e) => {
                 let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                Err(e)
+                Err(e.into())
             }
         }
-    });
-    Ok(trip.await.map_err(|e| StoreError::Unavailable(e.to_string()))??)
+    })
+    .await
+}
+
+/// Runs a transaction's work in a task of its own, so that a caller that stops waiting cannot
+/// leave the transaction half-done on a pooled connection.
+async fn apart<T: Send + 'static>(work: impl Future<Output = StoreResult<T>> + Send + 'static) -> StoreResult<T> {
+    tokio::spawn(work).await.map_err(|e| StoreError::Unavailable(e.to_string()))?
 }
 
 #[async_trait]
