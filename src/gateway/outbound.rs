@@ -26,6 +26,10 @@ pub struct Outbound {
     seq: u64,
     /// Frames handed to the socket so far; a change means the client is reading.
     written: u64,
+    /// Frames handed to the socket that it has not flushed yet: the socket buffers them and
+    /// writes on flush, so a flush that could not finish must be tried again even with
+    /// nothing left in the queue.
+    unflushed: bool,
     /// Cluster mode: every sequenced frame is journaled in live state too.
     pub journal: Option<SessionJournal>,
 }
@@ -46,6 +50,7 @@ impl Outbound {
             capacity,
             seq: 0,
             written: 0,
+            unflushed: false,
             journal: None,
         }
     }
@@ -124,6 +129,11 @@ impl Outbound {
         self.queue.is_empty()
     }
 
+    /// Whether there is anything to write: queued frames, or frames the socket holds unflushed.
+    pub fn needs_flush(&self) -> bool {
+        !self.queue.is_empty() || self.unflushed
+    }
+
     /// Whether there is room to take on more work (read requests, take events).
     pub fn has_room(&self) -> bool {
         self.queue.len() < self.capacity / 2
@@ -149,8 +159,13 @@ impl Outbound {
                 let msg = self.queue.pop_front().expect("checked non-empty");
                 Sink::start_send(std::pin::Pin::new(&mut *sink), msg)?;
                 self.written += 1;
+                self.unflushed = true;
             }
-            sink.poll_flush_unpin(cx)
+            let flushed = sink.poll_flush_unpin(cx);
+            if let Poll::Ready(Ok(())) = flushed {
+                self.unflushed = false;
+            }
+            flushed
         })
         .await
     }

@@ -354,7 +354,7 @@ impl Session {
                         Some(Exit::Close(CloseCode::TokenExpired))
                     } else if !attached && now >= detached_until {
                         return Exit::Gone;
-                    } else if attached && !self.out.is_empty() && now >= write_by {
+                    } else if attached && self.out.needs_flush() && now >= write_by {
                         Some(Exit::Close(CloseCode::SlowConsumer))
                     } else {
                         Box::pin(self.on_still_there_due(now)).await;
@@ -384,7 +384,7 @@ impl Session {
                 }
                 // Written last: what the client and the bus have ready is taken first, so the
                 // frames it produces leave together in one write instead of one write each.
-                res = self.out.flush(sink), if attached && !self.out.is_empty() => res.err().map(|_| Exit::Gone),
+                res = self.out.flush(sink), if attached && self.out.needs_flush() => res.err().map(|_| Exit::Gone),
             };
             match exit {
                 None => self.sync_journal_meta(),
@@ -429,7 +429,7 @@ impl Session {
         if !attached {
             due = due.min(detached_until);
         }
-        if attached && !self.out.is_empty() {
+        if attached && self.out.needs_flush() {
             due = due.min(write_by);
         }
         match (self.answer_by, self.still_there_at) {
