@@ -123,3 +123,25 @@ async fn a_resume_replaces_a_socket_that_has_not_noticed_it_is_dead() {
     assert!(r.recovered);
     assert_eq!(old.ended(Duration::from_secs(5)).await, Ended::Closed(CloseCode::SessionResumed.code()));
 }
+
+#[tokio::test]
+async fn a_session_resumes_again_and_again_and_a_stranger_cannot_take_it_in_between() {
+    let hub = TestHub::start().await;
+    let intake = hub.intake("Ann", "WA", None).await;
+    let token = intake.str("patient_token");
+    let mut ws = hub.ws(&token).await;
+    let sid = session_id(&mut ws).await;
+    for round in 0..3 {
+        let seen = ws.last_seq;
+        drop(ws);
+        // A stranger's try neither takes the session nor uses up its next resume.
+        let other = hub.intake(&format!("Bob {round}"), "WA", None).await;
+        let mut thief = hub.resume(&other.str("patient_token"), &sid, seen).await;
+        let ServerMessage::Welcome(w) = thief.next_of("welcome").await.msg else { unreachable!() };
+        assert_eq!(w.recovered, Some(false));
+        ws = hub.resume(&token, &sid, seen).await;
+        let ServerMessage::SessionResumed(r) = ws.next_of("session.resumed").await.msg else { unreachable!() };
+        assert!(r.recovered, "round {round}");
+        assert_eq!(r.session_id, sid);
+    }
+}

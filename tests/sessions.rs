@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::json;
 use visithub::model::Role;
@@ -93,6 +94,32 @@ async fn a_silent_client_is_closed_by_the_heartbeat() {
     // Not reading means tungstenite answers no pings: after interval + timeout, 4006.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(ws.ended(Duration::from_secs(5)).await, Ended::Closed(CloseCode::HeartbeatTimeout.code()));
+}
+
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_connected() {
+    let hub = TestHub::start_with(
+        |c| {
+            c.ping_interval_secs = 1;
+            c.pong_timeout_secs = 1;
+        },
+        None,
+    )
+    .await;
+    let mut ws = hub.ws(&hub.admin()).await;
+    ws.next_of("welcome").await;
+    // Reading lets tungstenite answer each ping; well past interval + timeout, still open.
+    let until = tokio::time::Instant::now() + Duration::from_millis(3500);
+    let mut pings = 0;
+    while let Ok(frame) = tokio::time::timeout_at(until, ws.stream.next()).await {
+        match frame {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_))) => pings += 1,
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended: {other:?}"),
+        }
+    }
+    assert!(pings >= 2, "a ping every second, got {pings}");
+    assert!(is_ack(&ws.request(&ClientMessage::Ping(Ping {})).await));
 }
 
 #[tokio::test]

@@ -10,10 +10,9 @@
 //! 3. Read the sealed journal and replay exactly what the client missed, or nothing
 //!    (`recovered: false`) when the journal has a hole.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use super::session::Session;
@@ -25,7 +24,7 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 impl Session {
     /// Takes the session over; the number of frames replayed, or `None` when the client must
     /// reload instead (the caller starts a new session then).
-    pub(super) async fn take_over(&mut self, inbox: &mut mpsc::Receiver<Arc<BusEvent>>, last_seq: u64) -> Option<u64> {
+    pub(super) async fn take_over(&mut self, inbox: &mut super::session::Inbox, last_seq: u64) -> Option<u64> {
         let hub = self.gw.hub.clone();
         let live = hub.live_state().clone();
         let meta = live.journal_meta(&self.session_id).await.ok()??;
@@ -40,7 +39,7 @@ impl Session {
         hub.hand_over(&self.session_id, &token).await.ok()?;
         let deadline = Instant::now() + HANDOVER_WAIT;
         loop {
-            let event = tokio::time::timeout_at(deadline, inbox.recv()).await.ok()??;
+            let event = tokio::time::timeout_at(deadline, inbox.next()).await.ok()??;
             if matches!(&*event, BusEvent::Handover { token: t, .. } if *t == token) {
                 break;
             }

@@ -5,7 +5,7 @@
 
 use axum::extract::ws::WebSocket;
 use dashmap::DashMap;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 use super::connections::ConnectionGuard;
 use crate::auth::Principal;
@@ -20,7 +20,9 @@ pub struct Resume {
 
 struct Entry {
     subject: String,
-    tx: mpsc::Sender<Box<Resume>>,
+    /// One resume at a time: the session registers again as it takes one. (A oneshot is a
+    /// tenth of a channel's memory, and every idle session holds one.)
+    tx: oneshot::Sender<Box<Resume>>,
 }
 
 /// Sessions of this node that a socket can be attached to, by session id.
@@ -30,8 +32,8 @@ pub struct Resumable {
 }
 
 impl Resumable {
-    pub fn register(&self, session_id: &str, subject: &str) -> mpsc::Receiver<Box<Resume>> {
-        let (tx, rx) = mpsc::channel(1);
+    pub fn register(&self, session_id: &str, subject: &str) -> oneshot::Receiver<Box<Resume>> {
+        let (tx, rx) = oneshot::channel();
         self.sessions.insert(session_id.to_string(), Entry { subject: subject.to_string(), tx });
         rx
     }
@@ -43,12 +45,10 @@ impl Resumable {
     /// Hands `resume` to its session; gives it back when there is no such session for this
     /// subject (expired, or on another node), so the caller starts a new one.
     pub fn attach(&self, session_id: &str, resume: Box<Resume>) -> Result<(), Box<Resume>> {
-        let tx = match self.sessions.get(session_id) {
-            Some(e) if e.subject == resume.principal.subject => e.tx.clone(),
-            _ => return Err(resume),
-        };
-        tx.try_send(resume).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
-        })
+        let subject = &resume.principal.subject;
+        match self.sessions.remove_if(session_id, |_, e| e.subject == *subject) {
+            Some((_, entry)) => entry.tx.send(resume),
+            None => Err(resume),
+        }
     }
 }

@@ -14,7 +14,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::WatchStream;
@@ -37,6 +37,9 @@ use crate::protocol::{
 
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
+/// Bus events for this session, as the router hands them over.
+pub(super) type Inbox = flume::r#async::RecvStream<'static, Arc<BusEvent>>;
+type Resumes = oneshot::Receiver<Box<Resume>>;
 
 /// Why the loop ended, or why the socket went.
 pub(super) enum Exit {
@@ -106,7 +109,10 @@ pub fn run(
     start: Start,
 ) -> impl Future<Output = ()> + Send {
     let span = tracing::info_span!("session", id, role = principal.role.as_str());
-    let (inbox_tx, mut inbox) = mpsc::channel(gw.config.outbound_queue);
+    // flume allocates its queue as events arrive: tokio's channel reserves a block of 32
+    // slots up front, and most sessions sit idle.
+    let (inbox_tx, inbox) = flume::bounded(gw.config.outbound_queue);
+    let mut inbox = inbox.into_stream();
     let subject = principal.subject.as_str().into();
     let link = SessionLink { id, subject, inbox: inbox_tx, overflowed: CancellationToken::new() };
     let rate = NonZeroU32::new(gw.config.rate_for(principal.role)).unwrap_or(NonZeroU32::MIN);
@@ -297,15 +303,16 @@ impl Session {
         &mut self,
         sink: &mut Option<Sink>,
         stream: &mut Option<Stream>,
-        inbox: &mut mpsc::Receiver<Arc<BusEvent>>,
-        resumes: &mut mpsc::Receiver<Box<Resume>>,
+        inbox: &mut Inbox,
+        resumes: &mut Resumes,
     ) -> Exit {
         let cfg = self.gw.config.clone();
         let ping_every = Duration::from_secs(cfg.ping_interval_secs);
         let silence_limit = ping_every + Duration::from_secs(cfg.pong_timeout_secs);
         let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
         let resume_window = Duration::from_secs(cfg.resume_window_secs);
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        // Pings share the session's one timer.
+        let mut ping_at = Instant::now() + ping_every;
         let mut last_heard = Instant::now();
         // When the outbound queue last made progress (or became non-empty).
         let mut progress_at = Instant::now();
@@ -324,7 +331,10 @@ impl Session {
             // Moved only earlier, or once it has fired: a deadline that moves later (the write
             // timeout after every write) costs one early wake-up instead of two timer-wheel
             // updates per frame.
-            let due = self.next_deadline(attached, write_by, detached_until);
+            let mut due = self.next_deadline(attached, write_by, detached_until);
+            if attached {
+                due = due.min(ping_at);
+            }
             if due < timer.deadline() || timer.is_elapsed() {
                 timer.as_mut().reset(due);
             }
@@ -347,7 +357,11 @@ impl Session {
                     }
                 }
                 _ = &mut overflowed => Some(Exit::Close(CloseCode::SlowConsumer)),
-                Some(resume) = resumes.recv() => Some(Exit::Resumed(resume)),
+                Ok(resume) = &mut *resumes, if !resumes.is_terminated() => {
+                    // Ready for the next one before anything else can happen.
+                    *resumes = self.gw.resumable.register(&self.session_id, &self.principal.subject);
+                    Some(Exit::Resumed(resume))
+                }
                 _ = &mut timer => {
                     let now = Instant::now();
                     if now >= self.token_deadline {
@@ -356,6 +370,14 @@ impl Session {
                         return Exit::Gone;
                     } else if attached && self.out.needs_flush() && now >= write_by {
                         Some(Exit::Close(CloseCode::SlowConsumer))
+                    } else if attached && now >= ping_at {
+                        ping_at = now + ping_every;
+                        if last_heard.elapsed() > silence_limit {
+                            Some(Exit::Close(CloseCode::HeartbeatTimeout))
+                        } else {
+                            self.push_control(Message::Ping(Default::default()));
+                            None
+                        }
                     } else {
                         Box::pin(self.on_still_there_due(now)).await;
                         None
@@ -369,18 +391,10 @@ impl Session {
                         None => Some(Exit::Gone),
                     }
                 }
-                Some(event) = inbox.recv(), if self.out.has_room() => Box::pin(self.on_event(&event)).await,
+                Some(event) = inbox.next(), if self.out.has_room() => Box::pin(self.on_event(&event)).await,
                 Some((state, view)) = self.boards.next(), if self.out.is_empty() => {
                     self.on_view(state, view);
                     None
-                }
-                _ = ping.tick(), if attached => {
-                    if last_heard.elapsed() > silence_limit {
-                        Some(Exit::Close(CloseCode::HeartbeatTimeout))
-                    } else {
-                        self.push_control(Message::Ping(Default::default()));
-                        None
-                    }
                 }
                 // Written last: what the client and the bus have ready is taken first, so the
                 // frames it produces leave together in one write instead of one write each.
@@ -409,6 +423,7 @@ impl Session {
                     }
                     Box::pin(self.attach(*resume, sink, stream)).await;
                     (last_heard, progress_at, detached_until) = (Instant::now(), Instant::now(), far_future());
+                    ping_at = Instant::now() + ping_every;
                     continue;
                 }
                 Some(exit) => return exit,

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{BusEvent, Topic};
@@ -15,7 +14,7 @@ pub struct SessionLink {
     pub id: u64,
     /// Whose session it is: a user's own signals and typing are not sent back to them.
     pub subject: Arc<str>,
-    pub inbox: mpsc::Sender<Arc<BusEvent>>,
+    pub inbox: flume::Sender<Arc<BusEvent>>,
     /// Cancelled when the inbox overflowed: the session closes as a slow consumer.
     pub overflowed: CancellationToken,
 }
@@ -56,7 +55,7 @@ impl Router {
         let mut seen = std::collections::HashSet::new();
         for links in self.topics.iter() {
             for link in links.iter().filter(|l| seen.insert(l.id)) {
-                if let Err(mpsc::error::TrySendError::Full(_)) = link.inbox.try_send(event.clone()) {
+                if let Err(flume::TrySendError::Full(_)) = link.inbox.try_send(event.clone()) {
                     link.overflowed.cancel();
                 }
             }
@@ -71,7 +70,7 @@ impl Router {
         };
         let sender = event.sender();
         for link in links.iter().filter(|l| sender != Some(&*l.subject)) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = link.inbox.try_send(event.clone()) {
+            if let Err(flume::TrySendError::Full(_)) = link.inbox.try_send(event.clone()) {
                 link.overflowed.cancel();
             }
         }
@@ -87,8 +86,8 @@ impl Router {
 mod tests {
     use super::*;
 
-    fn link(id: u64, capacity: usize) -> (SessionLink, mpsc::Receiver<Arc<BusEvent>>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    fn link(id: u64, capacity: usize) -> (SessionLink, flume::Receiver<Arc<BusEvent>>) {
+        let (tx, rx) = flume::bounded(capacity);
         (SessionLink { id, subject: format!("user-{id}").into(), inbox: tx, overflowed: CancellationToken::new() }, rx)
     }
 
@@ -114,7 +113,7 @@ mod tests {
         let router = Router::default();
         let topic = Topic::Subject("x".into());
         let (slow, _slow_rx) = link(1, 1);
-        let (fast, mut fast_rx) = link(2, 8);
+        let (fast, fast_rx) = link(2, 8);
         let slow_flag = slow.overflowed.clone();
         router.add(topic.clone(), slow);
         router.add(topic.clone(), fast);
@@ -131,8 +130,8 @@ mod tests {
         use crate::protocol::SignalEnd;
         let router = Router::default();
         let topic = Topic::Signal("v-1".into());
-        let (sender, mut sender_rx) = link(1, 4);
-        let (peer, mut peer_rx) = link(2, 4);
+        let (sender, sender_rx) = link(1, 4);
+        let (peer, peer_rx) = link(2, 4);
         router.add(topic.clone(), sender);
         router.add(topic.clone(), peer);
         let signal = Signal::EndOfCandidates(SignalEnd { visit_id: "v-1".into(), from: None });

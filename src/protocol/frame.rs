@@ -89,6 +89,14 @@ pub fn encode_server(seq: u64, id: Option<&str>, msg: &ServerMessage) -> String 
     let mut out = Vec::with_capacity(128);
     write_head(&mut out, seq);
     write_tail(&mut out, id, msg.kind(), |o| msg.write_data(o));
+    into_text(out)
+}
+
+/// The frame's text, its buffer trimmed to its length: a frame is kept (in the replay window)
+/// for as long as its session may need it again, and a buffer with room to spare also costs
+/// the `Bytes` it becomes an extra allocation.
+fn into_text(mut out: Vec<u8>) -> String {
+    out.shrink_to_fit();
     String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
@@ -113,7 +121,7 @@ impl SharedFrame {
         let mut out = Vec::with_capacity(self.tail.len() + 24);
         write_head(&mut out, seq);
         out.extend_from_slice(&self.tail);
-        String::from_utf8(out).expect("serde_json writes UTF-8")
+        into_text(out)
     }
 }
 
