@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use tokio_util::sync::CancellationToken;
 use visithub::bus::{BusEvent, Signal, Topic};
 use visithub::hub::sdp_check::{check_candidate, check_sdp};
 use visithub::hub::{Router, SessionLink};
@@ -67,7 +66,7 @@ fn routing(c: &mut Criterion) {
     let router = Router::default();
     let topic = Topic::Signal(VISIT.into());
     let (tx, rx) = flume::bounded(1024);
-    let link = SessionLink { id: 1, subject: "dr-1".into(), inbox: tx, overflowed: CancellationToken::new() };
+    let link = SessionLink { id: 1, subject: "dr-1".into(), inbox: tx, alarm: Default::default() };
     router.add(topic.clone(), link);
     let event = Arc::new(BusEvent::Signal {
         from_subject: "dr-0042".into(),

@@ -170,11 +170,11 @@ pub async fn serve(
     // `Router` itself rebuilds its whole route table for every connection (`with_state(())`),
     // a fifth of the CPU of accepting a WebSocket.
     let server = axum::serve(listener, router.into_make_service()).with_graceful_shutdown({
-        let draining = draining.clone();
+        let gw = gateway.clone();
         async move {
             shutdown.await;
             tracing::info!("shutting down: closing sockets with server_shutdown");
-            draining.cancel();
+            gw.shut_down();
             hub.begin_drain().await;
         }
     });

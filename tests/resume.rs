@@ -145,3 +145,35 @@ async fn a_session_resumes_again_and_again_and_a_stranger_cannot_take_it_in_betw
         assert_eq!(r.session_id, sid);
     }
 }
+
+#[tokio::test]
+async fn a_detached_session_that_falls_too_far_behind_is_cut_off_at_once() {
+    let hub = TestHub::start_with(
+        |c| {
+            c.outbound_queue = 8;
+            c.rate_support = 100;
+        },
+        None,
+    )
+    .await;
+    hub.onboard("sup", "support", &["WA"]).await;
+    let intake = hub.intake("Ann", "WA", None).await;
+    let (visit_id, token) = (intake.str("visit_id"), intake.str("patient_token"));
+    let mut patient = hub.ws(&token).await;
+    let sid = session_id(&mut patient).await;
+    let seen = patient.last_seq;
+    let mut sup = hub.ws(&hub.token(Role::Support, "sup", &[], 3600)).await;
+    assert!(is_ack(&sup.request(&ClientMessage::ChatJoin(VisitRef { visit_id: visit_id.clone() })).await));
+    drop(patient);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The detached session queues what it is sent until its queue is half full, then leaves
+    // its inbox alone; the inbox overflows and the router cuts the session off.
+    for n in 1..=30 {
+        assert!(is_ack(&sup.request(&say(&visit_id, n)).await));
+    }
+    // Gone well before its resume window (60 s by default) is over: the client reloads.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut back = hub.resume(&token, &sid, seen).await;
+    let ServerMessage::Welcome(w) = back.next_of("welcome").await.msg else { unreachable!() };
+    assert_eq!(w.recovered, Some(false));
+}

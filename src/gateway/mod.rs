@@ -18,6 +18,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,14 +30,17 @@ use crate::api::problem::Problem;
 use crate::config::Config;
 use crate::error::{ErrorCode, HubError};
 use crate::hub::Hub;
+use crate::hub::alarm::{Alarm, SHUTDOWN};
 use crate::protocol::SUBPROTOCOL;
 
 /// What every session shares.
 pub struct Gateway {
     pub hub: Arc<Hub>,
     pub config: Arc<Config>,
-    /// Cancelled when the node shuts down: sessions close with `server_shutdown`.
+    /// Cancelled when the node shuts down (see [`Gateway::shut_down`]).
     pub shutdown: CancellationToken,
+    /// Every session's alarm, by local session id: how a shutdown reaches them.
+    alarms: DashMap<u64, Arc<Alarm>>,
     pub sessions: TaskTracker,
     pub connections: Connections,
     resumable: resume::Resumable,
@@ -53,6 +57,7 @@ impl Gateway {
         Gateway {
             config,
             shutdown: CancellationToken::new(),
+            alarms: DashMap::new(),
             sessions: TaskTracker::new(),
             connections: Connections::default(),
             resumable: resume::Resumable::default(),
@@ -60,6 +65,15 @@ impl Gateway {
             journal: hub.live_state().is_shared().then(|| journal::JournalWriter::start(hub.live_state().clone())),
             rate_clock: governor::clock::QuantaClock::default(),
             hub,
+        }
+    }
+
+    /// Refuses new sockets and tells every session the node is going: each closes with
+    /// `server_shutdown` (or, in a cluster, waits detached to be handed over).
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+        for alarm in self.alarms.iter() {
+            alarm.raise(SHUTDOWN);
         }
     }
 }

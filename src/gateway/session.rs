@@ -18,7 +18,6 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::WatchStream;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Gateway;
@@ -28,6 +27,7 @@ use super::resume::Resume;
 use crate::auth::Principal;
 use crate::bus::{BusEvent, Topic};
 use crate::error::{ErrorCode, HubError};
+use crate::hub::alarm::{Alarm, OVERFLOW, SHUTDOWN};
 use crate::hub::{QueueView, Scope, SessionLink};
 use crate::model::{Role, UsState};
 use crate::protocol::{
@@ -114,7 +114,13 @@ pub fn run(
     let (inbox_tx, inbox) = flume::bounded(gw.config.outbound_queue);
     let mut inbox = inbox.into_stream();
     let subject = principal.subject.as_str().into();
-    let link = SessionLink { id, subject, inbox: inbox_tx, overflowed: CancellationToken::new() };
+    let alarm = Arc::new(Alarm::default());
+    gw.alarms.insert(id, alarm.clone());
+    if gw.shutdown.is_cancelled() {
+        // Raised before this session was there to be told.
+        alarm.raise(SHUTDOWN);
+    }
+    let link = SessionLink { id, subject, inbox: inbox_tx, alarm };
     let rate = NonZeroU32::new(gw.config.rate_for(principal.role)).unwrap_or(NonZeroU32::MIN);
     let session_id = match &start {
         Start::TakeOver { session_id, .. } => session_id.clone(),
@@ -318,10 +324,9 @@ impl Session {
         let mut progress_at = Instant::now();
         // While detached: when the session gives up waiting for its client.
         let mut detached_until = far_future();
-        // Made once and polled on every turn: a future made per turn would register (and drop)
-        // its waiter or timer entry each time, and a busy session turns once per frame.
-        let mut shutdown = std::pin::pin!(self.gw.shutdown.clone().cancelled_owned());
-        let mut overflowed = std::pin::pin!(self.link.overflowed.clone().cancelled_owned());
+        // Made once and moved on every turn: a timer made per turn would register (and drop)
+        // its entry each time, and a busy session turns once per frame.
+        let alarm = self.link.alarm.clone();
         let mut timer = std::pin::pin!(sleep_until(far_future()));
         loop {
             let written_before = self.out.written();
@@ -338,10 +343,14 @@ impl Session {
             if due < timer.deadline() || timer.is_elapsed() {
                 timer.as_mut().reset(due);
             }
+            // A drained session has been told of the shutdown already.
+            let watched = if self.drained { OVERFLOW } else { OVERFLOW | SHUTDOWN };
             let exit = tokio::select! {
                 biased;
-                _ = &mut shutdown, if !self.drained => {
-                    if self.out.journal.is_some() {
+                cause = std::future::poll_fn(|cx| alarm.poll_raised(cx, watched)) => {
+                    if cause & SHUTDOWN == 0 {
+                        Some(Exit::Close(CloseCode::SlowConsumer))
+                    } else if self.out.journal.is_some() {
                         // Cluster: the client reconnects elsewhere, and this session waits,
                         // detached, for the node it lands on to take it over.
                         self.drained = true;
@@ -356,7 +365,6 @@ impl Session {
                         Some(Exit::Close(CloseCode::ServerShutdown))
                     }
                 }
-                _ = &mut overflowed => Some(Exit::Close(CloseCode::SlowConsumer)),
                 Ok(resume) = &mut *resumes, if !resumes.is_terminated() => {
                     // Ready for the next one before anything else can happen.
                     *resumes = self.gw.resumable.register(&self.session_id, &self.principal.subject);
@@ -590,7 +598,7 @@ impl Session {
     pub(super) fn send(&mut self, id: Option<&str>, msg: &ServerMessage) {
         // An overflow is caught by the loop's length check, which closes the session.
         if self.out.push(id, msg).is_err() {
-            self.link.overflowed.cancel();
+            self.link.alarm.raise(OVERFLOW);
         }
     }
 
@@ -605,12 +613,13 @@ impl Session {
 
     fn push_control(&mut self, msg: Message) {
         if self.out.push_raw(msg).is_err() {
-            self.link.overflowed.cancel();
+            self.link.alarm.raise(OVERFLOW);
         }
     }
 
     async fn close(mut self, sink: Option<Sink>, exit: Exit) {
         self.gw.resumable.remove(&self.session_id);
+        self.gw.alarms.remove(&self.id);
         // A session handed over lives on elsewhere, journal included; any other is over.
         let exit = match exit {
             Exit::HandedOver => Exit::Close(CloseCode::SessionResumed),

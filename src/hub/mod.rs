@@ -2,6 +2,7 @@
 //! framework, Redis or SQL type: it talks to the [`Store`] and [`Bus`] traits.
 
 mod access;
+pub mod alarm;
 pub mod audit;
 mod caregivers;
 mod chat;

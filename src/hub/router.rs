@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use tokio_util::sync::CancellationToken;
 
+use super::alarm::{Alarm, OVERFLOW};
 use crate::bus::{BusEvent, Topic};
 
 /// A session as the router sees it.
@@ -15,8 +15,8 @@ pub struct SessionLink {
     /// Whose session it is: a user's own signals and typing are not sent back to them.
     pub subject: Arc<str>,
     pub inbox: flume::Sender<Arc<BusEvent>>,
-    /// Cancelled when the inbox overflowed: the session closes as a slow consumer.
-    pub overflowed: CancellationToken,
+    /// Raised when the inbox overflowed: the session closes as a slow consumer.
+    pub alarm: Arc<Alarm>,
 }
 
 #[derive(Default)]
@@ -56,7 +56,7 @@ impl Router {
         for links in self.topics.iter() {
             for link in links.iter().filter(|l| seen.insert(l.id)) {
                 if let Err(flume::TrySendError::Full(_)) = link.inbox.try_send(event.clone()) {
-                    link.overflowed.cancel();
+                    link.alarm.raise(OVERFLOW);
                 }
             }
         }
@@ -71,7 +71,7 @@ impl Router {
         let sender = event.sender();
         for link in links.iter().filter(|l| sender != Some(&*l.subject)) {
             if let Err(flume::TrySendError::Full(_)) = link.inbox.try_send(event.clone()) {
-                link.overflowed.cancel();
+                link.alarm.raise(OVERFLOW);
             }
         }
     }
@@ -88,7 +88,7 @@ mod tests {
 
     fn link(id: u64, capacity: usize) -> (SessionLink, flume::Receiver<Arc<BusEvent>>) {
         let (tx, rx) = flume::bounded(capacity);
-        (SessionLink { id, subject: format!("user-{id}").into(), inbox: tx, overflowed: CancellationToken::new() }, rx)
+        (SessionLink { id, subject: format!("user-{id}").into(), inbox: tx, alarm: Arc::default() }, rx)
     }
 
     fn event() -> Arc<BusEvent> {
@@ -114,13 +114,13 @@ mod tests {
         let topic = Topic::Subject("x".into());
         let (slow, _slow_rx) = link(1, 1);
         let (fast, fast_rx) = link(2, 8);
-        let slow_flag = slow.overflowed.clone();
+        let slow_alarm = slow.alarm.clone();
         router.add(topic.clone(), slow);
         router.add(topic.clone(), fast);
         router.dispatch(&topic, event());
-        assert!(!slow_flag.is_cancelled());
+        assert!(!slow_alarm.is_raised(OVERFLOW));
         router.dispatch(&topic, event());
-        assert!(slow_flag.is_cancelled());
+        assert!(slow_alarm.is_raised(OVERFLOW));
         assert!(fast_rx.try_recv().is_ok() && fast_rx.try_recv().is_ok());
     }
 
