@@ -14,11 +14,13 @@ mod session;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -122,6 +124,9 @@ pub async fn upgrade(
             let limit = gw.config.max_message_bytes;
             let token = gw.sessions.token();
             let id = gw.next_session.fetch_add(1, Ordering::Relaxed);
+            // axum keeps the callback's captures in the connection's task for its whole life:
+            // one box, freed once the session has taken what is in it.
+            let admitted = Box::new(Admitted { gw: gw.clone(), principal, guard, resume, id });
             ws.protocols([SUBPROTOCOL])
                 // Frames past twice the limit are not even buffered: the socket closes (1009).
                 // Between the limit and twice it, the session answers `message_too_large`.
@@ -133,35 +138,46 @@ pub async fn upgrade(
                 // Frames queued together leave in one write (the session flushes after
                 // taking what is ready); a lone frame is written at once by that flush.
                 .write_buffer_size(8 * 1024)
-                .on_upgrade(move |socket| async move {
-                    // One call of `session::run` below: its future is most of a connection's
-                    // memory, and two call sites would each get their own room in this one.
-                    let (socket, principal, guard, start) = match resume {
-                        None => (socket, principal, guard, session::Start::New { recovered: None }),
-                        Some((session_id, last_seq)) => {
-                            let r = Box::new(resume::Resume { socket, last_seq, principal, guard });
-                            let Err(r) = gw.resumable.attach(&session_id, r) else { return };
-                            // Not here: in a cluster another node may hold it and hand it over;
-                            // else a new session, and the client reloads. Session ids are UUIDs
-                            // the hub made: anything else names no session and never reaches a
-                            // live-state key.
-                            let ours = uuid::Uuid::try_parse(&session_id).is_ok();
-                            let start = match gw.journal.is_some() && ours {
-                                true => session::Start::TakeOver { session_id, last_seq },
-                                false => session::Start::New { recovered: Some(false) },
-                            };
-                            (r.socket, r.principal, r.guard, start)
-                        }
-                    };
-                    session::run(socket, gw, principal, guard, id, start).await;
-                    drop(token);
-                })
+                .on_upgrade(move |socket| serve_socket(socket, *admitted).map(move |_| drop(token)))
         }
         Err(problem) => {
             gw.hub.metrics().handshake_refusals.with_label_values(&[problem.0.code.as_str()]).inc();
             problem.into_response()
         }
     }
+}
+
+/// A socket whose handshake was accepted, waiting for the upgrade.
+struct Admitted {
+    gw: Arc<Gateway>,
+    principal: crate::auth::Principal,
+    guard: connections::ConnectionGuard,
+    resume: Option<(String, u64)>,
+    id: u64,
+}
+
+/// The session a new socket serves: a new one, or none when the socket went to the session it
+/// resumes. A plain fn, not an async block: an async block keeps what it captured (the socket
+/// among it) in its future for the socket's whole life, even after moving it on.
+fn serve_socket(socket: WebSocket, admitted: Admitted) -> OptionFuture<impl Future<Output = ()> + Send> {
+    let Admitted { gw, principal, guard, resume, id } = admitted;
+    let (socket, principal, guard, start) = match resume {
+        None => (socket, principal, guard, session::Start::New { recovered: None }),
+        Some((session_id, last_seq)) => {
+            let r = Box::new(resume::Resume { socket, last_seq, principal, guard });
+            let Err(r) = gw.resumable.attach(&session_id, r) else { return None.into() };
+            // Not here: in a cluster another node may hold it and hand it over; else a new
+            // session, and the client reloads. Session ids are UUIDs the hub made: anything
+            // else names no session and never reaches a live-state key.
+            let ours = uuid::Uuid::try_parse(&session_id).is_ok();
+            let start = match gw.journal.is_some() && ours {
+                true => session::Start::TakeOver { session_id, last_seq },
+                false => session::Start::New { recovered: Some(false) },
+            };
+            (r.socket, r.principal, r.guard, start)
+        }
+    };
+    Some(session::run(socket, gw, principal, guard, id, start)).into()
 }
 
 async fn admit(
