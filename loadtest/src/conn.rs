@@ -8,7 +8,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt, stream};
 use governor::clock::DefaultClock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::net::{TcpSocket, TcpStream};
@@ -22,9 +22,13 @@ use visithub::protocol::{
 };
 
 use crate::stats::{Latency, Stats};
+use crate::target::Targets;
 
 /// How long a reply may take before it counts as `reply_timeout`.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many handshakes are in flight at once from one process, unless told otherwise.
+pub const CONNECT_CONCURRENCY: usize = 256;
 
 /// Where and as whom to connect.
 pub struct Dial<'a> {
@@ -134,6 +138,30 @@ impl Conn {
             Err(e) => stats.error(&e.0),
         }
         result
+    }
+
+    /// Opens one socket per token, at most `concurrency` handshakes in flight, round-robin over
+    /// the nodes; failures are counted by code. The result keeps the order of `tokens`, `None`
+    /// where a socket failed.
+    pub async fn open_all(
+        targets: &Targets,
+        tokens: Vec<String>,
+        source: Option<IpAddr>,
+        concurrency: usize,
+        stats: &Arc<Stats>,
+    ) -> Vec<Option<Conn>> {
+        let mut conns: Vec<Option<Conn>> = std::iter::repeat_with(|| None).take(tokens.len()).collect();
+        // Unordered: a slow handshake does not hold back the ones behind it.
+        let mut opened = stream::iter(tokens.into_iter().enumerate())
+            .map(|(i, token)| {
+                let addr = targets.pick().addr;
+                async move { (i, Conn::open(&Dial { addr, token: &token, source }, stats.clone()).await.ok()) }
+            })
+            .buffer_unordered(concurrency.max(1));
+        while let Some((i, conn)) = opened.next().await {
+            conns[i] = conn;
+        }
+        conns
     }
 
     async fn open_inner(dial: &Dial<'_>, stats: Arc<Stats>) -> Result<Conn, ConnError> {

@@ -13,6 +13,7 @@ pub mod rest;
 pub mod scenarios;
 pub mod stats;
 pub mod target;
+pub mod workers;
 
 pub use report::Report;
 pub use scenarios::{Scenario, run};

@@ -37,7 +37,7 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Run(Scenario),
-    /// Internal: one worker process of `connections`.
+    /// Internal: one worker process of `connections` or `storm`.
     #[command(hide = true)]
     Worker(WorkerArgs),
 }

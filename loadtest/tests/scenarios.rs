@@ -13,6 +13,7 @@ use visithub::config::Config;
 use visithub::live::MemoryLive;
 use visithub::store::SqliteStore;
 use visithub_loadtest::scenarios::{ChatArgs, ConnectionsArgs, FanoutArgs, Scenario, StormArgs, VisitsArgs};
+use visithub_loadtest::workers::WorkerOpts;
 use visithub_loadtest::{Auth, Context, Report};
 
 const SECRET: &[u8] = b"loadtest-signing-secret-32-bytes!!";
@@ -93,6 +94,26 @@ fn check_json(report: &Report) {
     assert_eq!((&back.scenario, &back.counts, &back.errors), (&report.scenario, &report.counts, &report.errors));
 }
 
+/// `processes` workers of the built binary, from 127.0.0.2, 127.0.0.3, ...
+fn workers(processes: usize, handshakes: usize) -> WorkerOpts {
+    WorkerOpts {
+        processes,
+        source_base: "127.0.0.2".into(),
+        handshakes,
+        worker_exe: Some(env!("CARGO_BIN_EXE_visithub-loadtest").into()),
+    }
+}
+
+fn storm(clients: usize, processes: usize, handshakes: usize) -> StormArgs {
+    StormArgs {
+        clients,
+        states: "WA".into(),
+        churn_rate: 5.0,
+        settle_timeout_secs: 20,
+        workers: workers(processes, handshakes),
+    }
+}
+
 fn latency(report: &Report, name: &str) -> u64 {
     report.latency_ms.get(name).map_or(0, |p| p.count)
 }
@@ -139,23 +160,23 @@ async fn chat_delivers_every_message_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn storm_resumes_every_session() {
-    let args = StormArgs { clients: 40, states: "WA".into(), churn_rate: 5.0, settle_timeout_secs: 20 };
-    let r = run(Scenario::Storm(args)).await;
-    assert_eq!(r.counts["resumed"], 40);
-    assert_eq!(latency(&r, "resume"), 40);
+async fn storm_resumes_every_session_across_workers() {
+    // 3 handshakes in flight per worker: most resumes wait their turn, none may be lost to it.
+    let r = run(Scenario::Storm(storm(41, 2, 3))).await;
+    assert_eq!(r.notes["processes"], 2);
+    assert_eq!(r.notes["clients"], 41);
+    assert_eq!(r.counts["resumed"], 41);
+    assert_eq!(latency(&r, "resume"), 41);
+    assert_eq!(latency(&r, "connect"), 41);
     assert_eq!(r.notes["not_resumed"], 0);
+    assert!(r.notes["settled_secs"].as_f64().unwrap() > 0.0);
+    // Every client read the churn's positions before and after its resume.
+    assert!(r.messages_received > 41 * 2, "{}", r.messages_received);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_spread_over_workers_and_source_addresses() {
-    let args = ConnectionsArgs {
-        count: 300,
-        processes: 2,
-        source_base: "127.0.0.2".into(),
-        hold_secs: 1,
-        worker_exe: Some(env!("CARGO_BIN_EXE_visithub-loadtest").into()),
-    };
+    let args = ConnectionsArgs { count: 300, workers: workers(2, 256), hold_secs: 1 };
     let r = run(Scenario::Connections(args)).await;
     assert_eq!(r.counts["connected"], 300);
     assert_eq!(latency(&r, "connect"), 300);
@@ -171,7 +192,6 @@ async fn runs_count_the_patients_earlier_runs_left_waiting() {
     // The second run's queue starts with the first run's 18 patients still waiting.
     let second = run_on(&hub, Scenario::Fanout(fanout())).await;
     assert_eq!((first.counts["positions"], second.counts["positions"]), (19 + 18, 19 + 18));
-    let storm = StormArgs { clients: 20, states: "WA".into(), churn_rate: 5.0, settle_timeout_secs: 20 };
-    let r = run_on(&hub, Scenario::Storm(storm)).await;
+    let r = run_on(&hub, Scenario::Storm(storm(20, 1, 256))).await;
     assert_eq!(r.counts["resumed"], 20);
 }

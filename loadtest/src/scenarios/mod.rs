@@ -12,13 +12,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use chat::ChatArgs;
-pub use connections::{ConnectionsArgs, WorkerArgs, run_worker};
+pub use connections::ConnectionsArgs;
 pub use fanout::FanoutArgs;
 pub use storm::StormArgs;
 pub use visits::VisitsArgs;
 
 use crate::report::Report;
 use crate::target::Context;
+pub use crate::workers::WorkerArgs;
+use crate::workers::WorkerScenario;
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Scenario {
@@ -57,6 +59,14 @@ pub async fn run(ctx: &Arc<Context>, scenario: &Scenario) -> anyhow::Result<Repo
         Scenario::Connections(a) => connections::run(ctx, a).await,
         Scenario::Chat(a) => chat::run(ctx, a).await,
         Scenario::Storm(a) => storm::run(ctx, a).await,
+    }
+}
+
+/// The hidden `worker` command: one worker process of `connections` or `storm`.
+pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    match args.scenario {
+        WorkerScenario::Connections => connections::worker(&args).await,
+        WorkerScenario::Storm => storm::worker(&args).await,
     }
 }
 

@@ -1,21 +1,18 @@
 //! Setting a scene: raising queue caps, admitting waiting patients, onboarding caregivers and
 //! opening many sockets, each with bounded concurrency.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
 use futures_util::stream;
 use visithub::model::{Role, UsState};
 
-use crate::conn::{Conn, Dial};
+use crate::conn::{CONNECT_CONCURRENCY, Conn};
 use crate::stats::Latency;
 use crate::target::Context;
 
 /// How many setup calls are in flight at once.
 const SETUP_CONCURRENCY: usize = 32;
-/// How many handshakes are in flight at once from one process.
-pub const CONNECT_CONCURRENCY: usize = 256;
 /// Lifetime of caregiver tokens a run mints.
 pub const TOKEN_TTL_SECS: u64 = 4 * 3600;
 
@@ -111,17 +108,7 @@ pub async fn onboard(
     Ok(wanted)
 }
 
-/// Opens one socket per token (round-robin over the nodes); failures are counted by code
-/// and left out. The result keeps the order of `tokens`, `None` where a socket failed.
+/// Opens one socket per token from this process (see [`Conn::open_all`]).
 pub async fn connect_all(ctx: &Context, tokens: Vec<String>) -> Vec<Option<Conn>> {
-    let stats: Arc<_> = ctx.stats.clone();
-    stream::iter(tokens)
-        .map(|token| {
-            let stats = stats.clone();
-            let addr = ctx.targets.pick().addr;
-            async move { Conn::open(&Dial { addr, token: &token, source: None }, stats).await.ok() }
-        })
-        .buffered(CONNECT_CONCURRENCY)
-        .collect()
-        .await
+    Conn::open_all(&ctx.targets, tokens, None, CONNECT_CONCURRENCY, &ctx.stats).await
 }
