@@ -90,3 +90,34 @@ async fn the_trail_records_actions_and_refusals_and_detects_tampering() {
     assert!(!ok, "{out}");
     assert!(out.contains(&format!("broken at record {id}")), "{out}");
 }
+
+/// A store remembers where the trail ends so that an append is one trip; another writer on
+/// the same file (a second process) moves the end under it. Its next append must chain to
+/// the real end, not the remembered one.
+#[tokio::test]
+async fn appends_chain_to_the_real_end_when_another_writer_moved_it() {
+    use visithub::model::AuditEntry;
+    use visithub::store::{SqliteStore, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("visithub.db");
+    let (a, b) = (SqliteStore::open(&path).await.unwrap(), SqliteStore::open(&path).await.unwrap());
+    let entry = |n: usize| AuditEntry {
+        at: chrono::Utc::now(),
+        subject: format!("s{n}"),
+        role: "admin".into(),
+        action: "portal.view".into(),
+        visit_id: None,
+        target: None,
+        outcome: "ok".into(),
+    };
+    for round in 0..3 {
+        let batch: Vec<AuditEntry> = (0..300).map(|i| entry(round * 1000 + i)).collect();
+        let from_a = a.append_audits(&batch[..2]).await.unwrap();
+        // Past one INSERT's 256 rows: a batch of several statements.
+        let from_b = b.append_audits(&batch[2..]).await.unwrap();
+        assert_eq!(from_b[0].prev_hash, from_a[1].hash, "b chained to what a wrote");
+        let again = a.append_audits(&batch[..1]).await.unwrap();
+        assert_eq!(again[0].prev_hash, from_b.last().unwrap().hash, "a chained to what b wrote");
+    }
+    assert_eq!(visithub::hub::audit::verify(&a).await.unwrap(), Ok(3 * 301));
+}

@@ -31,6 +31,8 @@ use crate::protocol::{ChatMessage, Participant};
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Where the audit trail ends, so an append needs no read first.
+    audit_head: audit::Head,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -54,7 +56,7 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore { writer, reader, audit_head: audit::Head::default() })
     }
 
     /// A private in-memory database, for tests.
@@ -63,7 +65,7 @@ impl SqliteStore {
         let options = options(SqliteConnectOptions::from_str("sqlite::memory:")?);
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { writer: pool.clone(), reader: pool })
+        Ok(SqliteStore { writer: pool.clone(), reader: pool, audit_head: audit::Head::default() })
     }
 }
 
@@ -223,7 +225,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_audits(&self, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
-        audit::append(&self.writer, entries).await
+        audit::append(&self.writer, &self.audit_head, entries).await
     }
 
     async fn audit_trail(&self, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {
