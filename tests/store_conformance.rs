@@ -236,6 +236,13 @@ async fn moves_reports_and_live_visits(store: &dyn Store) {
     let live: Vec<String> = store.live_visits_of("dr-live").await.unwrap().into_iter().map(|v| v.id).collect();
     assert_eq!(live, ["live-1", "live-2", "live-3"]);
     assert!(store.live_visits_of("dr-nobody").await.unwrap().is_empty());
+    // Every provider's, oldest first: what a single node keeps providers' loads from.
+    let all = store.live_visits().await.unwrap();
+    assert!(all.iter().all(|v| v.is_live()), "only claimed, in visit and wrap-up");
+    let of_live: Vec<&str> =
+        all.iter().filter(|v| v.provider.as_deref() == Some("dr-live")).map(|v| v.id.as_str()).collect();
+    assert_eq!(of_live, ["live-1", "live-2", "live-3"]);
+    assert!(all.iter().any(|v| v.id == "move-1" && v.provider.as_deref() == Some("dr-move")));
 }
 
 async fn waiting_visits_oldest_first(store: &dyn Store) {

@@ -29,7 +29,7 @@ impl Hub {
             name: visit.display_name.clone(),
             role: Role::Patient,
         }];
-        all.extend(self.store.conversation_members(&visit.id).await.map_err(HubError::internal)?);
+        all.extend(self.conversation_members(&visit.id).await?);
         Ok(all)
     }
 
@@ -58,7 +58,7 @@ impl Hub {
         let visit = self.visit(visit_id).await?;
         who.require_covers(visit.state)?;
         if who.role != Role::Admin {
-            let members = self.store.conversation_members(visit_id).await.map_err(HubError::internal)?;
+            let members = self.conversation_members(visit_id).await?;
             if !members.iter().any(|m| m.subject == who.subject) {
                 return Err(HubError::code(ErrorCode::NotInConversation));
             }
@@ -80,7 +80,7 @@ impl Hub {
             return Err(HubError::code(ErrorCode::ConversationCapReached));
         }
         let at = self.clock.now();
-        if self.store.join_conversation(visit_id, &who.participant(), at).await.map_err(HubError::internal)? {
+        if self.join_conversation(visit_id, &who.participant(), at).await? {
             return self.announce_participants_of(&visit).await;
         }
         self.participants(&visit).await
@@ -91,7 +91,7 @@ impl Hub {
         if who.role == Role::Patient {
             return Err(HubError::new(ErrorCode::Forbidden, "the patient is always in their conversation"));
         }
-        if self.store.leave_conversation(visit_id, &who.subject).await.map_err(HubError::internal)? {
+        if self.leave_conversation(visit_id, &who.subject).await? {
             self.announce_participants(visit_id).await;
         }
         Ok(())
@@ -193,9 +193,9 @@ impl Hub {
         }
         let member = Participant { subject: target.subject.clone(), name: target.name, role };
         let at = self.clock.now();
-        self.store.join_conversation(visit_id, &member, at).await.map_err(HubError::internal)?;
+        self.join_conversation(visit_id, &member, at).await?;
         if who.role != Role::Admin {
-            self.store.leave_conversation(visit_id, &who.subject).await.map_err(HubError::internal)?;
+            self.leave_conversation(visit_id, &who.subject).await?;
         }
         self.publish(Topic::Subject(target.subject), BusEvent::ConversationAssigned { visit_id: visit.id.clone() })
             .await;

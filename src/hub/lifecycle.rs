@@ -35,7 +35,7 @@ impl Hub {
         let live_now = {
             // One claim at a time per provider, across nodes, so the live-visit cap holds.
             let _one_claim_at_a_time = self.hold(&format!("claim:{}", who.subject)).await?;
-            let held = self.store.live_visits_of(&who.subject).await.map_err(HubError::internal)?.len() as u32;
+            let held = self.provider_live_count(&who.subject).await?;
             if held >= self.options.max_live_visits_per_provider {
                 return Err(HubError::code(ErrorCode::ProviderBusy));
             }
@@ -44,6 +44,8 @@ impl Hub {
                 self.live.forget(&visit.id);
                 return Err(HubError::code(ErrorCode::VisitAlreadyClaimed));
             }
+            // Noted under the claim lock: the provider's next claim counts this one.
+            self.loads.note(&who.subject, &visit.id, true);
             // Counted under the claim lock, so the provider's load needs no second read.
             held + 1
         };
@@ -58,7 +60,7 @@ impl Hub {
         next.provider = Some(who.subject.clone());
         next.waited_secs = next.waited_secs.or(Some((at - visit.created_at).num_seconds().max(0) as u64));
         // The provider joins the visit's conversation with the patient.
-        self.store.join_conversation(&visit.id, &who.participant(), at).await.map_err(HubError::internal)?;
+        self.join_conversation(&visit.id, &who.participant(), at).await?;
         self.after_transition(&visit, next.clone(), at, Some(live_now)).await;
         self.announce_participants(&visit.id).await;
         Ok(next)
@@ -131,6 +133,7 @@ impl Hub {
         if let Some(provider) = before.provider.as_deref().or(after.provider.as_deref())
             && before.is_live() != after.is_live()
         {
+            self.loads.note(provider, &after.id, after.is_live());
             match provider_live {
                 Some(live) => self.provider_load(provider, live).await,
                 None => self.refresh_provider_load(provider).await,
@@ -155,6 +158,7 @@ impl Hub {
                 timer.abort();
             }
             self.started.remove(&after.id);
+            self.members.closed(&after.id);
         }
     }
 
@@ -196,8 +200,8 @@ impl Hub {
     }
 
     pub(super) async fn refresh_provider_load(&self, provider: &str) {
-        let Ok(live) = self.store.live_visits_of(provider).await else { return };
-        self.provider_load(provider, live.len() as u32).await;
+        let Ok(live) = self.provider_live_count(provider).await else { return };
+        self.provider_load(provider, live).await;
     }
 
     async fn provider_load(&self, provider: &str, live: u32) {

@@ -11,9 +11,11 @@ pub mod hours;
 pub mod intake_rules;
 mod lifecycle;
 mod live;
+mod members;
 mod portal;
 mod presence;
 mod presence_feed;
+mod provider_load;
 pub mod queues;
 mod router;
 pub mod sdp_check;
@@ -112,6 +114,10 @@ pub struct Hub {
     settings: DashMap<UsState, StateSettings>,
     estimators: DashMap<UsState, Estimator>,
     live: live::LiveVisits,
+    /// The visits each provider holds, in memory on a single node.
+    loads: provider_load::ProviderLoads,
+    /// Conversations' members, in memory on a single node.
+    members: members::Members,
     /// Queue order, locks and the node registry, shared by the nodes of a cluster.
     live_state: Arc<dyn LiveState>,
     /// What this node knows of the other nodes.
@@ -138,6 +144,11 @@ impl Hub {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Hub>> {
         let prior = Estimator::new(options.prior_visit_secs, options.prior_pickup_secs, options.estimator_alpha);
+        // The only writer keeps providers' loads; read before the hub serves anything.
+        let (loads, members) = match live_state.is_shared() {
+            true => (provider_load::ProviderLoads::default(), members::Members::default()),
+            false => (provider_load::ProviderLoads::local(store.live_visits().await?), members::Members::local()),
+        };
         let hub = Arc::new(Hub {
             queues: Queues::new(prior.inputs(Staffing::default())),
             audit_writer: audit::AuditWriter::start(store.clone()),
@@ -152,6 +163,8 @@ impl Hub {
             settings: DashMap::new(),
             estimators: DashMap::new(),
             live: live::LiveVisits::default(),
+            loads,
+            members,
             live_state,
             cluster: cluster::ClusterView::default(),
             patient_sockets: DashMap::new(),

@@ -140,6 +140,8 @@ impl Hub {
             if settings.busy {
                 busy_window.record(now, settings.busy_intake_per_hour);
             }
+            // Before it is queued, where staff can see it and join its conversation.
+            self.members.opened(&visit.id);
             match self.live_state.queue_push(visit.state, &QueuedVisit::of(&visit)).await {
                 Ok(version) => (self.live.put(visit), version),
                 Err(e) => {
@@ -152,6 +154,7 @@ impl Hub {
                         &system,
                         now,
                     );
+                    self.members.closed(&visit.id);
                     if let Err(e) = withdrawn.await {
                         tracing::error!(error = %e, "an intake that failed half-way was not withdrawn");
                     }

@@ -51,6 +51,7 @@ timed! {
     async fn move_visit(&self, id: &str, from: UsState, to: UsState, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool>;
     async fn report_state(&self, id: &str, state: UsState) -> StoreResult<()>;
     async fn live_visits_of(&self, provider: &str) -> StoreResult<Vec<Visit>>;
+    async fn live_visits(&self) -> StoreResult<Vec<Visit>>;
     async fn transitions(&self, id: &str) -> StoreResult<Vec<Transition>>;
     async fn waiting_visits(&self) -> StoreResult<Vec<Visit>>;
     async fn count_visits(&self) -> StoreResult<u64>;

@@ -125,6 +125,10 @@ pub trait Store: Send + Sync + 'static {
     /// Visits a provider holds (claimed, in visit, wrap-up).
     async fn live_visits_of(&self, provider: &str) -> StoreResult<Vec<Visit>>;
 
+    /// Every visit a provider holds (claimed, in visit, wrap-up): what a node that is the
+    /// only writer keeps providers' loads from.
+    async fn live_visits(&self) -> StoreResult<Vec<Visit>>;
+
     async fn transitions(&self, id: &str) -> StoreResult<Vec<Transition>>;
 
     /// Visits still waiting, oldest first: what queues are rebuilt from.

@@ -163,6 +163,11 @@ impl Store for PostgresStore {
         read!(self, |pool| visits::live_of(pool, provider))
     }
 
+    /// On the primary, as the queues: it is read once at start and must miss nothing.
+    async fn live_visits(&self) -> StoreResult<Vec<Visit>> {
+        visits::live(&self.primary).await
+    }
+
     async fn transitions(&self, id: &str) -> StoreResult<Vec<Transition>> {
         read!(self, |pool| visits::transitions(pool, id))
     }

@@ -160,6 +160,10 @@ impl Store for SqliteStore {
         visits::live_of(&self.reader, provider).await
     }
 
+    async fn live_visits(&self) -> StoreResult<Vec<Visit>> {
+        visits::live(&self.reader).await
+    }
+
     async fn transitions(&self, id: &str) -> StoreResult<Vec<Transition>> {
         visits::transitions(&self.reader, id).await
     }

@@ -215,6 +215,13 @@ pub async fn live_of(pool: &SqlitePool, provider: &str) -> StoreResult<Vec<Visit
     rows.iter().map(from_row).collect()
 }
 
+pub async fn live(pool: &SqlitePool) -> StoreResult<Vec<Visit>> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM visits WHERE status IN ('claimed', 'in_visit', 'wrap_up') ORDER BY created_at");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?;
+    rows.iter().map(from_row).collect()
+}
+
 pub async fn transitions(pool: &SqlitePool, id: &str) -> StoreResult<Vec<Transition>> {
     let rows = sqlx::query(
         "SELECT from_status, to_status, at, actor_subject, actor_role FROM visit_transitions WHERE visit_id = ? ORDER BY id",
