@@ -124,6 +124,7 @@ async fn conformance(store: &dyn Store) {
     chat(store).await;
     conversations(store).await;
     audit(store).await;
+    changes_recorded_with_their_audit(store).await;
     store.ping().await.unwrap();
 }
 
@@ -436,6 +437,46 @@ async fn audit(store: &dyn Store) {
     assert_eq!(store.audit_for_visit("audit-bulk").await.unwrap(), stored);
     let whole = store.audit_trail(0, 1000).await.unwrap();
     assert_eq!(whole.len(), 321);
+    assert!(first_broken(&whole, GENESIS.into()).is_ok());
+}
+
+/// A claim or transition with the audit record of the request: the record is stored, chained
+/// to the trail's end, exactly when the change is (or not at all, and the caller appends it).
+async fn changes_recorded_with_their_audit(store: &dyn Store) {
+    let record = |action: &str| AuditEntry {
+        at: ms(9_000),
+        subject: "dr-rec".into(),
+        role: "provider".into(),
+        action: action.into(),
+        visit_id: Some("rec-1".into()),
+        target: None,
+        outcome: "ok".into(),
+    };
+    let trail_of = || async { store.audit_for_visit("rec-1").await.unwrap() };
+    insert(store, visit("rec-1", "WA", 8_000)).await;
+    let (claimed, recorded) =
+        store.claim_visit_recorded("rec-1", "dr-rec", ms(8_500), 5, &record("visit.claim")).await.unwrap();
+    assert!(claimed);
+    assert_eq!(trail_of().await.len(), usize::from(recorded));
+    let (again, recorded_again) =
+        store.claim_visit_recorded("rec-1", "dr-other", ms(8_600), 6, &record("visit.claim")).await.unwrap();
+    assert!(!again && !recorded_again, "a lost claim stores no record");
+    assert_eq!(store.get_visit("rec-1").await.unwrap().unwrap().provider.as_deref(), Some("dr-rec"));
+
+    let p = Actor { subject: "dr-rec".into(), role: "provider" };
+    let step = (VisitStatus::Claimed, VisitStatus::InVisit);
+    let (moved, moved_recorded) =
+        store.transition_visit_recorded("rec-1", step, &p, ms(8_700), &record("visit.transition")).await.unwrap();
+    assert!(moved);
+    let stale = store.transition_visit_recorded("rec-1", step, &p, ms(8_800), &record("visit.transition")).await;
+    assert_eq!(stale.unwrap(), (false, false), "a stale transition stores neither");
+    assert_eq!(status(store, "rec-1").await, VisitStatus::InVisit);
+    assert_eq!(store.transitions("rec-1").await.unwrap().len(), 3);
+    let trail = trail_of().await;
+    assert_eq!(trail.len(), usize::from(recorded) + usize::from(moved_recorded));
+    assert!(trail.iter().all(|r| r.entry.subject == "dr-rec"));
+    // Whatever was stored with the changes chains on from the records before it.
+    let whole = store.audit_trail(0, 10_000).await.unwrap();
     assert!(first_broken(&whole, GENESIS.into()).is_ok());
 }
 

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::Hub;
 use super::queues::QueuedVisit;
+use super::{Hub, Scope};
 use crate::auth::Principal;
 use crate::bus::{BusEvent, Topic};
 use crate::error::{ErrorCode, HubError, HubResult};
-use crate::model::{Actor, Role, UsState, Visit, VisitStatus};
+use crate::model::{Actor, AuditEntry, Role, UsState, Visit, VisitStatus};
 use crate::protocol::{Participant, VisitUpdated};
 
 const HUB_ACTOR: &str = "visithub";
@@ -40,10 +40,18 @@ impl Hub {
                 return Err(HubError::code(ErrorCode::ProviderBusy));
             }
             let waited = (at - visit.created_at).num_seconds().max(0) as u64;
-            if !self.store.claim_visit(&visit.id, &who.subject, at, waited).await.map_err(HubError::internal)? {
+            // The claim and its audit record in one commit (a refusal is recorded by the caller).
+            let record = self.audit_entry(&who.subject, who.role, "visit.claim", Scope::visit(&visit.id), Ok(()));
+            let (claimed, recorded) = self
+                .store
+                .claim_visit_recorded(&visit.id, &who.subject, at, waited, &record)
+                .await
+                .map_err(HubError::internal)?;
+            if !claimed {
                 self.live.forget(&visit.id);
                 return Err(HubError::code(ErrorCode::VisitAlreadyClaimed));
             }
+            self.audit_unless_recorded(record, recorded).await;
             // Noted under the claim lock: the provider's next claim counts this one.
             self.loads.note(&who.subject, &visit.id, true);
             // Counted under the claim lock, so the provider's load needs no second read.
@@ -69,8 +77,11 @@ impl Hub {
     /// Any other step, by who may take it: the claiming provider releases (`waiting`), starts
     /// (`in_visit`), ends the call (`wrap_up`, the patient may too) and finishes (`ended`).
     pub async fn transition_visit(&self, who: &Principal, visit_id: &str, to: VisitStatus) -> HubResult<Visit> {
+        let scope = Scope::visit(visit_id);
         if to == VisitStatus::Cancelled {
-            return self.cancel_visit(who, visit_id).await.map(|v| v.visit);
+            let cancelled = self.cancel_visit(who, visit_id).await?.visit;
+            self.audit(who, "visit.transition", scope, Ok(())).await;
+            return Ok(cancelled);
         }
         let visit = self.visit(visit_id).await?;
         let is_provider = who.role == Role::Provider && visit.provider.as_deref() == Some(who.subject.as_str());
@@ -92,16 +103,42 @@ impl Hub {
             ));
         }
         let actor = Actor { subject: who.subject.clone(), role: who.role.as_str() };
-        self.apply(&visit, to, &actor)
+        let record = self.audit_entry(&who.subject, who.role, "visit.transition", scope, Ok(()));
+        self.apply_recorded(&visit, to, &actor, Some(record))
             .await?
             .ok_or_else(|| HubError::new(ErrorCode::InvalidTransition, "the visit changed meanwhile"))
     }
 
     /// Stores `visit -> to` and tells everyone. `None` when the visit moved meanwhile.
     pub(super) async fn apply(&self, visit: &Visit, to: VisitStatus, actor: &Actor) -> HubResult<Option<Visit>> {
+        self.apply_recorded(visit, to, actor, None).await
+    }
+
+    /// [`Hub::apply`], with the audit record of the request that asked for it committed with
+    /// the transition when it moves (a refusal is recorded by the caller).
+    async fn apply_recorded(
+        &self,
+        visit: &Visit,
+        to: VisitStatus,
+        actor: &Actor,
+        record: Option<AuditEntry>,
+    ) -> HubResult<Option<Visit>> {
         let at = self.clock.now();
-        let moved =
-            self.store.transition_visit(&visit.id, visit.status, to, actor, at).await.map_err(HubError::internal)?;
+        let statuses = (visit.status, to);
+        let moved = match record {
+            None => self.store.transition_visit(&visit.id, visit.status, to, actor, at).await,
+            Some(record) => {
+                let stored = self.store.transition_visit_recorded(&visit.id, statuses, actor, at, &record).await;
+                match stored {
+                    Ok((true, recorded)) => {
+                        self.audit_unless_recorded(record, recorded).await;
+                        Ok(true)
+                    }
+                    other => other.map(|(moved, _)| moved),
+                }
+            }
+        }
+        .map_err(HubError::internal)?;
         if !moved {
             self.live.forget(&visit.id);
             return Ok(None);

@@ -48,6 +48,8 @@ timed! {
     async fn get_visit(&self, id: &str) -> StoreResult<Option<Visit>>;
     async fn transition_visit(&self, id: &str, from: VisitStatus, to: VisitStatus, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool>;
     async fn claim_visit(&self, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool>;
+    async fn transition_visit_recorded(&self, id: &str, statuses: (VisitStatus, VisitStatus), actor: &Actor, at: DateTime<Utc>, record: &AuditEntry) -> StoreResult<(bool, bool)>;
+    async fn claim_visit_recorded(&self, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64, record: &AuditEntry) -> StoreResult<(bool, bool)>;
     async fn move_visit(&self, id: &str, from: UsState, to: UsState, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool>;
     async fn report_state(&self, id: &str, state: UsState) -> StoreResult<()>;
     async fn live_visits_of(&self, provider: &str) -> StoreResult<Vec<Visit>>;

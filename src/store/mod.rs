@@ -109,6 +109,34 @@ pub trait Store: Send + Sync + 'static {
     /// Exactly one of many concurrent claims returns true.
     async fn claim_visit(&self, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool>;
 
+    /// [`Store::transition_visit`], with the audit record of the request that made it stored
+    /// in the same transaction when the visit moved (SQLite: one trip for both). Returns
+    /// whether the visit moved and whether the record was stored with it; a backend without
+    /// it stores none, and the caller appends the record itself.
+    async fn transition_visit_recorded(
+        &self,
+        id: &str,
+        (from, to): (VisitStatus, VisitStatus),
+        actor: &Actor,
+        at: DateTime<Utc>,
+        _record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        Ok((self.transition_visit(id, from, to, actor, at).await?, false))
+    }
+
+    /// [`Store::claim_visit`], with the audit record of the claim as in
+    /// [`Store::transition_visit_recorded`].
+    async fn claim_visit_recorded(
+        &self,
+        id: &str,
+        provider: &str,
+        at: DateTime<Utc>,
+        waited_secs: u64,
+        _record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        Ok((self.claim_visit(id, provider, at, waited_secs).await?, false))
+    }
+
     /// Moves a waiting visit to another state's queue (compare-and-set on the state).
     async fn move_visit(
         &self,

@@ -141,6 +141,28 @@ impl Store for SqliteStore {
         visits::claim(&self.writer, id, provider, at, waited_secs).await
     }
 
+    async fn transition_visit_recorded(
+        &self,
+        id: &str,
+        statuses: (VisitStatus, VisitStatus),
+        actor: &Actor,
+        at: DateTime<Utc>,
+        record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        visits::transition_recorded(&self.writer, &self.audit_head, id, statuses, actor, at, record).await
+    }
+
+    async fn claim_visit_recorded(
+        &self,
+        id: &str,
+        provider: &str,
+        at: DateTime<Utc>,
+        waited_secs: u64,
+        record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        visits::claim_recorded(&self.writer, &self.audit_head, id, provider, at, waited_secs, record).await
+    }
+
     async fn move_visit(
         &self,
         id: &str,
