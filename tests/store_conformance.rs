@@ -453,11 +453,33 @@ async fn changes_recorded_with_their_audit(store: &dyn Store) {
         outcome: "ok".into(),
     };
     let trail_of = || async { store.audit_for_visit("rec-1").await.unwrap() };
-    insert(store, visit("rec-1", "WA", 8_000)).await;
+    let created = store.insert_visit_recorded(&visit("rec-1", "WA", 8_000), &admin(), &record("visit.create")).await;
+    let created = usize::from(created.unwrap());
+    assert_eq!(status(store, "rec-1").await, VisitStatus::Waiting);
+    assert_eq!(store.transitions("rec-1").await.unwrap().len(), 1);
+    assert_eq!(trail_of().await.len(), created);
+
+    let hello = NewMessage {
+        visit_id: "rec-1".into(),
+        message_id: new_visit_id(),
+        client_id: "c-rec".into(),
+        from: Participant { subject: "sup-rec".into(), name: "S".into(), role: Role::Support },
+        body: "hi".into(),
+        sent_at: ms(8_100),
+    };
+    let ((first, new), sent) = store.append_message_recorded(&hello, &record("chat.send")).await.unwrap();
+    assert!(new);
+    let retry = NewMessage { message_id: new_visit_id(), ..hello.clone() };
+    let ((again, again_new), again_recorded) =
+        store.append_message_recorded(&retry, &record("chat.send")).await.unwrap();
+    assert!(!again_new && !again_recorded, "a retry stores neither message nor record");
+    assert_eq!(again, first);
+    let created = created + usize::from(sent);
+    assert_eq!(trail_of().await.len(), created);
     let (claimed, recorded) =
         store.claim_visit_recorded("rec-1", "dr-rec", ms(8_500), 5, &record("visit.claim")).await.unwrap();
     assert!(claimed);
-    assert_eq!(trail_of().await.len(), usize::from(recorded));
+    assert_eq!(trail_of().await.len(), created + usize::from(recorded));
     let (again, recorded_again) =
         store.claim_visit_recorded("rec-1", "dr-other", ms(8_600), 6, &record("visit.claim")).await.unwrap();
     assert!(!again && !recorded_again, "a lost claim stores no record");
@@ -472,8 +494,9 @@ async fn changes_recorded_with_their_audit(store: &dyn Store) {
     assert_eq!(stale.unwrap(), (false, false), "a stale transition stores neither");
     assert_eq!(status(store, "rec-1").await, VisitStatus::InVisit);
     assert_eq!(store.transitions("rec-1").await.unwrap().len(), 3);
+    assert_eq!(store.messages("rec-1", None, 10).await.unwrap(), [first]);
     let trail = trail_of().await;
-    assert_eq!(trail.len(), usize::from(recorded) + usize::from(moved_recorded));
+    assert_eq!(trail.len(), created + usize::from(recorded) + usize::from(moved_recorded));
     assert!(trail.iter().all(|r| r.entry.subject == "dr-rec"));
     // Whatever was stored with the changes chains on from the records before it.
     let whole = store.audit_trail(0, 10_000).await.unwrap();

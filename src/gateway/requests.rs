@@ -9,8 +9,9 @@ use crate::error::{ErrorCode, HubError, HubResult};
 use crate::protocol::ClientMessage;
 
 /// Requests recorded in the audit trail here even when they succeed: everything that reads or
-/// changes a visit, a queue, a conversation or settings. (Every refusal is recorded.) A claim
-/// or transition that succeeds is recorded by the hub, in the same commit as the change.
+/// changes a visit, a queue, a conversation or settings. (Every refusal is recorded.) A claim,
+/// a transition or a chat message that succeeds is recorded by the hub, in the same commit as
+/// the change.
 pub(super) fn audited(kind: &str) -> bool {
     !matches!(
         kind,
@@ -22,6 +23,7 @@ pub(super) fn audited(kind: &str) -> bool {
             | "queue.unsubscribe"
             | "visit.claim"
             | "visit.transition"
+            | "chat.send"
     ) && !kind.starts_with("signal.")
 }
 

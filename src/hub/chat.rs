@@ -3,7 +3,7 @@
 //! under a per-conversation lock so every member sees the same order. A retry with the same
 //! `client_id` is stored and delivered once.
 
-use super::{Hub, validate};
+use super::{Hub, Scope, validate};
 use crate::auth::Principal;
 use crate::bus::{BusEvent, Topic};
 use crate::error::{ErrorCode, HubError, HubResult};
@@ -120,7 +120,12 @@ impl Hub {
             body,
             sent_at: self.clock.now(),
         };
-        let (stored, appended) = self.store.append_message(&new).await.map_err(HubError::internal)?;
+        // The message and the record of its request in one commit (a refusal is recorded by
+        // the caller; a retry, which stores nothing, is recorded apart).
+        let record = self.audit_entry(&who.subject, who.role, "chat.send", Scope::visit(&visit.id), Ok(()));
+        let ((stored, appended), recorded) =
+            self.store.append_message_recorded(&new, &record).await.map_err(HubError::internal)?;
+        self.audit_unless_recorded(record, recorded).await;
         if appended {
             self.metrics.chat_stored.with_label_values(&[who.role.as_str()]).inc();
             self.publish(Topic::Visit(visit.id.clone()), BusEvent::ChatMessage(stored.clone())).await;

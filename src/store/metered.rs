@@ -44,6 +44,7 @@ macro_rules! timed {
 
 timed! {
     async fn insert_visit(&self, visit: &Visit, actor: &Actor, key: Option<&IdempotencyKey>) -> StoreResult<InsertOutcome>;
+    async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, record: &AuditEntry) -> StoreResult<bool>;
     async fn idempotent_visit(&self, key: &str) -> StoreResult<Option<(VisitId, String)>>;
     async fn get_visit(&self, id: &str) -> StoreResult<Option<Visit>>;
     async fn transition_visit(&self, id: &str, from: VisitStatus, to: VisitStatus, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool>;
@@ -64,6 +65,7 @@ timed! {
     async fn state_settings(&self) -> StoreResult<Vec<StateSettings>>;
     async fn put_state_settings(&self, settings: &StateSettings) -> StoreResult<()>;
     async fn append_message(&self, msg: &NewMessage) -> StoreResult<(ChatMessage, bool)>;
+    async fn append_message_recorded(&self, msg: &NewMessage, record: &AuditEntry) -> StoreResult<((ChatMessage, bool), bool)>;
     async fn messages(&self, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>>;
     async fn mark_read(&self, visit_id: &str, subject: &str, up_to_seq: u64) -> StoreResult<u64>;
     async fn join_conversation(&self, visit_id: &str, member: &Participant, at: DateTime<Utc>) -> StoreResult<bool>;

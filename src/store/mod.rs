@@ -88,6 +88,14 @@ pub trait Store: Send + Sync + 'static {
         key: Option<&IdempotencyKey>,
     ) -> StoreResult<InsertOutcome>;
 
+    /// [`Store::insert_visit`] without an idempotency key, with the audit record of the intake
+    /// in the same transaction where the backend can (SQLite: one trip). Returns whether the
+    /// record was stored with it; if not, the caller appends it.
+    async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, _record: &AuditEntry) -> StoreResult<bool> {
+        self.insert_visit(visit, actor, None).await?;
+        Ok(false)
+    }
+
     /// The visit and request hash an idempotency key was first used with.
     async fn idempotent_visit(&self, key: &str) -> StoreResult<Option<(VisitId, String)>>;
 
@@ -178,6 +186,17 @@ pub trait Store: Send + Sync + 'static {
     /// Appends a message, or returns the one stored before under the same sender and
     /// `client_id` (a retry). The flag is true when this call stored it.
     async fn append_message(&self, msg: &NewMessage) -> StoreResult<(ChatMessage, bool)>;
+
+    /// [`Store::append_message`], with the audit record of the request in the same transaction
+    /// when the message is new (SQLite: one trip). The second flag says whether the record was
+    /// stored with it; if not, the caller appends it.
+    async fn append_message_recorded(
+        &self,
+        msg: &NewMessage,
+        _record: &AuditEntry,
+    ) -> StoreResult<((ChatMessage, bool), bool)> {
+        Ok((self.append_message(msg).await?, false))
+    }
 
     /// Messages with `seq < before_seq` (all when `None`), the newest `limit`, oldest first.
     async fn messages(&self, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>>;

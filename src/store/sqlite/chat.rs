@@ -1,13 +1,16 @@
 //! Conversations: messages (numbered per visit), read positions and members.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::{Row, Sqlite};
 
-use super::corrupt;
-use crate::model::{UsState, VisitStatus};
+use super::{audit, corrupt};
+use crate::model::{AuditEntry, UsState, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
 use crate::store::{ConversationSummary, NewMessage, StoreResult, from_millis, parse_role, to_millis};
+
+type SqliteQuery = Query<'static, Sqlite, SqliteArguments>;
 
 fn message_from_row(row: &SqliteRow) -> StoreResult<ChatMessage> {
     let sender_role: String = row.try_get("sender_role")?;
@@ -28,31 +31,57 @@ fn message_from_row(row: &SqliteRow) -> StoreResult<ChatMessage> {
 
 const COLUMNS: &str = "visit_id, seq, message_id, client_id, sender_subject, sender_role, sender_name, body, sent_at";
 
-pub async fn append(pool: &SqlitePool, m: &NewMessage) -> StoreResult<(ChatMessage, bool)> {
-    // The next seq is computed inside the INSERT: SQLite runs one writer at a time, so two
-    // messages never get the same number. A new message comes back from the INSERT itself;
-    // only a retry (the conflict inserts nothing) reads the one stored before.
+/// The INSERT of a message: the next seq is computed inside it (SQLite runs one writer at a
+/// time, so two messages never get the same number). A new message comes back from the
+/// INSERT itself; a retry (the conflict inserts nothing) returns no row.
+fn insert_message(m: &NewMessage) -> (String, impl FnOnce(SqliteQuery) -> SqliteQuery + '_) {
     let sql = format!(
         "INSERT INTO chat_messages ({COLUMNS})
          SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ? FROM chat_messages WHERE visit_id = ?
          ON CONFLICT (visit_id, sender_subject, client_id) DO NOTHING
          RETURNING {COLUMNS}"
     );
-    let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(&m.visit_id)
-        .bind(&m.message_id)
-        .bind(&m.client_id)
-        .bind(&m.from.subject)
-        .bind(m.from.role.as_str())
-        .bind(&m.from.name)
-        .bind(&m.body)
-        .bind(to_millis(m.sent_at))
-        .bind(&m.visit_id)
-        .fetch_optional(pool)
-        .await?;
-    if let Some(row) = inserted {
-        return Ok((message_from_row(&row)?, true));
+    let bind = move |q: SqliteQuery| {
+        q.bind(m.visit_id.clone())
+            .bind(m.message_id.clone())
+            .bind(m.client_id.clone())
+            .bind(m.from.subject.clone())
+            .bind(m.from.role.as_str())
+            .bind(m.from.name.clone())
+            .bind(m.body.clone())
+            .bind(to_millis(m.sent_at))
+            .bind(m.visit_id.clone())
+    };
+    (sql, bind)
+}
+
+pub async fn append(pool: &SqlitePool, m: &NewMessage) -> StoreResult<(ChatMessage, bool)> {
+    let (sql, bind) = insert_message(m);
+    let inserted = bind(sqlx::query(sqlx::AssertSqlSafe(sql))).fetch_optional(pool).await?;
+    match inserted {
+        Some(row) => Ok((message_from_row(&row)?, true)),
+        None => Ok((stored_before(pool, m).await?, false)),
     }
+}
+
+/// A message and the audit record of the request that sent it, in one trip; a retry stores
+/// neither and returns the message stored the first time.
+pub async fn append_recorded(
+    pool: &SqlitePool,
+    head: &audit::Head,
+    m: &NewMessage,
+    entry: &AuditEntry,
+) -> StoreResult<((ChatMessage, bool), bool)> {
+    let (sql, bind) = insert_message(m);
+    let (rows, recorded) = audit::with_record(pool, head, &sql, bind, entry).await?;
+    match rows.first() {
+        Some(row) => Ok(((message_from_row(row)?, true), recorded)),
+        None => Ok(((stored_before(pool, m).await?, false), false)),
+    }
+}
+
+/// The message a retry's first attempt stored.
+async fn stored_before(pool: &SqlitePool, m: &NewMessage) -> StoreResult<ChatMessage> {
     let sql =
         format!("SELECT {COLUMNS} FROM chat_messages WHERE visit_id = ? AND sender_subject = ? AND client_id = ?");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -61,7 +90,7 @@ pub async fn append(pool: &SqlitePool, m: &NewMessage) -> StoreResult<(ChatMessa
         .bind(&m.client_id)
         .fetch_one(pool)
         .await?;
-    Ok((message_from_row(&row)?, false))
+    message_from_row(&row)
 }
 
 pub async fn page(

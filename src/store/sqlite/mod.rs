@@ -118,6 +118,10 @@ impl Store for SqliteStore {
         visits::insert(&self.writer, visit, actor, key).await
     }
 
+    async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, record: &AuditEntry) -> StoreResult<bool> {
+        visits::insert_recorded(&self.writer, &self.audit_head, visit, actor, record).await
+    }
+
     async fn idempotent_visit(&self, key: &str) -> StoreResult<Option<(VisitId, String)>> {
         visits::idempotent(&self.reader, key).await
     }
@@ -224,6 +228,14 @@ impl Store for SqliteStore {
 
     async fn append_message(&self, msg: &NewMessage) -> StoreResult<(ChatMessage, bool)> {
         chat::append(&self.writer, msg).await
+    }
+
+    async fn append_message_recorded(
+        &self,
+        msg: &NewMessage,
+        record: &AuditEntry,
+    ) -> StoreResult<((ChatMessage, bool), bool)> {
+        chat::append_recorded(&self.writer, &self.audit_head, msg, record).await
     }
 
     async fn messages(&self, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>> {

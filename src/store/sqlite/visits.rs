@@ -51,14 +51,16 @@ async fn record(
     Ok(())
 }
 
-/// The visit's row and its first transition (two statements, arguments in order), between
-/// `before` and `after`.
-fn insert_rows(before: &str, after: &str, visit: &Visit, actor: &Actor) -> Query<'static, Sqlite, SqliteArguments> {
-    let sql = format!(
-        "{before}INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?);
-         INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) VALUES (?, NULL, ?, ?, ?, ?){after}"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+/// The visit's row and its first transition: two statements, arguments in order.
+const INSERT_ROWS: &str = "INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+         INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) VALUES (?, NULL, ?, ?, ?, ?)";
+
+fn bind_insert(
+    query: Query<'static, Sqlite, SqliteArguments>,
+    visit: &Visit,
+    actor: &Actor,
+) -> Query<'static, Sqlite, SqliteArguments> {
+    query
         .bind(visit.id.clone())
         .bind(visit.state.code())
         .bind(visit.display_name.clone())
@@ -72,6 +74,24 @@ fn insert_rows(before: &str, after: &str, visit: &Visit, actor: &Actor) -> Query
         .bind(to_millis(visit.created_at))
         .bind(actor.subject.clone())
         .bind(actor.role)
+}
+
+/// [`INSERT_ROWS`] between `before` and `after`.
+fn insert_rows(before: &str, after: &str, visit: &Visit, actor: &Actor) -> Query<'static, Sqlite, SqliteArguments> {
+    bind_insert(sqlx::query(sqlx::AssertSqlSafe(format!("{before}{INSERT_ROWS}{after}"))), visit, actor)
+}
+
+/// A new visit without an idempotency key and the audit record of its intake, in one trip.
+pub async fn insert_recorded(
+    pool: &SqlitePool,
+    head: &audit::Head,
+    visit: &Visit,
+    actor: &Actor,
+    entry: &AuditEntry,
+) -> StoreResult<bool> {
+    let change = format!("{INSERT_ROWS} RETURNING visit_id");
+    let (_, recorded) = audit::with_record(pool, head, &change, |q| bind_insert(q, visit, actor), entry).await?;
+    Ok(recorded)
 }
 
 pub async fn insert(
