@@ -326,7 +326,9 @@ impl Hub {
             *n -= 1;
             *n == 0
         });
-        if left.is_none() {
+        // A visit over needs no watching, and is not read again to learn it (its socket closes
+        // right after the end).
+        if left.is_none() || self.live.is_over(visit_id) {
             return;
         }
         let Ok(visit) = self.visit(visit_id).await else { return };

@@ -329,6 +329,9 @@ impl BusHandler for Hub {
                 if u.status != crate::model::VisitStatus::InVisit {
                     self.started.remove(&u.visit_id);
                 }
+                if u.status.is_final() {
+                    self.live.over_now(&u.visit_id);
+                }
                 self.router.dispatch(topic, event)
             }
             _ => self.router.dispatch(topic, event),
