@@ -33,6 +33,9 @@ async fn the_trail_records_actions_and_refusals_and_detects_tampering() {
     assert_eq!(error_code(&or.request(&claim).await), "state_not_covered");
     let mut wa = hub.ws(&hub.token(Role::Provider, "dr-wa", &[], 3600)).await;
     assert!(is_ack(&wa.request(&claim).await));
+    hub.onboard("sup-wa", "support", &["WA"]).await;
+    let mut sup = hub.ws(&hub.token(Role::Support, "sup-wa", &[], 3600)).await;
+    assert!(is_ack(&sup.request(&ClientMessage::ChatJoin(VisitRef { visit_id: visit_id.clone() })).await));
     let msg =
         ClientMessage::ChatSend(ChatSend { visit_id: visit_id.clone(), client_id: "c1".into(), body: "hello".into() });
     assert!(is_ack(&wa.request(&msg).await));
@@ -70,6 +73,7 @@ async fn the_trail_records_actions_and_refusals_and_detects_tampering() {
         (patient_subject.as_str(), "visit.view", "ok"),
         (patient_subject.as_str(), "audit.view", "forbidden"),
         ("dr-wa", "visit.transition", "ok"),
+        ("sup-wa", "chat.join", "ok"),
         ("dr-wa", "visit.transition", "invalid_transition"),
     ] {
         // Each once: a claim or transition is recorded with its change, and by nobody else.

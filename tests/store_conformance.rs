@@ -474,7 +474,14 @@ async fn changes_recorded_with_their_audit(store: &dyn Store) {
         store.append_message_recorded(&retry, &record("chat.send")).await.unwrap();
     assert!(!again_new && !again_recorded, "a retry stores neither message nor record");
     assert_eq!(again, first);
-    let created = created + usize::from(sent);
+    let sup = Participant { subject: "sup-rec".into(), name: "S".into(), role: Role::Support };
+    let (joined, join_recorded) =
+        store.join_conversation_recorded("rec-1", &sup, ms(8_050), &record("chat.join")).await.unwrap();
+    assert!(joined);
+    let again = store.join_conversation_recorded("rec-1", &sup, ms(8_060), &record("chat.join")).await.unwrap();
+    assert_eq!(again, (false, false), "a member already in stores neither");
+    assert_eq!(store.conversation_members("rec-1").await.unwrap(), [sup]);
+    let created = created + usize::from(sent) + usize::from(join_recorded);
     assert_eq!(trail_of().await.len(), created);
     let (claimed, recorded) =
         store.claim_visit_recorded("rec-1", "dr-rec", ms(8_500), 5, &record("visit.claim")).await.unwrap();

@@ -10,8 +10,8 @@ use crate::protocol::ClientMessage;
 
 /// Requests recorded in the audit trail here even when they succeed: everything that reads or
 /// changes a visit, a queue, a conversation or settings. (Every refusal is recorded.) A claim,
-/// a transition or a chat message that succeeds is recorded by the hub, in the same commit as
-/// the change.
+/// a transition, a chat message or a join that succeeds is recorded by the hub, in the same
+/// commit as the change.
 pub(super) fn audited(kind: &str) -> bool {
     !matches!(
         kind,
@@ -24,6 +24,7 @@ pub(super) fn audited(kind: &str) -> bool {
             | "visit.claim"
             | "visit.transition"
             | "chat.send"
+            | "chat.join"
     ) && !kind.starts_with("signal.")
 }
 

@@ -80,7 +80,12 @@ impl Hub {
             return Err(HubError::code(ErrorCode::ConversationCapReached));
         }
         let at = self.clock.now();
-        if self.join_conversation(visit_id, &who.participant(), at).await? {
+        // The join and the record of its request in one commit (a refusal is recorded by the
+        // caller; a join of a member already in, which stores nothing, is recorded apart).
+        let record = self.audit_entry(&who.subject, who.role, "chat.join", Scope::visit(visit_id), Ok(()));
+        let (joined, recorded) = self.join_conversation(visit_id, &who.participant(), at, Some(&record)).await?;
+        self.audit_unless_recorded(record, recorded).await;
+        if joined {
             return self.announce_participants_of(&visit).await;
         }
         self.participants(&visit).await
@@ -198,7 +203,7 @@ impl Hub {
         }
         let member = Participant { subject: target.subject.clone(), name: target.name, role };
         let at = self.clock.now();
-        self.join_conversation(visit_id, &member, at).await?;
+        self.join_conversation(visit_id, &member, at, None).await?;
         if who.role != Role::Admin {
             self.leave_conversation(visit_id, &who.subject).await?;
         }

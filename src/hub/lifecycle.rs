@@ -68,7 +68,7 @@ impl Hub {
         next.provider = Some(who.subject.clone());
         next.waited_secs = next.waited_secs.or(Some((at - visit.created_at).num_seconds().max(0) as u64));
         // The provider joins the visit's conversation with the patient.
-        self.join_conversation(&visit.id, &who.participant(), at).await?;
+        self.join_conversation(&visit.id, &who.participant(), at, None).await?;
         self.after_transition(&visit, next.clone(), at, Some(live_now)).await;
         self.announce_participants(&visit.id).await;
         Ok(next)

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 
 use super::Hub;
 use crate::error::{HubError, HubResult};
-use crate::model::VisitId;
+use crate::model::{AuditEntry, VisitId};
 use crate::protocol::Participant;
 
 /// Members with the time they joined, in the store's order (joined, then subject).
@@ -64,20 +64,28 @@ impl Hub {
         self.store.conversation_members(visit_id).await.map_err(HubError::internal)
     }
 
-    /// Adds a member; false when they were in already.
+    /// Adds a member; false when they were in already. With `record`, the audit record of the
+    /// request goes in the same commit when the member is new; the second flag says whether it
+    /// did.
     pub(super) async fn join_conversation(
         &self,
         visit_id: &str,
         member: &Participant,
         at: DateTime<Utc>,
-    ) -> HubResult<bool> {
-        let Some(roster) = self.members.roster(visit_id) else {
-            return self.store.join_conversation(visit_id, member, at).await.map_err(HubError::internal);
+        record: Option<&AuditEntry>,
+    ) -> HubResult<(bool, bool)> {
+        let roster = self.members.roster(visit_id);
+        let mut roster = match &roster {
+            Some(roster) => Some(roster.lock().await),
+            None => None,
         };
-        let mut roster = roster.lock().await;
-        let joined = self.store.join_conversation(visit_id, member, at).await.map_err(HubError::internal)?;
-        if joined {
-            admit(&mut roster, crate::store::to_millis(at), member);
+        let joined = match record {
+            Some(record) => self.store.join_conversation_recorded(visit_id, member, at, record).await,
+            None => self.store.join_conversation(visit_id, member, at).await.map(|joined| (joined, false)),
+        }
+        .map_err(HubError::internal)?;
+        if let (Some(roster), (true, _)) = (roster.as_mut(), joined) {
+            admit(roster, crate::store::to_millis(at), member);
         }
         Ok(joined)
     }

@@ -69,6 +69,7 @@ timed! {
     async fn messages(&self, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>>;
     async fn mark_read(&self, visit_id: &str, subject: &str, up_to_seq: u64) -> StoreResult<u64>;
     async fn join_conversation(&self, visit_id: &str, member: &Participant, at: DateTime<Utc>) -> StoreResult<bool>;
+    async fn join_conversation_recorded(&self, visit_id: &str, member: &Participant, at: DateTime<Utc>, record: &AuditEntry) -> StoreResult<(bool, bool)>;
     async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool>;
     async fn conversation_members(&self, visit_id: &str) -> StoreResult<Vec<Participant>>;
     async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>>;

@@ -206,6 +206,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns false when the member was in the conversation already.
     async fn join_conversation(&self, visit_id: &str, member: &Participant, at: DateTime<Utc>) -> StoreResult<bool>;
+    /// [`Store::join_conversation`], with the audit record of the request in the same
+    /// transaction when the member is new (SQLite: one trip). The second flag says whether
+    /// the record was stored with it; if not, the caller appends it.
+    async fn join_conversation_recorded(
+        &self,
+        visit_id: &str,
+        member: &Participant,
+        at: DateTime<Utc>,
+        _record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        Ok((self.join_conversation(visit_id, member, at).await?, false))
+    }
     async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool>;
     async fn conversation_members(&self, visit_id: &str) -> StoreResult<Vec<Participant>>;
     /// Conversations `subject` is in whose visit is not over.

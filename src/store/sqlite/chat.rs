@@ -141,6 +141,28 @@ pub async fn join(pool: &SqlitePool, visit_id: &str, member: &Participant, at: D
     Ok(n == 1)
 }
 
+/// A new member and the audit record of the request that joined them, in one trip; a
+/// member already in stores neither.
+pub async fn join_recorded(
+    pool: &SqlitePool,
+    head: &audit::Head,
+    visit_id: &str,
+    member: &Participant,
+    at: DateTime<Utc>,
+    entry: &AuditEntry,
+) -> StoreResult<(bool, bool)> {
+    let change = "INSERT INTO chat_members (visit_id, subject, name, role, joined_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (visit_id, subject) DO NOTHING RETURNING visit_id";
+    let bind = |q: SqliteQuery| {
+        q.bind(visit_id.to_string())
+            .bind(member.subject.clone())
+            .bind(member.name.clone())
+            .bind(member.role.as_str())
+            .bind(to_millis(at))
+    };
+    let (rows, recorded) = audit::with_record(pool, head, change, bind, entry).await?;
+    Ok((!rows.is_empty(), recorded))
+}
+
 pub async fn leave(pool: &SqlitePool, visit_id: &str, subject: &str) -> StoreResult<bool> {
     let n = sqlx::query("DELETE FROM chat_members WHERE visit_id = ? AND subject = ?")
         .bind(visit_id)

@@ -250,6 +250,16 @@ impl Store for SqliteStore {
         chat::join(&self.writer, visit_id, member, at).await
     }
 
+    async fn join_conversation_recorded(
+        &self,
+        visit_id: &str,
+        member: &Participant,
+        at: DateTime<Utc>,
+        record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        chat::join_recorded(&self.writer, &self.audit_head, visit_id, member, at, record).await
+    }
+
     async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool> {
         chat::leave(&self.writer, visit_id, subject).await
     }
