@@ -382,6 +382,18 @@ async fn conversations(store: &dyn Store) {
     assert_eq!((summaries[0].state, summaries[0].status), (state("CA"), VisitStatus::Waiting));
     assert_eq!(summaries[0].patient_name, "Pat Doe");
     assert!(store.conversations_of("nobody").await.unwrap().is_empty());
+
+    // Every visit not over with its members (what a single node starts from): conv-2 is over,
+    // a visit without members comes with none.
+    let open = store.open_conversations().await.unwrap();
+    let of = |id: &str| -> Vec<Option<String>> {
+        open.iter().filter(|(v, _)| v == id).map(|(_, m)| m.as_ref().map(|(_, p)| p.subject.clone())).collect()
+    };
+    assert_eq!(of("conv-1"), [Some("sup-1".to_string())]);
+    assert!(of("conv-2").is_empty(), "over");
+    assert_eq!(of("cas-2"), [None], "claimed, nobody in its conversation");
+    let (joined, member) = open.iter().find(|(v, _)| v == "conv-1").unwrap().1.clone().unwrap();
+    assert_eq!((joined, member), (ms(4_150), support));
 }
 
 async fn audit(store: &dyn Store) {

@@ -74,9 +74,8 @@ impl Hub {
         if visit.status.is_final() {
             return Err(HubError::code(ErrorCode::VisitNotActive));
         }
-        let open = self.store.conversations_of(&who.subject).await.map_err(HubError::internal)?;
-        let already = open.iter().any(|c| c.visit_id == visit_id);
-        if !already && open.len() as u32 >= self.options.max_conversations_per_caregiver {
+        let (open, already) = self.open_conversations(&who.subject, visit_id).await?;
+        if !already && open >= self.options.max_conversations_per_caregiver {
             return Err(HubError::code(ErrorCode::ConversationCapReached));
         }
         let at = self.clock.now();
@@ -192,10 +191,8 @@ impl Hub {
                 )
             })?;
         let role = target.kind.role();
-        let open = self.store.conversations_of(&target.subject).await.map_err(HubError::internal)?;
-        if !open.iter().any(|c| c.visit_id == visit_id)
-            && open.len() as u32 >= self.options.max_conversations_per_caregiver
-        {
+        let (open, already) = self.open_conversations(&target.subject, visit_id).await?;
+        if !already && open >= self.options.max_conversations_per_caregiver {
             return Err(HubError::new(
                 ErrorCode::ConversationCapReached,
                 "the new caregiver has no room for another conversation",

@@ -195,7 +195,7 @@ impl Hub {
                 timer.abort();
             }
             self.started.remove(&after.id);
-            self.members.closed(&after.id);
+            self.members.closed(&after.id).await;
         }
     }
 

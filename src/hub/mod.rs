@@ -147,7 +147,10 @@ impl Hub {
         // The only writer keeps providers' loads; read before the hub serves anything.
         let (loads, members) = match live_state.is_shared() {
             true => (provider_load::ProviderLoads::default(), members::Members::default()),
-            false => (provider_load::ProviderLoads::local(store.live_visits().await?), members::Members::local()),
+            false => (
+                provider_load::ProviderLoads::local(store.live_visits().await?),
+                members::Members::local(store.open_conversations().await?),
+            ),
         };
         let hub = Arc::new(Hub {
             queues: Queues::new(prior.inputs(Staffing::default())),

@@ -171,7 +171,7 @@ impl Hub {
                         &system,
                         now,
                     );
-                    self.members.closed(&visit.id);
+                    self.members.closed(&visit.id).await;
                     if let Err(e) = withdrawn.await {
                         tracing::error!(error = %e, "an intake that failed half-way was not withdrawn");
                     }

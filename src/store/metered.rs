@@ -5,7 +5,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, Store, StoreResult, Transition};
+use super::{
+    ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, OpenConversation, Store, StoreResult, Transition,
+};
 use crate::metrics::Metrics;
 use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
@@ -73,6 +75,7 @@ timed! {
     async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool>;
     async fn conversation_members(&self, visit_id: &str) -> StoreResult<Vec<Participant>>;
     async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>>;
+    async fn open_conversations(&self) -> StoreResult<Vec<OpenConversation>>;
     async fn append_audits(&self, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>>;
     async fn audit_trail(&self, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>>;
     async fn audit_for_visit(&self, visit_id: &str) -> StoreResult<Vec<AuditRecord>>;

@@ -65,6 +65,10 @@ pub struct NewMessage {
     pub sent_at: DateTime<Utc>,
 }
 
+/// A visit not over and one member of its conversation (`None` for a conversation without
+/// members): one row of [`Store::open_conversations`].
+pub type OpenConversation = (VisitId, Option<(DateTime<Utc>, Participant)>);
+
 /// A conversation a caregiver is in, with what they have read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationSummary {
@@ -220,6 +224,9 @@ pub trait Store: Send + Sync + 'static {
     }
     async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool>;
     async fn conversation_members(&self, visit_id: &str) -> StoreResult<Vec<Participant>>;
+    /// Every visit not over with each member of its conversation, in the order they joined:
+    /// what a node that is the only writer keeps conversations' members from.
+    async fn open_conversations(&self) -> StoreResult<Vec<OpenConversation>>;
     /// Conversations `subject` is in whose visit is not over.
     async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>>;
 

@@ -8,7 +8,9 @@ use sqlx::{Row, Sqlite};
 use super::{audit, corrupt};
 use crate::model::{AuditEntry, UsState, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
-use crate::store::{ConversationSummary, NewMessage, StoreResult, from_millis, parse_role, to_millis};
+use crate::store::{
+    ConversationSummary, NewMessage, OpenConversation, StoreResult, from_millis, parse_role, to_millis,
+};
 
 type SqliteQuery = Query<'static, Sqlite, SqliteArguments>;
 
@@ -183,6 +185,26 @@ pub async fn members(pool: &SqlitePool, visit_id: &str) -> StoreResult<Vec<Parti
         .map(|row| {
             let r: String = row.try_get("role")?;
             Ok(Participant { subject: row.try_get("subject")?, name: row.try_get("name")?, role: parse_role(&r)? })
+        })
+        .collect()
+}
+
+pub async fn open_conversations(pool: &SqlitePool) -> StoreResult<Vec<OpenConversation>> {
+    let rows = sqlx::query(
+        "SELECT v.id, m.subject, m.name, m.role, m.joined_at
+         FROM visits v LEFT JOIN chat_members m ON m.visit_id = v.id
+         WHERE v.status NOT IN ('ended', 'cancelled', 'abandoned')
+         ORDER BY v.id, m.joined_at, m.subject",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let visit_id: String = row.try_get("id")?;
+            let Some(subject) = row.try_get::<Option<String>, _>("subject")? else { return Ok((visit_id, None)) };
+            let role: String = row.try_get("role")?;
+            let member = Participant { subject, name: row.try_get("name")?, role: parse_role(&role)? };
+            Ok((visit_id, Some((from_millis(row.try_get("joined_at")?)?, member))))
         })
         .collect()
 }

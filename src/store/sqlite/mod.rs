@@ -19,7 +19,8 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, Store, StoreError, StoreResult, Transition,
+    ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, OpenConversation, Store, StoreError, StoreResult,
+    Transition,
 };
 use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
@@ -266,6 +267,10 @@ impl Store for SqliteStore {
 
     async fn conversation_members(&self, visit_id: &str) -> StoreResult<Vec<Participant>> {
         chat::members(&self.reader, visit_id).await
+    }
+
+    async fn open_conversations(&self) -> StoreResult<Vec<OpenConversation>> {
+        chat::open_conversations(&self.reader).await
     }
 
     async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>> {
