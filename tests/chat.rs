@@ -290,3 +290,32 @@ async fn a_burst_of_presence_changes_reaches_caregivers_as_a_few_batches_ending_
     }
     assert!(frames < CHANGES, "{frames} frames for {CHANGES} changes: nothing was batched");
 }
+
+/// A single node counts each caregiver's conversations in memory, from what the store holds at
+/// start: conversations joined before a restart still count against the cap after it, and one
+/// whose visit is over stops counting.
+#[tokio::test]
+async fn the_conversation_cap_holds_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = TestHub::start_on_disk(dir.path()).await;
+    before.onboard("sup-wa", "support", &["WA"]).await;
+    let mut sup = before.ws(&before.token(Role::Support, "sup-wa", &[], 3600)).await;
+    let mut visits = Vec::new();
+    for i in 0..20 {
+        let intake = before.intake(&format!("Patient {i}"), "WA", None).await;
+        assert!(is_ack(&sup.request(&join(&intake.str("visit_id"))).await));
+        visits.push(intake);
+    }
+    drop(sup);
+
+    let after = TestHub::start_on_disk(dir.path()).await;
+    let late = after.intake("Late", "WA", None).await.str("visit_id");
+    let mut sup = after.ws(&after.token(Role::Support, "sup-wa", &[], 3600)).await;
+    assert_eq!(error_code(&sup.request(&join(&late)).await), "conversation_cap_reached");
+    assert!(is_ack(&sup.request(&join(&visits[0].str("visit_id"))).await), "one it is in already");
+    let first = &visits[0];
+    let cancel = format!("/v1/visits/{}/cancel", first.str("visit_id"));
+    let r = after.call("POST", &cancel, Some(&first.str("patient_token")), None).await;
+    assert_eq!(r.status, reqwest::StatusCode::OK, "{}", r.body);
+    assert!(is_ack(&sup.request(&join(&late)).await), "a visit over frees its place");
+}

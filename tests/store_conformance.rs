@@ -124,6 +124,7 @@ async fn conformance(store: &dyn Store) {
     chat(store).await;
     conversations(store).await;
     audit(store).await;
+    changes_recorded_with_their_audit(store).await;
     store.ping().await.unwrap();
 }
 
@@ -236,6 +237,13 @@ async fn moves_reports_and_live_visits(store: &dyn Store) {
     let live: Vec<String> = store.live_visits_of("dr-live").await.unwrap().into_iter().map(|v| v.id).collect();
     assert_eq!(live, ["live-1", "live-2", "live-3"]);
     assert!(store.live_visits_of("dr-nobody").await.unwrap().is_empty());
+    // Every provider's, oldest first: what a single node keeps providers' loads from.
+    let all = store.live_visits().await.unwrap();
+    assert!(all.iter().all(|v| v.is_live()), "only claimed, in visit and wrap-up");
+    let of_live: Vec<&str> =
+        all.iter().filter(|v| v.provider.as_deref() == Some("dr-live")).map(|v| v.id.as_str()).collect();
+    assert_eq!(of_live, ["live-1", "live-2", "live-3"]);
+    assert!(all.iter().any(|v| v.id == "move-1" && v.provider.as_deref() == Some("dr-move")));
 }
 
 async fn waiting_visits_oldest_first(store: &dyn Store) {
@@ -374,6 +382,18 @@ async fn conversations(store: &dyn Store) {
     assert_eq!((summaries[0].state, summaries[0].status), (state("CA"), VisitStatus::Waiting));
     assert_eq!(summaries[0].patient_name, "Pat Doe");
     assert!(store.conversations_of("nobody").await.unwrap().is_empty());
+
+    // Every visit not over with its members (what a single node starts from): conv-2 is over,
+    // a visit without members comes with none.
+    let open = store.open_conversations().await.unwrap();
+    let of = |id: &str| -> Vec<Option<String>> {
+        open.iter().filter(|(v, _)| v == id).map(|(_, m)| m.as_ref().map(|(_, p)| p.subject.clone())).collect()
+    };
+    assert_eq!(of("conv-1"), [Some("sup-1".to_string())]);
+    assert!(of("conv-2").is_empty(), "over");
+    assert_eq!(of("cas-2"), [None], "claimed, nobody in its conversation");
+    let (joined, member) = open.iter().find(|(v, _)| v == "conv-1").unwrap().1.clone().unwrap();
+    assert_eq!((joined, member), (ms(4_150), support));
 }
 
 async fn audit(store: &dyn Store) {
@@ -429,6 +449,76 @@ async fn audit(store: &dyn Store) {
     assert_eq!(store.audit_for_visit("audit-bulk").await.unwrap(), stored);
     let whole = store.audit_trail(0, 1000).await.unwrap();
     assert_eq!(whole.len(), 321);
+    assert!(first_broken(&whole, GENESIS.into()).is_ok());
+}
+
+/// A claim or transition with the audit record of the request: the record is stored, chained
+/// to the trail's end, exactly when the change is (or not at all, and the caller appends it).
+async fn changes_recorded_with_their_audit(store: &dyn Store) {
+    let record = |action: &str| AuditEntry {
+        at: ms(9_000),
+        subject: "dr-rec".into(),
+        role: "provider".into(),
+        action: action.into(),
+        visit_id: Some("rec-1".into()),
+        target: None,
+        outcome: "ok".into(),
+    };
+    let trail_of = || async { store.audit_for_visit("rec-1").await.unwrap() };
+    let created = store.insert_visit_recorded(&visit("rec-1", "WA", 8_000), &admin(), &record("visit.create")).await;
+    let created = usize::from(created.unwrap());
+    assert_eq!(status(store, "rec-1").await, VisitStatus::Waiting);
+    assert_eq!(store.transitions("rec-1").await.unwrap().len(), 1);
+    assert_eq!(trail_of().await.len(), created);
+
+    let hello = NewMessage {
+        visit_id: "rec-1".into(),
+        message_id: new_visit_id(),
+        client_id: "c-rec".into(),
+        from: Participant { subject: "sup-rec".into(), name: "S".into(), role: Role::Support },
+        body: "hi".into(),
+        sent_at: ms(8_100),
+    };
+    let ((first, new), sent) = store.append_message_recorded(&hello, &record("chat.send")).await.unwrap();
+    assert!(new);
+    let retry = NewMessage { message_id: new_visit_id(), ..hello.clone() };
+    let ((again, again_new), again_recorded) =
+        store.append_message_recorded(&retry, &record("chat.send")).await.unwrap();
+    assert!(!again_new && !again_recorded, "a retry stores neither message nor record");
+    assert_eq!(again, first);
+    let sup = Participant { subject: "sup-rec".into(), name: "S".into(), role: Role::Support };
+    let (joined, join_recorded) =
+        store.join_conversation_recorded("rec-1", &sup, ms(8_050), &record("chat.join")).await.unwrap();
+    assert!(joined);
+    let again = store.join_conversation_recorded("rec-1", &sup, ms(8_060), &record("chat.join")).await.unwrap();
+    assert_eq!(again, (false, false), "a member already in stores neither");
+    assert_eq!(store.conversation_members("rec-1").await.unwrap(), [sup]);
+    let created = created + usize::from(sent) + usize::from(join_recorded);
+    assert_eq!(trail_of().await.len(), created);
+    let (claimed, recorded) =
+        store.claim_visit_recorded("rec-1", "dr-rec", ms(8_500), 5, &record("visit.claim")).await.unwrap();
+    assert!(claimed);
+    assert_eq!(trail_of().await.len(), created + usize::from(recorded));
+    let (again, recorded_again) =
+        store.claim_visit_recorded("rec-1", "dr-other", ms(8_600), 6, &record("visit.claim")).await.unwrap();
+    assert!(!again && !recorded_again, "a lost claim stores no record");
+    assert_eq!(store.get_visit("rec-1").await.unwrap().unwrap().provider.as_deref(), Some("dr-rec"));
+
+    let p = Actor { subject: "dr-rec".into(), role: "provider" };
+    let step = (VisitStatus::Claimed, VisitStatus::InVisit);
+    let (moved, moved_recorded) =
+        store.transition_visit_recorded("rec-1", step, &p, ms(8_700), &record("visit.transition")).await.unwrap();
+    assert!(moved);
+    let stale = store.transition_visit_recorded("rec-1", step, &p, ms(8_800), &record("visit.transition")).await;
+    assert_eq!(stale.unwrap(), (false, false), "a stale transition stores neither");
+    assert_eq!(status(store, "rec-1").await, VisitStatus::InVisit);
+    assert_eq!(store.transitions("rec-1").await.unwrap().len(), 3);
+    assert_eq!(store.messages("rec-1", None, 10).await.unwrap(), [first]);
+    let trail = trail_of().await;
+    assert_eq!(trail.len(), created + usize::from(recorded) + usize::from(moved_recorded));
+    assert!(trail.iter().all(|r| r.entry.subject == "dr-rec"));
+    // Whatever was stored with the changes chains on from the records before it.
+    let whole = store.audit_trail(0, 10_000).await.unwrap();
     assert!(first_broken(&whole, GENESIS.into()).is_ok());
 }
 

@@ -210,6 +210,29 @@ async fn claims_respect_licenses_and_the_live_visit_cap() {
     assert_eq!(error_code(&sup.request(&claim(&first)).await), "forbidden");
 }
 
+/// A single node counts providers' visits in memory, from what the store holds at start: a
+/// visit claimed before a restart still counts against the cap after it.
+#[tokio::test]
+async fn the_live_visit_cap_holds_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = TestHub::start_on_disk(dir.path()).await;
+    before.onboard("dr-wa", "provider", &["WA"]).await;
+    let first = before.intake("Ann", "WA", None).await.str("visit_id");
+    let mut wa = before.ws(&before.token(Role::Provider, "dr-wa", &[], 3600)).await;
+    assert!(is_ack(&wa.request(&claim(&first)).await));
+    drop(wa);
+
+    let after = TestHub::start_on_disk(dir.path()).await;
+    let second = after.intake("Bob", "WA", None).await.str("visit_id");
+    let mut wa = after.ws(&after.token(Role::Provider, "dr-wa", &[], 3600)).await;
+    assert_eq!(error_code(&wa.request(&claim(&second)).await), "provider_busy");
+    // Ending the visit held from before frees the provider.
+    for status in [VisitStatus::InVisit, VisitStatus::WrapUp, VisitStatus::Ended] {
+        assert!(is_ack(&wa.request(&to(&first, status)).await));
+    }
+    assert!(is_ack(&wa.request(&claim(&second)).await));
+}
+
 #[tokio::test]
 async fn a_patient_who_leaves_is_abandoned_after_the_grace_period() {
     let hub = TestHub::start_with(|c| c.abandon_grace_secs = 1, None).await;

@@ -8,11 +8,24 @@ use crate::bus::{Signal, Topic};
 use crate::error::{ErrorCode, HubError, HubResult};
 use crate::protocol::ClientMessage;
 
-/// Requests recorded in the audit trail even when they succeed: everything that reads or
-/// changes a visit, a queue, a conversation or settings. (Every refusal is recorded.)
+/// Requests recorded in the audit trail here even when they succeed: everything that reads or
+/// changes a visit, a queue, a conversation or settings. (Every refusal is recorded.) A claim,
+/// a transition, a chat message or a join that succeeds is recorded by the hub, in the same
+/// commit as the change.
 pub(super) fn audited(kind: &str) -> bool {
-    !matches!(kind, "ping" | "session.refresh" | "presence.set" | "chat.typing" | "chat.read" | "queue.unsubscribe")
-        && !kind.starts_with("signal.")
+    !matches!(
+        kind,
+        "ping"
+            | "session.refresh"
+            | "presence.set"
+            | "chat.typing"
+            | "chat.read"
+            | "queue.unsubscribe"
+            | "visit.claim"
+            | "visit.transition"
+            | "chat.send"
+            | "chat.join"
+    ) && !kind.starts_with("signal.")
 }
 
 fn to_json(v: impl serde::Serialize) -> HubResult<Value> {

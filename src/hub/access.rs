@@ -63,9 +63,7 @@ impl Hub {
     pub async fn caregiver_online(&self, who: &Principal) -> HubResult<()> {
         let Some(kind) = who.role.caregiver_kind() else { return Ok(()) };
         let live = match kind {
-            CaregiverKind::Provider => {
-                self.store.live_visits_of(&who.subject).await.map_err(HubError::internal)?.len() as u32
-            }
+            CaregiverKind::Provider => self.provider_live_count(&who.subject).await?,
             CaregiverKind::Support => 0,
         };
         let arrival = Arrival { subject: &who.subject, name: &who.name, kind, states: &who.states, live };

@@ -94,21 +94,50 @@ impl Hub {
         scope: Scope,
         outcome: Result<(), ErrorCode>,
     ) {
-        let outcome = match outcome {
-            Ok(()) => "ok",
-            Err(code) => code.as_str(),
-        };
-        let entry = AuditEntry {
+        let entry = self.audit_entry(subject, role, action, scope, outcome);
+        let written = self.audit_writer.append(entry).await;
+        self.audit_counted(action, outcome.is_ok(), written);
+    }
+
+    /// The record of `subject` doing `action`, stamped now.
+    pub(super) fn audit_entry(
+        &self,
+        subject: &str,
+        role: Role,
+        action: &str,
+        scope: Scope,
+        outcome: Result<(), ErrorCode>,
+    ) -> AuditEntry {
+        AuditEntry {
             at: self.clock.now(),
             subject: subject.to_string(),
             role: role.as_str().to_string(),
             action: action.to_string(),
             visit_id: scope.visit_id,
             target: scope.target,
-            outcome: outcome.to_string(),
-        };
-        if self.audit_writer.append(entry).await {
-            self.metrics.audit_records.with_label_values(&[if outcome == "ok" { "ok" } else { "refused" }]).inc()
+            outcome: match outcome {
+                Ok(()) => "ok",
+                Err(code) => code.as_str(),
+            }
+            .to_string(),
+        }
+    }
+
+    /// A record of a successful request that the store did not keep with the change it
+    /// describes: appended now, as any other.
+    pub(super) async fn audit_unless_recorded(&self, entry: AuditEntry, recorded: bool) {
+        if recorded {
+            self.audit_counted(&entry.action, true, true);
+            return;
+        }
+        let action = entry.action.clone();
+        let written = self.audit_writer.append(entry).await;
+        self.audit_counted(&action, true, written);
+    }
+
+    fn audit_counted(&self, action: &str, ok: bool, written: bool) {
+        if written {
+            self.metrics.audit_records.with_label_values(&[if ok { "ok" } else { "refused" }]).inc()
         } else {
             self.metrics.audit_records.with_label_values(&["write_failed"]).inc();
             tracing::error!(action, "audit record not written");

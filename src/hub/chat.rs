@@ -3,7 +3,7 @@
 //! under a per-conversation lock so every member sees the same order. A retry with the same
 //! `client_id` is stored and delivered once.
 
-use super::{Hub, validate};
+use super::{Hub, Scope, validate};
 use crate::auth::Principal;
 use crate::bus::{BusEvent, Topic};
 use crate::error::{ErrorCode, HubError, HubResult};
@@ -29,7 +29,7 @@ impl Hub {
             name: visit.display_name.clone(),
             role: Role::Patient,
         }];
-        all.extend(self.store.conversation_members(&visit.id).await.map_err(HubError::internal)?);
+        all.extend(self.conversation_members(&visit.id).await?);
         Ok(all)
     }
 
@@ -58,7 +58,7 @@ impl Hub {
         let visit = self.visit(visit_id).await?;
         who.require_covers(visit.state)?;
         if who.role != Role::Admin {
-            let members = self.store.conversation_members(visit_id).await.map_err(HubError::internal)?;
+            let members = self.conversation_members(visit_id).await?;
             if !members.iter().any(|m| m.subject == who.subject) {
                 return Err(HubError::code(ErrorCode::NotInConversation));
             }
@@ -74,13 +74,17 @@ impl Hub {
         if visit.status.is_final() {
             return Err(HubError::code(ErrorCode::VisitNotActive));
         }
-        let open = self.store.conversations_of(&who.subject).await.map_err(HubError::internal)?;
-        let already = open.iter().any(|c| c.visit_id == visit_id);
-        if !already && open.len() as u32 >= self.options.max_conversations_per_caregiver {
+        let (open, already) = self.open_conversations(&who.subject, visit_id).await?;
+        if !already && open >= self.options.max_conversations_per_caregiver {
             return Err(HubError::code(ErrorCode::ConversationCapReached));
         }
         let at = self.clock.now();
-        if self.store.join_conversation(visit_id, &who.participant(), at).await.map_err(HubError::internal)? {
+        // The join and the record of its request in one commit (a refusal is recorded by the
+        // caller; a join of a member already in, which stores nothing, is recorded apart).
+        let record = self.audit_entry(&who.subject, who.role, "chat.join", Scope::visit(visit_id), Ok(()));
+        let (joined, recorded) = self.join_conversation(visit_id, &who.participant(), at, Some(&record)).await?;
+        self.audit_unless_recorded(record, recorded).await;
+        if joined {
             return self.announce_participants_of(&visit).await;
         }
         self.participants(&visit).await
@@ -91,7 +95,7 @@ impl Hub {
         if who.role == Role::Patient {
             return Err(HubError::new(ErrorCode::Forbidden, "the patient is always in their conversation"));
         }
-        if self.store.leave_conversation(visit_id, &who.subject).await.map_err(HubError::internal)? {
+        if self.leave_conversation(visit_id, &who.subject).await? {
             self.announce_participants(visit_id).await;
         }
         Ok(())
@@ -120,7 +124,12 @@ impl Hub {
             body,
             sent_at: self.clock.now(),
         };
-        let (stored, appended) = self.store.append_message(&new).await.map_err(HubError::internal)?;
+        // The message and the record of its request in one commit (a refusal is recorded by
+        // the caller; a retry, which stores nothing, is recorded apart).
+        let record = self.audit_entry(&who.subject, who.role, "chat.send", Scope::visit(&visit.id), Ok(()));
+        let ((stored, appended), recorded) =
+            self.store.append_message_recorded(&new, &record).await.map_err(HubError::internal)?;
+        self.audit_unless_recorded(record, recorded).await;
         if appended {
             self.metrics.chat_stored.with_label_values(&[who.role.as_str()]).inc();
             self.publish(Topic::Visit(visit.id.clone()), BusEvent::ChatMessage(stored.clone())).await;
@@ -182,10 +191,8 @@ impl Hub {
                 )
             })?;
         let role = target.kind.role();
-        let open = self.store.conversations_of(&target.subject).await.map_err(HubError::internal)?;
-        if !open.iter().any(|c| c.visit_id == visit_id)
-            && open.len() as u32 >= self.options.max_conversations_per_caregiver
-        {
+        let (open, already) = self.open_conversations(&target.subject, visit_id).await?;
+        if !already && open >= self.options.max_conversations_per_caregiver {
             return Err(HubError::new(
                 ErrorCode::ConversationCapReached,
                 "the new caregiver has no room for another conversation",
@@ -193,9 +200,9 @@ impl Hub {
         }
         let member = Participant { subject: target.subject.clone(), name: target.name, role };
         let at = self.clock.now();
-        self.store.join_conversation(visit_id, &member, at).await.map_err(HubError::internal)?;
+        self.join_conversation(visit_id, &member, at, None).await?;
         if who.role != Role::Admin {
-            self.store.leave_conversation(visit_id, &who.subject).await.map_err(HubError::internal)?;
+            self.leave_conversation(visit_id, &who.subject).await?;
         }
         self.publish(Topic::Subject(target.subject), BusEvent::ConversationAssigned { visit_id: visit.id.clone() })
             .await;

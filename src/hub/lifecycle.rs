@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::Hub;
 use super::queues::QueuedVisit;
+use super::{Hub, Scope};
 use crate::auth::Principal;
 use crate::bus::{BusEvent, Topic};
 use crate::error::{ErrorCode, HubError, HubResult};
-use crate::model::{Actor, Role, UsState, Visit, VisitStatus};
+use crate::model::{Actor, AuditEntry, Role, UsState, Visit, VisitStatus};
 use crate::protocol::{Participant, VisitUpdated};
 
 const HUB_ACTOR: &str = "visithub";
@@ -35,15 +35,25 @@ impl Hub {
         let live_now = {
             // One claim at a time per provider, across nodes, so the live-visit cap holds.
             let _one_claim_at_a_time = self.hold(&format!("claim:{}", who.subject)).await?;
-            let held = self.store.live_visits_of(&who.subject).await.map_err(HubError::internal)?.len() as u32;
+            let held = self.provider_live_count(&who.subject).await?;
             if held >= self.options.max_live_visits_per_provider {
                 return Err(HubError::code(ErrorCode::ProviderBusy));
             }
             let waited = (at - visit.created_at).num_seconds().max(0) as u64;
-            if !self.store.claim_visit(&visit.id, &who.subject, at, waited).await.map_err(HubError::internal)? {
+            // The claim and its audit record in one commit (a refusal is recorded by the caller).
+            let record = self.audit_entry(&who.subject, who.role, "visit.claim", Scope::visit(&visit.id), Ok(()));
+            let (claimed, recorded) = self
+                .store
+                .claim_visit_recorded(&visit.id, &who.subject, at, waited, &record)
+                .await
+                .map_err(HubError::internal)?;
+            if !claimed {
                 self.live.forget(&visit.id);
                 return Err(HubError::code(ErrorCode::VisitAlreadyClaimed));
             }
+            self.audit_unless_recorded(record, recorded).await;
+            // Noted under the claim lock: the provider's next claim counts this one.
+            self.loads.note(&who.subject, &visit.id, true);
             // Counted under the claim lock, so the provider's load needs no second read.
             held + 1
         };
@@ -58,7 +68,7 @@ impl Hub {
         next.provider = Some(who.subject.clone());
         next.waited_secs = next.waited_secs.or(Some((at - visit.created_at).num_seconds().max(0) as u64));
         // The provider joins the visit's conversation with the patient.
-        self.store.join_conversation(&visit.id, &who.participant(), at).await.map_err(HubError::internal)?;
+        self.join_conversation(&visit.id, &who.participant(), at, None).await?;
         self.after_transition(&visit, next.clone(), at, Some(live_now)).await;
         self.announce_participants(&visit.id).await;
         Ok(next)
@@ -67,8 +77,11 @@ impl Hub {
     /// Any other step, by who may take it: the claiming provider releases (`waiting`), starts
     /// (`in_visit`), ends the call (`wrap_up`, the patient may too) and finishes (`ended`).
     pub async fn transition_visit(&self, who: &Principal, visit_id: &str, to: VisitStatus) -> HubResult<Visit> {
+        let scope = Scope::visit(visit_id);
         if to == VisitStatus::Cancelled {
-            return self.cancel_visit(who, visit_id).await.map(|v| v.visit);
+            let cancelled = self.cancel_visit(who, visit_id).await?.visit;
+            self.audit(who, "visit.transition", scope, Ok(())).await;
+            return Ok(cancelled);
         }
         let visit = self.visit(visit_id).await?;
         let is_provider = who.role == Role::Provider && visit.provider.as_deref() == Some(who.subject.as_str());
@@ -90,16 +103,42 @@ impl Hub {
             ));
         }
         let actor = Actor { subject: who.subject.clone(), role: who.role.as_str() };
-        self.apply(&visit, to, &actor)
+        let record = self.audit_entry(&who.subject, who.role, "visit.transition", scope, Ok(()));
+        self.apply_recorded(&visit, to, &actor, Some(record))
             .await?
             .ok_or_else(|| HubError::new(ErrorCode::InvalidTransition, "the visit changed meanwhile"))
     }
 
     /// Stores `visit -> to` and tells everyone. `None` when the visit moved meanwhile.
     pub(super) async fn apply(&self, visit: &Visit, to: VisitStatus, actor: &Actor) -> HubResult<Option<Visit>> {
+        self.apply_recorded(visit, to, actor, None).await
+    }
+
+    /// [`Hub::apply`], with the audit record of the request that asked for it committed with
+    /// the transition when it moves (a refusal is recorded by the caller).
+    async fn apply_recorded(
+        &self,
+        visit: &Visit,
+        to: VisitStatus,
+        actor: &Actor,
+        record: Option<AuditEntry>,
+    ) -> HubResult<Option<Visit>> {
         let at = self.clock.now();
-        let moved =
-            self.store.transition_visit(&visit.id, visit.status, to, actor, at).await.map_err(HubError::internal)?;
+        let statuses = (visit.status, to);
+        let moved = match record {
+            None => self.store.transition_visit(&visit.id, visit.status, to, actor, at).await,
+            Some(record) => {
+                let stored = self.store.transition_visit_recorded(&visit.id, statuses, actor, at, &record).await;
+                match stored {
+                    Ok((true, recorded)) => {
+                        self.audit_unless_recorded(record, recorded).await;
+                        Ok(true)
+                    }
+                    other => other.map(|(moved, _)| moved),
+                }
+            }
+        }
+        .map_err(HubError::internal)?;
         if !moved {
             self.live.forget(&visit.id);
             return Ok(None);
@@ -131,6 +170,7 @@ impl Hub {
         if let Some(provider) = before.provider.as_deref().or(after.provider.as_deref())
             && before.is_live() != after.is_live()
         {
+            self.loads.note(provider, &after.id, after.is_live());
             match provider_live {
                 Some(live) => self.provider_load(provider, live).await,
                 None => self.refresh_provider_load(provider).await,
@@ -155,6 +195,7 @@ impl Hub {
                 timer.abort();
             }
             self.started.remove(&after.id);
+            self.members.closed(&after.id).await;
         }
     }
 
@@ -196,8 +237,8 @@ impl Hub {
     }
 
     pub(super) async fn refresh_provider_load(&self, provider: &str) {
-        let Ok(live) = self.store.live_visits_of(provider).await else { return };
-        self.provider_load(provider, live.len() as u32).await;
+        let Ok(live) = self.provider_live_count(provider).await else { return };
+        self.provider_load(provider, live).await;
     }
 
     async fn provider_load(&self, provider: &str, live: u32) {
@@ -285,7 +326,9 @@ impl Hub {
             *n -= 1;
             *n == 0
         });
-        if left.is_none() {
+        // A visit over needs no watching, and is not read again to learn it (its socket closes
+        // right after the end).
+        if left.is_none() || self.live.is_over(visit_id) {
             return;
         }
         let Ok(visit) = self.visit(visit_id).await else { return };

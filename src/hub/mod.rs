@@ -12,9 +12,11 @@ pub mod hours;
 pub mod intake_rules;
 mod lifecycle;
 mod live;
+mod members;
 mod portal;
 mod presence;
 mod presence_feed;
+mod provider_load;
 pub mod queues;
 mod router;
 pub mod sdp_check;
@@ -113,6 +115,10 @@ pub struct Hub {
     settings: DashMap<UsState, StateSettings>,
     estimators: DashMap<UsState, Estimator>,
     live: live::LiveVisits,
+    /// The visits each provider holds, in memory on a single node.
+    loads: provider_load::ProviderLoads,
+    /// Conversations' members, in memory on a single node.
+    members: members::Members,
     /// Queue order, locks and the node registry, shared by the nodes of a cluster.
     live_state: Arc<dyn LiveState>,
     /// What this node knows of the other nodes.
@@ -139,6 +145,14 @@ impl Hub {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Hub>> {
         let prior = Estimator::new(options.prior_visit_secs, options.prior_pickup_secs, options.estimator_alpha);
+        // The only writer keeps providers' loads; read before the hub serves anything.
+        let (loads, members) = match live_state.is_shared() {
+            true => (provider_load::ProviderLoads::default(), members::Members::default()),
+            false => (
+                provider_load::ProviderLoads::local(store.live_visits().await?),
+                members::Members::local(store.open_conversations().await?),
+            ),
+        };
         let hub = Arc::new(Hub {
             queues: Queues::new(prior.inputs(Staffing::default())),
             audit_writer: audit::AuditWriter::start(store.clone()),
@@ -153,6 +167,8 @@ impl Hub {
             settings: DashMap::new(),
             estimators: DashMap::new(),
             live: live::LiveVisits::default(),
+            loads,
+            members,
             live_state,
             cluster: cluster::ClusterView::default(),
             patient_sockets: DashMap::new(),
@@ -316,6 +332,9 @@ impl BusHandler for Hub {
                 // time is of no more use here (else it would stay forever).
                 if u.status != crate::model::VisitStatus::InVisit {
                     self.started.remove(&u.visit_id);
+                }
+                if u.status.is_final() {
+                    self.live.over_now(&u.visit_id);
                 }
                 self.router.dispatch(topic, event)
             }

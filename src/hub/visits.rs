@@ -60,27 +60,32 @@ impl Hub {
         let state = req.state;
         let result = self.admit(req, idempotency_key).await;
         let m = &self.metrics;
-        match &result {
-            Ok(r) if !r.replayed => {
-                m.intakes.with_label_values(&[state.code()]).inc();
-                // A patient who never opens a socket is gone like one whose socket closed.
-                if !self.patient_connected(&r.visit_id) {
-                    self.start_abandon_timer(&r.visit_id);
+        match result {
+            Ok((r, recorded)) => {
+                if !r.replayed {
+                    m.intakes.with_label_values(&[state.code()]).inc();
+                    // A patient who never opens a socket is gone like one whose socket closed.
+                    if !self.patient_connected(&r.visit_id) {
+                        self.start_abandon_timer(&r.visit_id);
+                    }
+                    let subject = patient_subject(&r.visit_id);
+                    let record =
+                        self.audit_entry(&subject, Role::Patient, "visit.create", Scope::visit(&r.visit_id), Ok(()));
+                    self.audit_unless_recorded(record, recorded).await;
                 }
-                let subject = patient_subject(&r.visit_id);
-                self.audit_as(&subject, Role::Patient, "visit.create", Scope::visit(&r.visit_id), Ok(())).await;
+                Ok(r)
             }
-            Ok(_) => {}
             Err(e) => {
                 m.intake_refusals.with_label_values(&[state.code(), e.code.as_str()]).inc();
                 let scope = Scope::target(state.code());
                 self.audit_as("anonymous", Role::Patient, "visit.create", scope, Err(e.code)).await;
+                Err(e)
             }
         }
-        result
     }
 
-    async fn admit(&self, req: IntakeRequest, idempotency_key: Option<&str>) -> HubResult<IntakeReceipt> {
+    /// The receipt, and whether the store kept the intake's audit record with the visit.
+    async fn admit(&self, req: IntakeRequest, idempotency_key: Option<&str>) -> HubResult<(IntakeReceipt, bool)> {
         let req = IntakeRequest {
             display_name: validate::text("display_name", &req.display_name, MAX_DISPLAY_NAME_CHARS)?,
             reason: validate::text("reason", &req.reason, MAX_REASON_CHARS)?,
@@ -113,7 +118,7 @@ impl Hub {
             if let Some(key) = &key
                 && let Some(receipt) = self.replay_intake(key).await?
             {
-                return Ok(receipt);
+                return Ok((receipt, false));
             }
             check_intake(&ctx, &mut busy_window)?;
 
@@ -130,20 +135,34 @@ impl Hub {
                 reported_state: None,
             };
             let actor = Actor { subject: patient_subject(&visit.id), role: Role::Patient.as_str() };
-            match self.store.insert_visit(&visit, &actor, key.as_ref()).await.map_err(HubError::internal)? {
-                InsertOutcome::Inserted => {}
-                InsertOutcome::Replayed { .. } => {
-                    let key = key.as_ref().expect("a replay needs a key");
-                    return self.replay_intake(key).await?.ok_or_else(|| HubError::code(ErrorCode::Internal));
+            let recorded = match &key {
+                // Without a key, the visit and the record of its intake go in one commit.
+                None => {
+                    let scope = Scope::visit(&visit.id);
+                    let record = self.audit_entry(&actor.subject, Role::Patient, "visit.create", scope, Ok(()));
+                    self.store.insert_visit_recorded(&visit, &actor, &record).await.map_err(HubError::internal)?
                 }
-            }
+                Some(key) => {
+                    match self.store.insert_visit(&visit, &actor, Some(key)).await.map_err(HubError::internal)? {
+                        InsertOutcome::Inserted => false,
+                        InsertOutcome::Replayed { .. } => {
+                            let replay =
+                                self.replay_intake(key).await?.ok_or_else(|| HubError::code(ErrorCode::Internal))?;
+                            return Ok((replay, false));
+                        }
+                    }
+                }
+            };
             if settings.busy {
                 busy_window.record(now, settings.busy_intake_per_hour);
             }
+            // Before it is queued, where staff can see it and join its conversation.
+            self.members.opened(&visit.id);
             match self.live_state.queue_push(visit.state, &QueuedVisit::of(&visit)).await {
-                Ok(version) => (self.live.put(visit), version),
+                Ok(version) => (self.live.put(visit), version, recorded),
                 Err(e) => {
-                    // Stored but not queued: withdraw it, so nothing waits unseen.
+                    // Stored but not queued: withdraw it, so nothing waits unseen. (The trail
+                    // shows the intake stored, then refused: both happened.)
                     let system = Actor { subject: "visithub".into(), role: "system" };
                     let withdrawn = self.store.transition_visit(
                         &visit.id,
@@ -152,6 +171,7 @@ impl Hub {
                         &system,
                         now,
                     );
+                    self.members.closed(&visit.id).await;
                     if let Err(e) = withdrawn.await {
                         tracing::error!(error = %e, "an intake that failed half-way was not withdrawn");
                     }
@@ -159,10 +179,10 @@ impl Hub {
                 }
             }
         };
-        let (visit, version) = gate_and_version;
+        let (visit, version, recorded) = gate_and_version;
         self.queue_changed(visit.state, version).await;
         let position = lane.board.borrow().position_of(&visit.id);
-        Ok(IntakeReceipt {
+        let receipt = IntakeReceipt {
             patient_token: self.patient_token(&visit.id),
             visit_id: visit.id.clone(),
             state: visit.state,
@@ -170,7 +190,8 @@ impl Hub {
             position,
             estimated_wait_secs: visit.estimated_wait_secs,
             replayed: false,
-        })
+        };
+        Ok((receipt, recorded))
     }
 
     /// Serializes intakes of a state (and settings changes) across every node.

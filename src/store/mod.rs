@@ -65,6 +65,10 @@ pub struct NewMessage {
     pub sent_at: DateTime<Utc>,
 }
 
+/// A visit not over and one member of its conversation (`None` for a conversation without
+/// members): one row of [`Store::open_conversations`].
+pub type OpenConversation = (VisitId, Option<(DateTime<Utc>, Participant)>);
+
 /// A conversation a caregiver is in, with what they have read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationSummary {
@@ -88,6 +92,14 @@ pub trait Store: Send + Sync + 'static {
         key: Option<&IdempotencyKey>,
     ) -> StoreResult<InsertOutcome>;
 
+    /// [`Store::insert_visit`] without an idempotency key, with the audit record of the intake
+    /// in the same transaction where the backend can (SQLite: one trip). Returns whether the
+    /// record was stored with it; if not, the caller appends it.
+    async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, _record: &AuditEntry) -> StoreResult<bool> {
+        self.insert_visit(visit, actor, None).await?;
+        Ok(false)
+    }
+
     /// The visit and request hash an idempotency key was first used with.
     async fn idempotent_visit(&self, key: &str) -> StoreResult<Option<(VisitId, String)>>;
 
@@ -109,6 +121,34 @@ pub trait Store: Send + Sync + 'static {
     /// Exactly one of many concurrent claims returns true.
     async fn claim_visit(&self, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool>;
 
+    /// [`Store::transition_visit`], with the audit record of the request that made it stored
+    /// in the same transaction when the visit moved (SQLite: one trip for both). Returns
+    /// whether the visit moved and whether the record was stored with it; a backend without
+    /// it stores none, and the caller appends the record itself.
+    async fn transition_visit_recorded(
+        &self,
+        id: &str,
+        (from, to): (VisitStatus, VisitStatus),
+        actor: &Actor,
+        at: DateTime<Utc>,
+        _record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        Ok((self.transition_visit(id, from, to, actor, at).await?, false))
+    }
+
+    /// [`Store::claim_visit`], with the audit record of the claim as in
+    /// [`Store::transition_visit_recorded`].
+    async fn claim_visit_recorded(
+        &self,
+        id: &str,
+        provider: &str,
+        at: DateTime<Utc>,
+        waited_secs: u64,
+        _record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        Ok((self.claim_visit(id, provider, at, waited_secs).await?, false))
+    }
+
     /// Moves a waiting visit to another state's queue (compare-and-set on the state).
     async fn move_visit(
         &self,
@@ -124,6 +164,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Visits a provider holds (claimed, in visit, wrap-up).
     async fn live_visits_of(&self, provider: &str) -> StoreResult<Vec<Visit>>;
+
+    /// Every visit a provider holds (claimed, in visit, wrap-up): what a node that is the
+    /// only writer keeps providers' loads from.
+    async fn live_visits(&self) -> StoreResult<Vec<Visit>>;
 
     async fn transitions(&self, id: &str) -> StoreResult<Vec<Transition>>;
 
@@ -147,6 +191,17 @@ pub trait Store: Send + Sync + 'static {
     /// `client_id` (a retry). The flag is true when this call stored it.
     async fn append_message(&self, msg: &NewMessage) -> StoreResult<(ChatMessage, bool)>;
 
+    /// [`Store::append_message`], with the audit record of the request in the same transaction
+    /// when the message is new (SQLite: one trip). The second flag says whether the record was
+    /// stored with it; if not, the caller appends it.
+    async fn append_message_recorded(
+        &self,
+        msg: &NewMessage,
+        _record: &AuditEntry,
+    ) -> StoreResult<((ChatMessage, bool), bool)> {
+        Ok((self.append_message(msg).await?, false))
+    }
+
     /// Messages with `seq < before_seq` (all when `None`), the newest `limit`, oldest first.
     async fn messages(&self, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>>;
 
@@ -155,8 +210,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns false when the member was in the conversation already.
     async fn join_conversation(&self, visit_id: &str, member: &Participant, at: DateTime<Utc>) -> StoreResult<bool>;
+    /// [`Store::join_conversation`], with the audit record of the request in the same
+    /// transaction when the member is new (SQLite: one trip). The second flag says whether
+    /// the record was stored with it; if not, the caller appends it.
+    async fn join_conversation_recorded(
+        &self,
+        visit_id: &str,
+        member: &Participant,
+        at: DateTime<Utc>,
+        _record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        Ok((self.join_conversation(visit_id, member, at).await?, false))
+    }
     async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool>;
     async fn conversation_members(&self, visit_id: &str) -> StoreResult<Vec<Participant>>;
+    /// Every visit not over with each member of its conversation, in the order they joined:
+    /// what a node that is the only writer keeps conversations' members from.
+    async fn open_conversations(&self) -> StoreResult<Vec<OpenConversation>>;
     /// Conversations `subject` is in whose visit is not over.
     async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>>;
 

@@ -7,7 +7,9 @@ use sqlx::postgres::{PgPool, PgRow};
 use super::{begin, corrupt};
 use crate::model::{UsState, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
-use crate::store::{ConversationSummary, NewMessage, StoreResult, from_millis, parse_role, to_millis};
+use crate::store::{
+    ConversationSummary, NewMessage, OpenConversation, StoreResult, from_millis, parse_role, to_millis,
+};
 
 /// First key of the advisory locks that serialise appends to one visit's conversation (the
 /// second is the hash of the visit id), so they never meet another user of advisory locks.
@@ -137,6 +139,26 @@ pub async fn members(pool: &PgPool, visit_id: &str) -> StoreResult<Vec<Participa
         .map(|row| {
             let r: String = row.try_get("role")?;
             Ok(Participant { subject: row.try_get("subject")?, name: row.try_get("name")?, role: parse_role(&r)? })
+        })
+        .collect()
+}
+
+pub async fn open_conversations(pool: &PgPool) -> StoreResult<Vec<OpenConversation>> {
+    let rows = sqlx::query(
+        "SELECT v.id, m.subject, m.name, m.role, m.joined_at
+         FROM visits v LEFT JOIN chat_members m ON m.visit_id = v.id
+         WHERE v.status NOT IN ('ended', 'cancelled', 'abandoned')
+         ORDER BY v.id, m.joined_at, m.subject COLLATE \"C\"",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let visit_id: String = row.try_get("id")?;
+            let Some(subject) = row.try_get::<Option<String>, _>("subject")? else { return Ok((visit_id, None)) };
+            let role: String = row.try_get("role")?;
+            let member = Participant { subject, name: row.try_get("name")?, role: parse_role(&role)? };
+            Ok((visit_id, Some((from_millis(row.try_get("joined_at")?)?, member))))
         })
         .collect()
 }

@@ -22,7 +22,9 @@ use sqlx::{Postgres, Transaction};
 
 pub use replica::ReplicaStats;
 
-use super::{ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, Store, StoreResult, Transition};
+use super::{
+    ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, OpenConversation, Store, StoreResult, Transition,
+};
 use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
 
@@ -163,6 +165,11 @@ impl Store for PostgresStore {
         read!(self, |pool| visits::live_of(pool, provider))
     }
 
+    /// On the primary, as the queues: it is read once at start and must miss nothing.
+    async fn live_visits(&self) -> StoreResult<Vec<Visit>> {
+        visits::live(&self.primary).await
+    }
+
     async fn transitions(&self, id: &str) -> StoreResult<Vec<Transition>> {
         read!(self, |pool| visits::transitions(pool, id))
     }
@@ -224,6 +231,11 @@ impl Store for PostgresStore {
 
     async fn conversation_members(&self, visit_id: &str) -> StoreResult<Vec<Participant>> {
         read!(self, |pool| chat::members(pool, visit_id))
+    }
+
+    /// On the primary, as the queues: it is read once at start and must miss nothing.
+    async fn open_conversations(&self) -> StoreResult<Vec<OpenConversation>> {
+        chat::open_conversations(&self.primary).await
     }
 
     async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>> {

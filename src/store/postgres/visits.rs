@@ -202,6 +202,13 @@ pub async fn live_of(pool: &PgPool, provider: &str) -> StoreResult<Vec<Visit>> {
     rows.iter().map(from_row).collect()
 }
 
+pub async fn live(pool: &PgPool) -> StoreResult<Vec<Visit>> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM visits WHERE status IN ('claimed', 'in_visit', 'wrap_up') ORDER BY created_at");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?;
+    rows.iter().map(from_row).collect()
+}
+
 pub async fn transitions(pool: &PgPool, id: &str) -> StoreResult<Vec<Transition>> {
     let rows = sqlx::query(
         "SELECT from_status, to_status, at, actor_subject, actor_role FROM visit_transitions WHERE visit_id = $1 ORDER BY id",

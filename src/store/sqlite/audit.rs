@@ -1,8 +1,12 @@
 //! The audit trail: appended a batch at a time in one transaction with its predecessor's hash,
 //! never updated.
 
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use std::sync::Arc;
+
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
+use tokio::sync::Mutex;
 
 use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
@@ -30,68 +34,175 @@ fn from_row(row: &SqliteRow) -> StoreResult<AuditRecord> {
 /// Rows per INSERT statement: nine parameters each stays well under SQLite's 32,766.
 const ROWS_PER_INSERT: usize = 256;
 
+/// The hash the trail ends with, as this store last wrote or read it; `None` until known.
+/// Held across an append, so appends chain in the order they commit.
+pub type Head = Arc<Mutex<Option<String>>>;
+
 /// Appends `entries` in order, chained, in one transaction: one commit for a whole batch. In a
 /// task of its own, so that a caller that stops waiting cannot leave the transaction open.
-pub async fn append(pool: &SqlitePool, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
+pub async fn append(pool: &SqlitePool, head: &Head, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    let (pool, entries) = (pool.clone(), entries.to_vec());
-    super::apart(async move { append_now(&pool, &entries).await }).await
+    let (pool, head, entries) = (pool.clone(), head.clone(), entries.to_vec());
+    super::apart(async move {
+        let mut head = head.lock_owned().await;
+        let result = append_now(&pool, &mut head, &entries).await;
+        if result.is_err() {
+            // Whether the last commit happened is unknown: read the head again next time.
+            *head = None;
+        }
+        result
+    })
+    .await
 }
 
-async fn append_now(pool: &SqlitePool, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
-    // BEGIN IMMEDIATE takes the write lock before reading the last hash, so two appends can
-    // never chain to the same predecessor. Each trip to SQLite's thread costs two context
-    // switches, so statements travel together: the BEGIN with the read, the last INSERT with
-    // the COMMIT (sqlx runs the statements of one query in turn). An error rolls back.
+async fn append_now(
+    pool: &SqlitePool,
+    head: &mut Option<String>,
+    entries: &[AuditEntry],
+) -> StoreResult<Vec<AuditRecord>> {
     let mut conn = pool.acquire().await?;
-    let result = async {
-        let prev: Option<String> =
-            sqlx::query_scalar("BEGIN IMMEDIATE; SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
+    // The whole transaction in one trip to SQLite's thread (each trip costs two context
+    // switches): BEGIN, the INSERTs, COMMIT. Each INSERT stores its rows only if the trail
+    // still ends where this store believes, so a head gone stale (another writer on the
+    // file) stores nothing; then the head is read again and the batch chained anew.
+    for _ in 0..2 {
+        let prev = match head.clone() {
+            Some(hash) => hash,
+            None => {
+                let last: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                last.unwrap_or_else(|| GENESIS.to_string())
+            }
+        };
+        let mut records = chain(entries, prev);
+        let mut ids: Vec<i64> = match guarded_insert(&records).build_query_scalar().fetch_all(&mut *conn).await {
+            Ok(ids) => ids,
+            Err(err) => {
+                // Whatever ran of the transaction is undone; the connection goes back clean.
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return Err(err.into());
+            }
+        };
+        if ids.len() != records.len() {
+            // Nothing of this batch was stored past the first stale guard: chain it anew.
+            if !ids.is_empty() {
+                return Err(corrupt_append());
+            }
+            *head = None;
+            continue;
+        }
+        // AUTOINCREMENT hands the rows of one statement ascending ids in VALUES order, and
+        // later statements higher ones; RETURNING itself promises no order.
+        ids.sort_unstable();
+        for (r, id) in records.iter_mut().zip(ids) {
+            r.id = id;
+        }
+        *head = records.last().map(|r| r.hash.clone());
+        return Ok(records);
+    }
+    Err(corrupt_append())
+}
+
+fn corrupt_append() -> crate::store::StoreError {
+    crate::store::corrupt("the audit trail changed under a batch being appended")
+}
+
+/// `BEGIN IMMEDIATE`, one INSERT per chunk, each guarded by the hash the trail must end with
+/// before it, and `COMMIT`, as one query.
+fn guarded_insert(records: &[AuditRecord]) -> QueryBuilder<Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE; ");
+    for chunk in records.chunks(ROWS_PER_INSERT) {
+        q.push("INSERT INTO audit_log (at, subject, role, action, visit_id, target, outcome, prev_hash, hash) SELECT * FROM (");
+        q.push_values(chunk.iter(), |mut row, r| {
+            let e = &r.entry;
+            row.push_bind(to_millis(e.at))
+                .push_bind(e.subject.clone())
+                .push_bind(e.role.clone())
+                .push_bind(e.action.clone())
+                .push_bind(e.visit_id.clone())
+                .push_bind(e.target.clone())
+                .push_bind(e.outcome.clone())
+                .push_bind(r.prev_hash.clone())
+                .push_bind(r.hash.clone());
+        });
+        q.push(") WHERE COALESCE((SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1), ");
+        q.push_bind(GENESIS);
+        q.push(") = ");
+        q.push_bind(chunk[0].prev_hash.clone());
+        q.push(" RETURNING id; ");
+    }
+    q.push("COMMIT");
+    q
+}
+
+/// One record, stored only if the statement before it changed a row (`changes()` is the row
+/// count of the connection's last completed statement) and the trail still ends with the hash
+/// bound last.
+const RECORD_IF_CHANGED: &str = "INSERT INTO audit_log (at, subject, role, action, visit_id, target, outcome, prev_hash, hash) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1 AND COALESCE((SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1), ?) = ? RETURNING id";
+
+/// Runs `change` (statements whose last one returns one row when it took effect) and, if it
+/// took effect, appends `entry` to the trail, in one transaction and one trip to SQLite's
+/// thread: a change and the record of the request that made it, one commit. Returns the rows
+/// the change returned and whether the record was stored (false also when the remembered
+/// head was stale: the caller appends it apart).
+pub async fn with_record(
+    pool: &SqlitePool,
+    head: &Head,
+    change: &str,
+    bind: impl FnOnce(Query<'static, Sqlite, SqliteArguments>) -> Query<'static, Sqlite, SqliteArguments>,
+    entry: &AuditEntry,
+) -> StoreResult<(Vec<SqliteRow>, bool)> {
+    let (pool, head) = (pool.clone(), head.clone());
+    let query = sqlx::query(sqlx::AssertSqlSafe(format!("BEGIN; {change}; {RECORD_IF_CHANGED}; COMMIT")));
+    let query = bind(query);
+    let entry = entry.clone();
+    super::apart(async move {
+        let mut head = head.lock_owned().await;
+        let mut conn = pool.acquire().await?;
+        let prev = match head.clone() {
+            Some(hash) => hash,
+            None => sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
                 .fetch_optional(&mut *conn)
-                .await?;
-        let mut records = chain(entries, prev.unwrap_or_else(|| GENESIS.to_string()));
-        let chunks = records.len().div_ceil(ROWS_PER_INSERT);
-        for (n, chunk) in records.chunks_mut(ROWS_PER_INSERT).enumerate() {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO audit_log (at, subject, role, action, visit_id, target, outcome, prev_hash, hash) ",
-            );
-            insert.push_values(chunk.iter(), |mut row, r| {
-                let e = &r.entry;
-                row.push_bind(to_millis(e.at))
-                    .push_bind(e.subject.clone())
-                    .push_bind(e.role.clone())
-                    .push_bind(e.action.clone())
-                    .push_bind(e.visit_id.clone())
-                    .push_bind(e.target.clone())
-                    .push_bind(e.outcome.clone())
-                    .push_bind(r.prev_hash.clone())
-                    .push_bind(r.hash.clone());
-            });
-            insert.push(" RETURNING id");
-            if n + 1 == chunks {
-                insert.push("; COMMIT");
+                .await?
+                .unwrap_or_else(|| GENESIS.to_string()),
+        };
+        let record = chain(std::slice::from_ref(&entry), prev).remove(0);
+        let e = &record.entry;
+        let query = query
+            .bind(to_millis(e.at))
+            .bind(e.subject.clone())
+            .bind(e.role.clone())
+            .bind(e.action.clone())
+            .bind(e.visit_id.clone())
+            .bind(e.target.clone())
+            .bind(e.outcome.clone())
+            .bind(record.prev_hash.clone())
+            .bind(record.hash.clone())
+            .bind(GENESIS)
+            .bind(record.prev_hash.clone());
+        let mut rows = match query.fetch_all(&mut *conn).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                *head = None;
+                return Err(e.into());
             }
-            let mut ids: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *conn).await?;
-            // AUTOINCREMENT hands the rows of one statement ascending ids in VALUES order;
-            // RETURNING itself promises no order.
-            ids.sort_unstable();
-            for (r, id) in chunk.iter_mut().zip(ids) {
-                r.id = id;
-            }
+        };
+        // The change returns at most one row; a second is the record's.
+        let recorded = rows.len() == 2;
+        if recorded {
+            rows.pop();
+            *head = Some(record.hash);
+        } else if !rows.is_empty() {
+            // The change took effect, the record did not: the head was stale.
+            *head = None;
         }
-        Ok::<_, sqlx::Error>(records)
-    }
-    .await;
-    match result {
-        Ok(records) => Ok(records),
-        Err(err) => {
-            // Whatever ran of the transaction is undone; the connection goes back clean.
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err(err.into())
-        }
-    }
+        Ok((rows, recorded))
+    })
+    .await
 }
 
 pub async fn trail(pool: &SqlitePool, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {

@@ -1,13 +1,18 @@
 //! Conversations: messages (numbered per visit), read positions and members.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::{Row, Sqlite};
 
-use super::corrupt;
-use crate::model::{UsState, VisitStatus};
+use super::{audit, corrupt};
+use crate::model::{AuditEntry, UsState, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
-use crate::store::{ConversationSummary, NewMessage, StoreResult, from_millis, parse_role, to_millis};
+use crate::store::{
+    ConversationSummary, NewMessage, OpenConversation, StoreResult, from_millis, parse_role, to_millis,
+};
+
+type SqliteQuery = Query<'static, Sqlite, SqliteArguments>;
 
 fn message_from_row(row: &SqliteRow) -> StoreResult<ChatMessage> {
     let sender_role: String = row.try_get("sender_role")?;
@@ -28,31 +33,57 @@ fn message_from_row(row: &SqliteRow) -> StoreResult<ChatMessage> {
 
 const COLUMNS: &str = "visit_id, seq, message_id, client_id, sender_subject, sender_role, sender_name, body, sent_at";
 
-pub async fn append(pool: &SqlitePool, m: &NewMessage) -> StoreResult<(ChatMessage, bool)> {
-    // The next seq is computed inside the INSERT: SQLite runs one writer at a time, so two
-    // messages never get the same number. A new message comes back from the INSERT itself;
-    // only a retry (the conflict inserts nothing) reads the one stored before.
+/// The INSERT of a message: the next seq is computed inside it (SQLite runs one writer at a
+/// time, so two messages never get the same number). A new message comes back from the
+/// INSERT itself; a retry (the conflict inserts nothing) returns no row.
+fn insert_message(m: &NewMessage) -> (String, impl FnOnce(SqliteQuery) -> SqliteQuery + '_) {
     let sql = format!(
         "INSERT INTO chat_messages ({COLUMNS})
          SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ? FROM chat_messages WHERE visit_id = ?
          ON CONFLICT (visit_id, sender_subject, client_id) DO NOTHING
          RETURNING {COLUMNS}"
     );
-    let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(&m.visit_id)
-        .bind(&m.message_id)
-        .bind(&m.client_id)
-        .bind(&m.from.subject)
-        .bind(m.from.role.as_str())
-        .bind(&m.from.name)
-        .bind(&m.body)
-        .bind(to_millis(m.sent_at))
-        .bind(&m.visit_id)
-        .fetch_optional(pool)
-        .await?;
-    if let Some(row) = inserted {
-        return Ok((message_from_row(&row)?, true));
+    let bind = move |q: SqliteQuery| {
+        q.bind(m.visit_id.clone())
+            .bind(m.message_id.clone())
+            .bind(m.client_id.clone())
+            .bind(m.from.subject.clone())
+            .bind(m.from.role.as_str())
+            .bind(m.from.name.clone())
+            .bind(m.body.clone())
+            .bind(to_millis(m.sent_at))
+            .bind(m.visit_id.clone())
+    };
+    (sql, bind)
+}
+
+pub async fn append(pool: &SqlitePool, m: &NewMessage) -> StoreResult<(ChatMessage, bool)> {
+    let (sql, bind) = insert_message(m);
+    let inserted = bind(sqlx::query(sqlx::AssertSqlSafe(sql))).fetch_optional(pool).await?;
+    match inserted {
+        Some(row) => Ok((message_from_row(&row)?, true)),
+        None => Ok((stored_before(pool, m).await?, false)),
     }
+}
+
+/// A message and the audit record of the request that sent it, in one trip; a retry stores
+/// neither and returns the message stored the first time.
+pub async fn append_recorded(
+    pool: &SqlitePool,
+    head: &audit::Head,
+    m: &NewMessage,
+    entry: &AuditEntry,
+) -> StoreResult<((ChatMessage, bool), bool)> {
+    let (sql, bind) = insert_message(m);
+    let (rows, recorded) = audit::with_record(pool, head, &sql, bind, entry).await?;
+    match rows.first() {
+        Some(row) => Ok(((message_from_row(row)?, true), recorded)),
+        None => Ok(((stored_before(pool, m).await?, false), false)),
+    }
+}
+
+/// The message a retry's first attempt stored.
+async fn stored_before(pool: &SqlitePool, m: &NewMessage) -> StoreResult<ChatMessage> {
     let sql =
         format!("SELECT {COLUMNS} FROM chat_messages WHERE visit_id = ? AND sender_subject = ? AND client_id = ?");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -61,7 +92,7 @@ pub async fn append(pool: &SqlitePool, m: &NewMessage) -> StoreResult<(ChatMessa
         .bind(&m.client_id)
         .fetch_one(pool)
         .await?;
-    Ok((message_from_row(&row)?, false))
+    message_from_row(&row)
 }
 
 pub async fn page(
@@ -112,6 +143,28 @@ pub async fn join(pool: &SqlitePool, visit_id: &str, member: &Participant, at: D
     Ok(n == 1)
 }
 
+/// A new member and the audit record of the request that joined them, in one trip; a
+/// member already in stores neither.
+pub async fn join_recorded(
+    pool: &SqlitePool,
+    head: &audit::Head,
+    visit_id: &str,
+    member: &Participant,
+    at: DateTime<Utc>,
+    entry: &AuditEntry,
+) -> StoreResult<(bool, bool)> {
+    let change = "INSERT INTO chat_members (visit_id, subject, name, role, joined_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (visit_id, subject) DO NOTHING RETURNING visit_id";
+    let bind = |q: SqliteQuery| {
+        q.bind(visit_id.to_string())
+            .bind(member.subject.clone())
+            .bind(member.name.clone())
+            .bind(member.role.as_str())
+            .bind(to_millis(at))
+    };
+    let (rows, recorded) = audit::with_record(pool, head, change, bind, entry).await?;
+    Ok((!rows.is_empty(), recorded))
+}
+
 pub async fn leave(pool: &SqlitePool, visit_id: &str, subject: &str) -> StoreResult<bool> {
     let n = sqlx::query("DELETE FROM chat_members WHERE visit_id = ? AND subject = ?")
         .bind(visit_id)
@@ -132,6 +185,26 @@ pub async fn members(pool: &SqlitePool, visit_id: &str) -> StoreResult<Vec<Parti
         .map(|row| {
             let r: String = row.try_get("role")?;
             Ok(Participant { subject: row.try_get("subject")?, name: row.try_get("name")?, role: parse_role(&r)? })
+        })
+        .collect()
+}
+
+pub async fn open_conversations(pool: &SqlitePool) -> StoreResult<Vec<OpenConversation>> {
+    let rows = sqlx::query(
+        "SELECT v.id, m.subject, m.name, m.role, m.joined_at
+         FROM visits v LEFT JOIN chat_members m ON m.visit_id = v.id
+         WHERE v.status NOT IN ('ended', 'cancelled', 'abandoned')
+         ORDER BY v.id, m.joined_at, m.subject",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let visit_id: String = row.try_get("id")?;
+            let Some(subject) = row.try_get::<Option<String>, _>("subject")? else { return Ok((visit_id, None)) };
+            let role: String = row.try_get("role")?;
+            let member = Participant { subject, name: row.try_get("name")?, role: parse_role(&role)? };
+            Ok((visit_id, Some((from_millis(row.try_get("joined_at")?)?, member))))
         })
         .collect()
 }

@@ -19,7 +19,8 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, Store, StoreError, StoreResult, Transition,
+    ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, OpenConversation, Store, StoreError, StoreResult,
+    Transition,
 };
 use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
@@ -31,6 +32,8 @@ use crate::protocol::{ChatMessage, Participant};
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Where the audit trail ends, so an append needs no read first.
+    audit_head: audit::Head,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -54,7 +57,7 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore { writer, reader, audit_head: audit::Head::default() })
     }
 
     /// A private in-memory database, for tests.
@@ -63,7 +66,7 @@ impl SqliteStore {
         let options = options(SqliteConnectOptions::from_str("sqlite::memory:")?);
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { writer: pool.clone(), reader: pool })
+        Ok(SqliteStore { writer: pool.clone(), reader: pool, audit_head: audit::Head::default() })
     }
 }
 
@@ -116,6 +119,10 @@ impl Store for SqliteStore {
         visits::insert(&self.writer, visit, actor, key).await
     }
 
+    async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, record: &AuditEntry) -> StoreResult<bool> {
+        visits::insert_recorded(&self.writer, &self.audit_head, visit, actor, record).await
+    }
+
     async fn idempotent_visit(&self, key: &str) -> StoreResult<Option<(VisitId, String)>> {
         visits::idempotent(&self.reader, key).await
     }
@@ -139,6 +146,28 @@ impl Store for SqliteStore {
         visits::claim(&self.writer, id, provider, at, waited_secs).await
     }
 
+    async fn transition_visit_recorded(
+        &self,
+        id: &str,
+        statuses: (VisitStatus, VisitStatus),
+        actor: &Actor,
+        at: DateTime<Utc>,
+        record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        visits::transition_recorded(&self.writer, &self.audit_head, id, statuses, actor, at, record).await
+    }
+
+    async fn claim_visit_recorded(
+        &self,
+        id: &str,
+        provider: &str,
+        at: DateTime<Utc>,
+        waited_secs: u64,
+        record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        visits::claim_recorded(&self.writer, &self.audit_head, id, provider, at, waited_secs, record).await
+    }
+
     async fn move_visit(
         &self,
         id: &str,
@@ -156,6 +185,10 @@ impl Store for SqliteStore {
 
     async fn live_visits_of(&self, provider: &str) -> StoreResult<Vec<Visit>> {
         visits::live_of(&self.reader, provider).await
+    }
+
+    async fn live_visits(&self) -> StoreResult<Vec<Visit>> {
+        visits::live(&self.reader).await
     }
 
     async fn transitions(&self, id: &str) -> StoreResult<Vec<Transition>> {
@@ -198,6 +231,14 @@ impl Store for SqliteStore {
         chat::append(&self.writer, msg).await
     }
 
+    async fn append_message_recorded(
+        &self,
+        msg: &NewMessage,
+        record: &AuditEntry,
+    ) -> StoreResult<((ChatMessage, bool), bool)> {
+        chat::append_recorded(&self.writer, &self.audit_head, msg, record).await
+    }
+
     async fn messages(&self, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>> {
         chat::page(&self.reader, visit_id, before_seq, limit).await
     }
@@ -210,6 +251,16 @@ impl Store for SqliteStore {
         chat::join(&self.writer, visit_id, member, at).await
     }
 
+    async fn join_conversation_recorded(
+        &self,
+        visit_id: &str,
+        member: &Participant,
+        at: DateTime<Utc>,
+        record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        chat::join_recorded(&self.writer, &self.audit_head, visit_id, member, at, record).await
+    }
+
     async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool> {
         chat::leave(&self.writer, visit_id, subject).await
     }
@@ -218,12 +269,16 @@ impl Store for SqliteStore {
         chat::members(&self.reader, visit_id).await
     }
 
+    async fn open_conversations(&self) -> StoreResult<Vec<OpenConversation>> {
+        chat::open_conversations(&self.reader).await
+    }
+
     async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>> {
         chat::conversations_of(&self.reader, subject).await
     }
 
     async fn append_audits(&self, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
-        audit::append(&self.writer, entries).await
+        audit::append(&self.writer, &self.audit_head, entries).await
     }
 
     async fn audit_trail(&self, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {

@@ -5,8 +5,8 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::{corrupt, in_one_trip};
-use crate::model::{Actor, UsState, Visit, VisitId, VisitStatus};
+use super::{audit, corrupt, in_one_trip};
+use crate::model::{Actor, AuditEntry, UsState, Visit, VisitId, VisitStatus};
 use crate::store::{IdempotencyKey, InsertOutcome, StoreResult, Transition, from_millis, to_millis};
 
 const COLUMNS: &str = "id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs, provider_subject, reported_state";
@@ -51,14 +51,16 @@ async fn record(
     Ok(())
 }
 
-/// The visit's row and its first transition (two statements, arguments in order), between
-/// `before` and `after`.
-fn insert_rows(before: &str, after: &str, visit: &Visit, actor: &Actor) -> Query<'static, Sqlite, SqliteArguments> {
-    let sql = format!(
-        "{before}INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?);
-         INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) VALUES (?, NULL, ?, ?, ?, ?){after}"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+/// The visit's row and its first transition: two statements, arguments in order.
+const INSERT_ROWS: &str = "INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+         INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) VALUES (?, NULL, ?, ?, ?, ?)";
+
+fn bind_insert(
+    query: Query<'static, Sqlite, SqliteArguments>,
+    visit: &Visit,
+    actor: &Actor,
+) -> Query<'static, Sqlite, SqliteArguments> {
+    query
         .bind(visit.id.clone())
         .bind(visit.state.code())
         .bind(visit.display_name.clone())
@@ -72,6 +74,24 @@ fn insert_rows(before: &str, after: &str, visit: &Visit, actor: &Actor) -> Query
         .bind(to_millis(visit.created_at))
         .bind(actor.subject.clone())
         .bind(actor.role)
+}
+
+/// [`INSERT_ROWS`] between `before` and `after`.
+fn insert_rows(before: &str, after: &str, visit: &Visit, actor: &Actor) -> Query<'static, Sqlite, SqliteArguments> {
+    bind_insert(sqlx::query(sqlx::AssertSqlSafe(format!("{before}{INSERT_ROWS}{after}"))), visit, actor)
+}
+
+/// A new visit without an idempotency key and the audit record of its intake, in one trip.
+pub async fn insert_recorded(
+    pool: &SqlitePool,
+    head: &audit::Head,
+    visit: &Visit,
+    actor: &Actor,
+    entry: &AuditEntry,
+) -> StoreResult<bool> {
+    let change = format!("{INSERT_ROWS} RETURNING visit_id");
+    let (_, recorded) = audit::with_record(pool, head, &change, |q| bind_insert(q, visit, actor), entry).await?;
+    Ok(recorded)
 }
 
 pub async fn insert(
@@ -127,18 +147,19 @@ pub async fn get(pool: &SqlitePool, id: &str) -> StoreResult<Option<Visit>> {
 /// before it). When the UPDATE changed none, the transaction commits nothing.
 const RECORD_IF_CHANGED: &str = "INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) SELECT ?, ?, ?, ?, ?, ? WHERE changes() = 1 RETURNING visit_id";
 
-pub async fn transition(
-    pool: &SqlitePool,
+/// The UPDATE of a transition and its row in `visit_transitions`, returning a row when the
+/// compare-and-set won; then its binds.
+const TRANSITION: &str = "UPDATE visits SET status = ?, provider_subject = CASE WHEN ? = 'waiting' THEN NULL ELSE provider_subject END WHERE id = ? AND status = ?";
+
+fn bind_transition(
+    query: Query<'static, Sqlite, SqliteArguments>,
     id: &str,
     from: VisitStatus,
     to: VisitStatus,
     actor: &Actor,
     at: DateTime<Utc>,
-) -> StoreResult<bool> {
-    let sql = format!(
-        "BEGIN; UPDATE visits SET status = ?, provider_subject = CASE WHEN ? = 'waiting' THEN NULL ELSE provider_subject END WHERE id = ? AND status = ?; {RECORD_IF_CHANGED}; COMMIT"
-    );
-    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+) -> Query<'static, Sqlite, SqliteArguments> {
+    query
         .bind(to.as_str())
         .bind(to.as_str())
         .bind(id.to_string())
@@ -148,8 +169,57 @@ pub async fn transition(
         .bind(to.as_str())
         .bind(to_millis(at))
         .bind(actor.subject.clone())
-        .bind(actor.role);
+        .bind(actor.role)
+}
+
+pub async fn transition(
+    pool: &SqlitePool,
+    id: &str,
+    from: VisitStatus,
+    to: VisitStatus,
+    actor: &Actor,
+    at: DateTime<Utc>,
+) -> StoreResult<bool> {
+    let sql = format!("BEGIN; {TRANSITION}; {RECORD_IF_CHANGED}; COMMIT");
+    let query = bind_transition(sqlx::query(sqlx::AssertSqlSafe(sql)), id, from, to, actor, at);
     Ok(in_one_trip(pool, query).await? == 1)
+}
+
+/// A transition and the audit record of the request that made it, in one trip.
+pub async fn transition_recorded(
+    pool: &SqlitePool,
+    head: &audit::Head,
+    id: &str,
+    (from, to): (VisitStatus, VisitStatus),
+    actor: &Actor,
+    at: DateTime<Utc>,
+    entry: &AuditEntry,
+) -> StoreResult<(bool, bool)> {
+    let change = format!("{TRANSITION}; {RECORD_IF_CHANGED}");
+    let bind = |q| bind_transition(q, id, from, to, actor, at);
+    let (rows, recorded) = audit::with_record(pool, head, &change, bind, entry).await?;
+    Ok((rows.len() == 1, recorded))
+}
+
+const CLAIM: &str = "UPDATE visits SET status = 'claimed', provider_subject = ?, waited_secs = COALESCE(waited_secs, ?) WHERE id = ? AND status = 'waiting'";
+
+fn bind_claim(
+    query: Query<'static, Sqlite, SqliteArguments>,
+    id: &str,
+    provider: &str,
+    at: DateTime<Utc>,
+    waited_secs: u64,
+) -> Query<'static, Sqlite, SqliteArguments> {
+    query
+        .bind(provider.to_string())
+        .bind(waited_secs as i64)
+        .bind(id.to_string())
+        .bind(id.to_string())
+        .bind(VisitStatus::Waiting.as_str())
+        .bind(VisitStatus::Claimed.as_str())
+        .bind(to_millis(at))
+        .bind(provider.to_string())
+        .bind("provider")
 }
 
 pub async fn claim(
@@ -159,20 +229,25 @@ pub async fn claim(
     at: DateTime<Utc>,
     waited_secs: u64,
 ) -> StoreResult<bool> {
-    let sql = format!(
-        "BEGIN; UPDATE visits SET status = 'claimed', provider_subject = ?, waited_secs = COALESCE(waited_secs, ?) WHERE id = ? AND status = 'waiting'; {RECORD_IF_CHANGED}; COMMIT"
-    );
-    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(provider.to_string())
-        .bind(waited_secs as i64)
-        .bind(id.to_string())
-        .bind(id.to_string())
-        .bind(VisitStatus::Waiting.as_str())
-        .bind(VisitStatus::Claimed.as_str())
-        .bind(to_millis(at))
-        .bind(provider.to_string())
-        .bind("provider");
+    let sql = format!("BEGIN; {CLAIM}; {RECORD_IF_CHANGED}; COMMIT");
+    let query = bind_claim(sqlx::query(sqlx::AssertSqlSafe(sql)), id, provider, at, waited_secs);
     Ok(in_one_trip(pool, query).await? == 1)
+}
+
+/// A claim and the audit record of the request that made it, in one trip.
+pub async fn claim_recorded(
+    pool: &SqlitePool,
+    head: &audit::Head,
+    id: &str,
+    provider: &str,
+    at: DateTime<Utc>,
+    waited_secs: u64,
+    entry: &AuditEntry,
+) -> StoreResult<(bool, bool)> {
+    let change = format!("{CLAIM}; {RECORD_IF_CHANGED}");
+    let bind = |q| bind_claim(q, id, provider, at, waited_secs);
+    let (rows, recorded) = audit::with_record(pool, head, &change, bind, entry).await?;
+    Ok((rows.len() == 1, recorded))
 }
 
 pub async fn relocate(
@@ -212,6 +287,13 @@ pub async fn live_of(pool: &SqlitePool, provider: &str) -> StoreResult<Vec<Visit
         "SELECT {COLUMNS} FROM visits WHERE provider_subject = ? AND status IN ('claimed', 'in_visit', 'wrap_up') ORDER BY created_at"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(provider).fetch_all(pool).await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn live(pool: &SqlitePool) -> StoreResult<Vec<Visit>> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM visits WHERE status IN ('claimed', 'in_visit', 'wrap_up') ORDER BY created_at");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?;
     rows.iter().map(from_row).collect()
 }
 
