@@ -187,11 +187,12 @@ pub fn run(
     .instrument(span)
 }
 
-/// The instant a token's `exp` (epoch seconds) falls due.
+/// A deadline that never comes in practice: no deadline.
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
+/// The instant a token's `exp` (epoch seconds) falls due.
 pub(super) fn deadline_of(exp: i64) -> Instant {
     let left = exp - chrono::Utc::now().timestamp();
     Instant::now() + Duration::from_secs(left.clamp(0, 10 * 365 * 24 * 3600) as u64)
@@ -324,9 +325,9 @@ impl Session {
         let mut progress_at = Instant::now();
         // While detached: when the session gives up waiting for its client.
         let mut detached_until = far_future();
+        let alarm = self.link.alarm.clone();
         // Made once and moved on every turn: a timer made per turn would register (and drop)
         // its entry each time, and a busy session turns once per frame.
-        let alarm = self.link.alarm.clone();
         let mut timer = std::pin::pin!(sleep_until(far_future()));
         loop {
             let written_before = self.out.written();
@@ -336,10 +337,7 @@ impl Session {
             // Moved only earlier, or once it has fired: a deadline that moves later (the write
             // timeout after every write) costs one early wake-up instead of two timer-wheel
             // updates per frame.
-            let mut due = self.next_deadline(attached, write_by, detached_until);
-            if attached {
-                due = due.min(ping_at);
-            }
+            let due = self.next_deadline(attached, write_by, detached_until, ping_at);
             if due < timer.deadline() || timer.is_elapsed() {
                 timer.as_mut().reset(due);
             }
@@ -446,11 +444,14 @@ impl Session {
     }
 
     /// The earliest moment something is due: token expiry, giving up on a detached client, a
-    /// write that took too long, "still there?" or its answer.
-    fn next_deadline(&self, attached: bool, write_by: Instant, detached_until: Instant) -> Instant {
+    /// write that took too long, the next ping, "still there?" or its answer.
+    fn next_deadline(&self, attached: bool, write_by: Instant, detached_until: Instant, ping_at: Instant) -> Instant {
         let mut due = self.token_deadline;
         if !attached {
             due = due.min(detached_until);
+        }
+        if attached {
+            due = due.min(ping_at);
         }
         if attached && self.out.needs_flush() {
             due = due.min(write_by);

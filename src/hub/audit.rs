@@ -94,9 +94,7 @@ impl Hub {
         scope: Scope,
         outcome: Result<(), ErrorCode>,
     ) {
-        let entry = self.audit_entry(subject, role, action, scope, outcome);
-        let written = self.audit_writer.append(entry).await;
-        self.audit_counted(action, outcome.is_ok(), written);
+        self.audit_unless_recorded(self.audit_entry(subject, role, action, scope, outcome), false).await
     }
 
     /// The record of `subject` doing `action`, stamped now.
@@ -123,20 +121,12 @@ impl Hub {
         }
     }
 
-    /// A record of a successful request that the store did not keep with the change it
-    /// describes: appended now, as any other.
+    /// Appends `entry` and waits for its commit, unless the store already kept it with the
+    /// change it describes (`recorded`); counted either way.
     pub(super) async fn audit_unless_recorded(&self, entry: AuditEntry, recorded: bool) {
-        if recorded {
-            self.audit_counted(&entry.action, true, true);
-            return;
-        }
+        let ok = entry.outcome == "ok";
         let action = entry.action.clone();
-        let written = self.audit_writer.append(entry).await;
-        self.audit_counted(&action, true, written);
-    }
-
-    fn audit_counted(&self, action: &str, ok: bool, written: bool) {
-        if written {
+        if recorded || self.audit_writer.append(entry).await {
             self.metrics.audit_records.with_label_values(&[if ok { "ok" } else { "refused" }]).inc()
         } else {
             self.metrics.audit_records.with_label_values(&["write_failed"]).inc();

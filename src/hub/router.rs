@@ -19,6 +19,16 @@ pub struct SessionLink {
     pub alarm: Arc<Alarm>,
 }
 
+impl SessionLink {
+    /// Hands the session `event` without waiting: a session whose inbox is full is slow, and
+    /// its alarm closes it.
+    fn deliver(&self, event: &Arc<BusEvent>) {
+        if let Err(flume::TrySendError::Full(_)) = self.inbox.try_send(event.clone()) {
+            self.alarm.raise(OVERFLOW);
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Router {
     topics: DashMap<Topic, Vec<SessionLink>>,
@@ -55,9 +65,7 @@ impl Router {
         let mut seen = std::collections::HashSet::new();
         for links in self.topics.iter() {
             for link in links.iter().filter(|l| seen.insert(l.id)) {
-                if let Err(flume::TrySendError::Full(_)) = link.inbox.try_send(event.clone()) {
-                    link.alarm.raise(OVERFLOW);
-                }
+                link.deliver(&event);
             }
         }
     }
@@ -70,9 +78,7 @@ impl Router {
         };
         let sender = event.sender();
         for link in links.iter().filter(|l| sender != Some(&*l.subject)) {
-            if let Err(flume::TrySendError::Full(_)) = link.inbox.try_send(event.clone()) {
-                link.alarm.raise(OVERFLOW);
-            }
+            link.deliver(&event);
         }
     }
 

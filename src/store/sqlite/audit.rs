@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use sqlx::query::Query;
-use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
+use super::SqliteQuery;
 use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
 use crate::store::{StoreResult, from_millis, to_millis};
@@ -68,15 +68,7 @@ async fn append_now(
     // still ends where this store believes, so a head gone stale (another writer on the
     // file) stores nothing; then the head is read again and the batch chained anew.
     for _ in 0..2 {
-        let prev = match head.clone() {
-            Some(hash) => hash,
-            None => {
-                let last: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                last.unwrap_or_else(|| GENESIS.to_string())
-            }
-        };
+        let prev = known_head(&mut conn, head).await?;
         let mut records = chain(entries, prev);
         let mut ids: Vec<i64> = match guarded_insert(&records).build_query_scalar().fetch_all(&mut *conn).await {
             Ok(ids) => ids,
@@ -104,6 +96,16 @@ async fn append_now(
         return Ok(records);
     }
     Err(corrupt_append())
+}
+
+/// The hash the trail ends with: as remembered, or read when not known.
+async fn known_head(conn: &mut SqliteConnection, head: &Option<String>) -> StoreResult<String> {
+    if let Some(hash) = head {
+        return Ok(hash.clone());
+    }
+    let last: Option<String> =
+        sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(conn).await?;
+    Ok(last.unwrap_or_else(|| GENESIS.to_string()))
 }
 
 fn corrupt_append() -> crate::store::StoreError {
@@ -152,7 +154,7 @@ pub async fn with_record(
     pool: &SqlitePool,
     head: &Head,
     change: &str,
-    bind: impl FnOnce(Query<'static, Sqlite, SqliteArguments>) -> Query<'static, Sqlite, SqliteArguments>,
+    bind: impl FnOnce(SqliteQuery) -> SqliteQuery,
     entry: &AuditEntry,
 ) -> StoreResult<(Vec<SqliteRow>, bool)> {
     let (pool, head) = (pool.clone(), head.clone());
@@ -162,13 +164,7 @@ pub async fn with_record(
     super::apart(async move {
         let mut head = head.lock_owned().await;
         let mut conn = pool.acquire().await?;
-        let prev = match head.clone() {
-            Some(hash) => hash,
-            None => sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
-                .fetch_optional(&mut *conn)
-                .await?
-                .unwrap_or_else(|| GENESIS.to_string()),
-        };
+        let prev = known_head(&mut conn, &head).await?;
         let record = chain(std::slice::from_ref(&entry), prev).remove(0);
         let e = &record.entry;
         let query = query

@@ -1,18 +1,15 @@
 //! Conversations: messages (numbered per visit), read positions and members.
 
 use chrono::{DateTime, Utc};
-use sqlx::query::Query;
-use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
-use sqlx::{Row, Sqlite};
+use sqlx::Row;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
 
-use super::{audit, corrupt};
+use super::{SqliteQuery, audit, corrupt};
 use crate::model::{AuditEntry, UsState, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
 use crate::store::{
     ConversationSummary, NewMessage, OpenConversation, StoreResult, from_millis, parse_role, to_millis,
 };
-
-type SqliteQuery = Query<'static, Sqlite, SqliteArguments>;
 
 fn message_from_row(row: &SqliteRow) -> StoreResult<ChatMessage> {
     let sender_role: String = row.try_get("sender_role")?;

@@ -18,6 +18,9 @@ use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+/// A query whose arguments are bound by value, so it can run on a task of its own.
+type SqliteQuery = Query<'static, Sqlite, SqliteArguments>;
+
 use super::{
     ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, OpenConversation, Store, StoreError, StoreResult,
     Transition,
@@ -87,7 +90,7 @@ fn options(options: SqliteConnectOptions) -> SqliteConnectOptions {
 /// in a task of its own, so a caller that stops waiting (a REST client gone) cannot leave the
 /// transaction half-done on a pooled connection; an error rolls back. Returns how many rows the
 /// statements returned (all of them run: a fetch of one row would stop before the COMMIT).
-async fn in_one_trip(pool: &SqlitePool, query: Query<'static, Sqlite, SqliteArguments>) -> StoreResult<u64> {
+async fn in_one_trip(pool: &SqlitePool, query: SqliteQuery) -> StoreResult<u64> {
     let pool = pool.clone();
     apart(async move {
         let mut conn = pool.acquire().await?;

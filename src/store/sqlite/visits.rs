@@ -1,11 +1,10 @@
 //! Visits, their transitions and idempotency keys.
 
 use chrono::{DateTime, Utc};
-use sqlx::query::Query;
-use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::{audit, corrupt, in_one_trip};
+use super::{SqliteQuery, audit, corrupt, in_one_trip};
 use crate::model::{Actor, AuditEntry, UsState, Visit, VisitId, VisitStatus};
 use crate::store::{IdempotencyKey, InsertOutcome, StoreResult, Transition, from_millis, to_millis};
 
@@ -55,11 +54,7 @@ async fn record(
 const INSERT_ROWS: &str = "INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?);
          INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) VALUES (?, NULL, ?, ?, ?, ?)";
 
-fn bind_insert(
-    query: Query<'static, Sqlite, SqliteArguments>,
-    visit: &Visit,
-    actor: &Actor,
-) -> Query<'static, Sqlite, SqliteArguments> {
+fn bind_insert(query: SqliteQuery, visit: &Visit, actor: &Actor) -> SqliteQuery {
     query
         .bind(visit.id.clone())
         .bind(visit.state.code())
@@ -77,7 +72,7 @@ fn bind_insert(
 }
 
 /// [`INSERT_ROWS`] between `before` and `after`.
-fn insert_rows(before: &str, after: &str, visit: &Visit, actor: &Actor) -> Query<'static, Sqlite, SqliteArguments> {
+fn insert_rows(before: &str, after: &str, visit: &Visit, actor: &Actor) -> SqliteQuery {
     bind_insert(sqlx::query(sqlx::AssertSqlSafe(format!("{before}{INSERT_ROWS}{after}"))), visit, actor)
 }
 
@@ -152,13 +147,13 @@ const RECORD_IF_CHANGED: &str = "INSERT INTO visit_transitions (visit_id, from_s
 const TRANSITION: &str = "UPDATE visits SET status = ?, provider_subject = CASE WHEN ? = 'waiting' THEN NULL ELSE provider_subject END WHERE id = ? AND status = ?";
 
 fn bind_transition(
-    query: Query<'static, Sqlite, SqliteArguments>,
+    query: SqliteQuery,
     id: &str,
     from: VisitStatus,
     to: VisitStatus,
     actor: &Actor,
     at: DateTime<Utc>,
-) -> Query<'static, Sqlite, SqliteArguments> {
+) -> SqliteQuery {
     query
         .bind(to.as_str())
         .bind(to.as_str())
@@ -203,13 +198,7 @@ pub async fn transition_recorded(
 
 const CLAIM: &str = "UPDATE visits SET status = 'claimed', provider_subject = ?, waited_secs = COALESCE(waited_secs, ?) WHERE id = ? AND status = 'waiting'";
 
-fn bind_claim(
-    query: Query<'static, Sqlite, SqliteArguments>,
-    id: &str,
-    provider: &str,
-    at: DateTime<Utc>,
-    waited_secs: u64,
-) -> Query<'static, Sqlite, SqliteArguments> {
+fn bind_claim(query: SqliteQuery, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> SqliteQuery {
     query
         .bind(provider.to_string())
         .bind(waited_secs as i64)
