@@ -141,6 +141,26 @@ async fn visits_run_end_to_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visits_that_all_hold_at_once_report_the_relays_own_cost() {
+    let args = VisitsArgs {
+        rate: 6.0,
+        duration_secs: 1,
+        states: "WA".into(),
+        hold_secs: 4.0,
+        signal_rate: 5.0,
+        candidates: 1,
+        providers: 0,
+        support: 0,
+    };
+    let r = run(Scenario::Visits(args)).await;
+    assert_eq!(r.counts["visits_completed"], 6);
+    let held = r.notes["held_relayed"].as_u64().expect("a steady phase was measured");
+    assert!(held > 0 && held < r.counts["relayed"], "{held} of {:?}", r.counts);
+    assert!(r.notes["held_secs"].as_f64().unwrap() >= 1.0);
+    assert!(r.notes["held_cpu_us_per_relayed_message"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_reaches_every_waiting_patient() {
     let args = FanoutArgs { patients: 60, states: "WA,OR".into(), changes: 4, change_timeout_secs: 10 };
     let r = run(Scenario::Fanout(args)).await;

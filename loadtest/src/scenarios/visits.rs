@@ -14,6 +14,7 @@ use visithub::model::{Role, UsState, VisitStatus};
 use visithub::protocol::{ChatSend, ClientMessage, ServerFrame, ServerMessage, SignalEnd, VisitRef, VisitTransition};
 
 mod desk;
+mod held;
 
 use super::population::{self, TOKEN_TTL_SECS};
 use super::{Phase, payloads};
@@ -99,6 +100,8 @@ struct Shared {
     jobs: Vec<mpsc::Sender<Arc<Visit>>>,
     /// Conversations for each support person to join: visit id, and whether it greeted.
     support: Vec<mpsc::Sender<(String, oneshot::Sender<bool>)>>,
+    /// Participants in their hold, for the relay's steady phase.
+    holding: Arc<held::Holding>,
 }
 
 pub async fn run(ctx: &Arc<Context>, args: &VisitsArgs) -> anyhow::Result<Report> {
@@ -141,8 +144,15 @@ pub async fn run(ctx: &Arc<Context>, args: &VisitsArgs) -> anyhow::Result<Report
         support_rx.push((conn, rx));
     }
     anyhow::ensure!(!support_tx.is_empty(), "no support socket opened: {:?}", ctx.stats.errors());
-    let shared =
-        Arc::new(Shared { ctx: ctx.clone(), args: args.clone(), states: states.clone(), jobs, support: support_tx });
+    let holding = held::Holding::new(total);
+    let shared = Arc::new(Shared {
+        ctx: ctx.clone(),
+        args: args.clone(),
+        states: states.clone(),
+        jobs,
+        support: support_tx,
+        holding: holding.clone(),
+    });
     for (i, conn) in provider_conns.into_iter().enumerate() {
         if let Some(conn) = conn {
             caregivers.spawn(provider(shared.clone(), conn, job_rx[i % states.len()].clone()));
@@ -154,6 +164,7 @@ pub async fn run(ctx: &Arc<Context>, args: &VisitsArgs) -> anyhow::Result<Report
 
     let phase = Phase::start(ctx);
     let progress = Progress::start(ctx.progress, "visits", "visits_completed", ctx.stats.clone());
+    let held = tokio::spawn(held::watch(ctx.clone(), holding));
     let mut patients = JoinSet::new();
     let started = Instant::now();
     for i in 0..total {
@@ -168,6 +179,11 @@ pub async fn run(ctx: &Arc<Context>, args: &VisitsArgs) -> anyhow::Result<Report
     }
     let mut report = phase.finish(ctx, "visits", 0, ctx.stats.counted("relayed"));
     drop(progress);
+    if !held.is_finished() {
+        held.abort(); // some visit never reached its hold
+    } else if let Ok(Some(window)) = held.await {
+        window.note(&mut report);
+    }
     drop(shared);
     let _ =
         tokio::time::timeout(Duration::from_secs(10), async { while caregivers.join_next().await.is_some() {} }).await;
@@ -259,6 +275,8 @@ async fn hold(sh: &Shared, conn: &mut Conn, v: &Visit, side: Side, deadline: Ins
     let interval = (sh.args.signal_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / sh.args.signal_rate));
     let mut next_send = Instant::now();
     let mut n = 1000;
+    // Counted as holding until this returns, however it returns.
+    let _holding = sh.holding.enter();
     loop {
         let now = Instant::now();
         if now >= deadline {
