@@ -548,6 +548,42 @@ fn say(who: &str, what: impl fmt::Display) {
     println!("[{who}] {what}");
 }
 
+/// What either side does with an event of the call: greets on a channel that opens, keeps
+/// what arrives, gives up on a failed connection. A new status of the visit is handed back,
+/// for each side to act on in its own way.
+async fn on_call_event(
+    who: &str,
+    call: &mut Call,
+    out: &mut Outcome,
+    event: CallEvent,
+    greeting: &str,
+) -> Result<Option<VisitStatus>> {
+    match event {
+        CallEvent::ChannelOpen(label) => {
+            say(who, format_args!("data channel {label} open"));
+            out.channel_opened = true;
+            call.send_text(&label, greeting).await?;
+        }
+        CallEvent::Message { text, .. } => {
+            say(who, format_args!("received: {text}"));
+            out.received.push(text);
+        }
+        CallEvent::Connection(state) => {
+            say(who, format_args!("connection {state}"));
+            if state == RTCPeerConnectionState::Failed {
+                bail!("the peer connection failed");
+            }
+        }
+        CallEvent::Visit(u) => {
+            say(who, format_args!("visit {}", u.status.as_str()));
+            out.statuses.push(u.status);
+            return Ok(Some(u.status));
+        }
+        _ => {}
+    }
+    Ok(None)
+}
+
 /// The patient's side: wait in line (answering "still there?"), then answer the provider's
 /// offer, greet over the data channel, and return when the visit has ended.
 /// `on_position` sees each `queue.position` while the patient waits.
@@ -592,30 +628,9 @@ pub async fn run_patient(
     let mut call = Call::start(hub, started, opts).await?;
     let result = tokio::time::timeout(opts.call_timeout, async {
         loop {
-            match call.step().await? {
-                CallEvent::ChannelOpen(label) => {
-                    say("patient", format_args!("data channel {label} open"));
-                    out.channel_opened = true;
-                    call.send_text(&label, greeting).await?;
-                }
-                CallEvent::Message { text, .. } => {
-                    say("patient", format_args!("received: {text}"));
-                    out.received.push(text);
-                }
-                CallEvent::Connection(state) => {
-                    say("patient", format_args!("connection {state}"));
-                    if state == RTCPeerConnectionState::Failed {
-                        bail!("the peer connection failed");
-                    }
-                }
-                CallEvent::Visit(u) => {
-                    say("patient", format_args!("visit {}", u.status.as_str()));
-                    out.statuses.push(u.status);
-                    if u.status.is_final() {
-                        break;
-                    }
-                }
-                _ => {}
+            let event = call.step().await?;
+            if on_call_event("patient", &mut call, &mut out, event, greeting).await?.is_some_and(|s| s.is_final()) {
+                break;
             }
         }
         // A message already on its way when the visit ended still counts.
@@ -722,29 +737,11 @@ pub async fn run_provider(
     let result = tokio::time::timeout(opts.call_timeout, async {
         call.open_channel("visit").await?;
         while out.received.is_empty() {
-            match call.step().await? {
-                CallEvent::ChannelOpen(label) => {
-                    say("provider", format_args!("data channel {label} open"));
-                    out.channel_opened = true;
-                    call.send_text(&label, greeting).await?;
-                }
-                CallEvent::Message { text, .. } => {
-                    say("provider", format_args!("received: {text}"));
-                    out.received.push(text);
-                }
-                CallEvent::Connection(state) => {
-                    say("provider", format_args!("connection {state}"));
-                    if state == RTCPeerConnectionState::Failed {
-                        bail!("the peer connection failed");
-                    }
-                }
-                CallEvent::Visit(u) => {
-                    out.statuses.push(u.status);
-                    if u.status.is_final() {
-                        bail!("the visit was {} during the call", u.status.as_str());
-                    }
-                }
-                _ => {}
+            let event = call.step().await?;
+            if let Some(status) = on_call_event("provider", &mut call, &mut out, event, greeting).await?
+                && status.is_final()
+            {
+                bail!("the visit was {} during the call", status.as_str());
             }
         }
         say("provider", "ending the visit");
