@@ -41,6 +41,9 @@ impl Router {
         if links.iter().any(|l| l.id == link.id) {
             return false;
         }
+        // Most topics have one listener on a node (a user's own, a visit's patient): room for
+        // exactly that one, not the four a first push reserves. More grow as usual.
+        links.reserve_exact(1);
         links.push(link);
         links.len() == 1
     }
@@ -86,6 +89,11 @@ impl Router {
     pub fn topic_count(&self) -> usize {
         self.topics.len()
     }
+
+    #[cfg(test)]
+    fn capacity_of(&self, topic: &Topic) -> usize {
+        self.topics.get(topic).map_or(0, |links| links.capacity())
+    }
 }
 
 #[cfg(test)]
@@ -112,6 +120,20 @@ mod tests {
         assert!(!router.remove(&topic, 1));
         assert!(router.remove(&topic, 2));
         assert_eq!(router.topic_count(), 0);
+    }
+
+    #[test]
+    fn a_topic_with_one_listener_reserves_room_for_one() {
+        let router = Router::default();
+        let topic = Topic::Subject("x".into());
+        let (a, ra) = link(1, 4);
+        let (b, rb) = link(2, 4);
+        router.add(topic.clone(), a);
+        assert_eq!(router.capacity_of(&topic), 1);
+        router.add(topic.clone(), b);
+        assert!(router.capacity_of(&topic) >= 2);
+        router.dispatch(&topic, event());
+        assert!(ra.try_recv().is_ok() && rb.try_recv().is_ok());
     }
 
     #[test]
