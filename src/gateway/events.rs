@@ -121,7 +121,7 @@ impl Session {
             BusEvent::AccessChanged { .. } => return Some(Exit::Close(CloseCode::AccessRevoked)),
             BusEvent::Resync => return Some(Exit::Close(CloseCode::ResyncRequired)),
             // Another node takes this session over from here: seal the journal and stop.
-            BusEvent::Handover { session_id, token } if *session_id == self.session_id => {
+            BusEvent::Handover { session_id, token } if uuid::Uuid::try_parse(session_id) == Ok(self.session_id) => {
                 let seq = self.out.seq();
                 if let Some(journal) = &mut self.out.journal {
                     journal.seal(token, seq);

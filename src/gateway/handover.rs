@@ -27,16 +27,17 @@ impl Session {
     pub(super) async fn take_over(&mut self, inbox: &mut super::session::Inbox, last_seq: u64) -> Option<u64> {
         let hub = self.gw.hub.clone();
         let live = hub.live_state().clone();
-        let meta = live.journal_meta(&self.session_id).await.ok()??;
+        let session_id = self.session_id.to_string();
+        let meta = live.journal_meta(&session_id).await.ok()??;
         if meta.subject != self.principal.subject || !live.node_alive(&meta.node).await.ok()? {
             return None;
         }
-        self.listen(Topic::Session(self.session_id.clone())).await.ok()?;
+        self.listen(Topic::Session(session_id.clone())).await.ok()?;
         for topic in meta.topics.iter().filter_map(|t| Topic::parse(t)) {
             self.listen(topic).await.ok()?;
         }
         let token = uuid::Uuid::new_v4().to_string();
-        hub.hand_over(&self.session_id, &token).await.ok()?;
+        hub.hand_over(&session_id, &token).await.ok()?;
         let deadline = Instant::now() + HANDOVER_WAIT;
         loop {
             let event = tokio::time::timeout_at(deadline, inbox.next()).await.ok()??;
@@ -44,7 +45,7 @@ impl Session {
                 break;
             }
         }
-        let sealed = live.journal_sealed(&self.session_id, &token, HANDOVER_WAIT).await.ok()??;
+        let sealed = live.journal_sealed(&session_id, &token, HANDOVER_WAIT).await.ok()??;
         let missed = sealed.missed_after(last_seq)?;
         let replayed = missed.len() as u64;
         self.out.adopt(sealed.last_seq, (last_seq + 1..).zip(missed).collect());

@@ -169,10 +169,9 @@ fn serve_socket(socket: WebSocket, admitted: Admitted) -> OptionFuture<impl Futu
             // Not here: in a cluster another node may hold it and hand it over; else a new
             // session, and the client reloads. Session ids are UUIDs the hub made: anything
             // else names no session and never reaches a live-state key.
-            let ours = uuid::Uuid::try_parse(&session_id).is_ok();
-            let start = match gw.journal.is_some() && ours {
-                true => session::Start::TakeOver { session_id, last_seq },
-                false => session::Start::New { recovered: Some(false) },
+            let start = match (&gw.journal, uuid::Uuid::try_parse(&session_id)) {
+                (Some(_), Ok(session_id)) => session::Start::TakeOver { session_id, last_seq },
+                _ => session::Start::New { recovered: Some(false) },
             };
             (r.socket, r.principal, r.guard, start)
         }

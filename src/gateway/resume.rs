@@ -3,9 +3,12 @@
 //! missed, in order, then `session.resumed`; or, when they are no longer all held,
 //! `session.resumed` with `recovered: false`, and it reloads its state.
 
+use std::sync::Arc;
+
 use axum::extract::ws::WebSocket;
 use dashmap::DashMap;
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
 use super::connections::ConnectionGuard;
 use crate::auth::Principal;
@@ -19,34 +22,39 @@ pub struct Resume {
 }
 
 struct Entry {
-    subject: String,
+    /// The session's own copy of its subject, shared rather than copied: every idle session
+    /// has an entry.
+    subject: Arc<str>,
     /// One resume at a time: the session registers again as it takes one. (A oneshot is a
     /// tenth of a channel's memory, and every idle session holds one.)
     tx: oneshot::Sender<Box<Resume>>,
 }
 
-/// Sessions of this node that a socket can be attached to, by session id.
+/// Sessions of this node that a socket can be attached to, by session id. Session ids are
+/// UUIDs the hub made, kept as such: sixteen bytes in place of a string allocation each.
 #[derive(Default)]
 pub struct Resumable {
-    sessions: DashMap<String, Entry>,
+    sessions: DashMap<Uuid, Entry>,
 }
 
 impl Resumable {
-    pub fn register(&self, session_id: &str, subject: &str) -> oneshot::Receiver<Box<Resume>> {
+    pub fn register(&self, session_id: Uuid, subject: Arc<str>) -> oneshot::Receiver<Box<Resume>> {
         let (tx, rx) = oneshot::channel();
-        self.sessions.insert(session_id.to_string(), Entry { subject: subject.to_string(), tx });
+        self.sessions.insert(session_id, Entry { subject, tx });
         rx
     }
 
-    pub fn remove(&self, session_id: &str) {
-        self.sessions.remove(session_id);
+    pub fn remove(&self, session_id: Uuid) {
+        self.sessions.remove(&session_id);
     }
 
     /// Hands `resume` to its session; gives it back when there is no such session for this
-    /// subject (expired, or on another node), so the caller starts a new one.
+    /// subject (expired, on another node, or not a session id at all), so the caller starts a
+    /// new one.
     pub fn attach(&self, session_id: &str, resume: Box<Resume>) -> Result<(), Box<Resume>> {
-        let subject = &resume.principal.subject;
-        match self.sessions.remove_if(session_id, |_, e| e.subject == *subject) {
+        let Ok(key) = Uuid::try_parse(session_id) else { return Err(resume) };
+        let subject = resume.principal.subject.as_str();
+        match self.sessions.remove_if(&key, |_, e| &*e.subject == subject) {
             Some((_, entry)) => entry.tx.send(resume),
             None => Err(resume),
         }

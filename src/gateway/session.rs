@@ -58,13 +58,13 @@ pub enum Start {
     /// not be resumed.
     New { recovered: Option<bool> },
     /// The client asked to resume a session this node does not hold: another node may.
-    TakeOver { session_id: String, last_seq: u64 },
+    TakeOver { session_id: uuid::Uuid, last_seq: u64 },
 }
 
 pub(super) struct Session {
     pub gw: Arc<Gateway>,
     pub id: u64,
-    pub session_id: String,
+    pub session_id: uuid::Uuid,
     pub principal: Principal,
     pub out: Outbound,
     /// Queue boards this session watches, by state.
@@ -113,7 +113,8 @@ pub fn run(
     // slots up front, and most sessions sit idle.
     let (inbox_tx, inbox) = flume::bounded(gw.config.outbound_queue);
     let mut inbox = inbox.into_stream();
-    let subject = principal.subject.as_str().into();
+    // The connection slot's copy of the subject, shared: one allocation per user, not per map.
+    let subject = guard.subject().clone();
     let alarm = Arc::new(Alarm::default());
     gw.alarms.insert(id, alarm.clone());
     if gw.shutdown.is_cancelled() {
@@ -123,10 +124,10 @@ pub fn run(
     let link = SessionLink { id, subject, inbox: inbox_tx, alarm };
     let rate = NonZeroU32::new(gw.config.rate_for(principal.role)).unwrap_or(NonZeroU32::MIN);
     let session_id = match &start {
-        Start::TakeOver { session_id, .. } => session_id.clone(),
-        Start::New { .. } => uuid::Uuid::new_v4().to_string(),
+        Start::TakeOver { session_id, .. } => *session_id,
+        Start::New { .. } => uuid::Uuid::new_v4(),
     };
-    let mut resumes = gw.resumable.register(&session_id, &principal.subject);
+    let mut resumes = gw.resumable.register(session_id, link.subject.clone());
     let window = (gw.config.replay_window_frames, gw.config.replay_window_bytes);
     let mut session = Session {
         out: Outbound::new(gw.config.outbound_queue, window, gw.hub.metrics().clone()),
@@ -164,7 +165,7 @@ pub fn run(
                 None => {
                     // Not to be had: a new session, and the client reloads its state.
                     Box::pin(session.forget_takeover()).await;
-                    resumes = session.gw.resumable.register(&session.session_id, &session.principal.subject);
+                    resumes = session.gw.resumable.register(session.session_id, session.link.subject.clone());
                     Box::pin(session.open(Some(false))).await
                 }
             },
@@ -210,12 +211,12 @@ impl Session {
     async fn open(&mut self, recovered: Option<bool>) -> anyhow::Result<()> {
         self.start_journal();
         if self.out.journal.is_some() {
-            self.listen(Topic::Session(self.session_id.clone())).await?;
+            self.listen(Topic::Session(self.session_id.to_string())).await?;
         }
         let cfg = &self.gw.config;
         let welcome = Welcome {
             protocol: PROTOCOL_VERSION,
-            session_id: self.session_id.clone(),
+            session_id: self.session_id.to_string(),
             role: self.principal.role,
             subject: self.principal.subject.clone(),
             states: self.principal.states.clone(),
@@ -240,7 +241,7 @@ impl Session {
         let Some(writer) = &self.gw.journal else { return };
         let cfg = &self.gw.config;
         let ttl = cfg.resume_window_secs + cfg.shutdown_grace_secs + 60;
-        self.out.journal = Some(writer.for_session(&self.session_id, cfg.replay_window_frames, ttl));
+        self.out.journal = Some(writer.for_session(&self.session_id.to_string(), cfg.replay_window_frames, ttl));
     }
 
     /// Writes the journal meta again if the topics or boards changed since last time.
@@ -275,7 +276,7 @@ impl Session {
             _ => self.gw.hub.caregiver_online(&self.principal).await?,
         }
         tracing::debug!(replayed, "session taken over from another node");
-        let resumed = SessionResumed { session_id: self.session_id.clone(), recovered: true, replayed };
+        let resumed = SessionResumed { session_id: self.session_id.to_string(), recovered: true, replayed };
         self.send(None, &ServerMessage::SessionResumed(resumed));
         Ok(())
     }
@@ -286,8 +287,8 @@ impl Session {
             self.gw.hub.unlisten(&topic, self.id).await;
         }
         self.boards = StreamMap::new();
-        self.gw.resumable.remove(&self.session_id);
-        self.session_id = uuid::Uuid::new_v4().to_string();
+        self.gw.resumable.remove(self.session_id);
+        self.session_id = uuid::Uuid::new_v4();
     }
 
     /// Routes a topic to this session (once).
@@ -365,7 +366,7 @@ impl Session {
                 }
                 Ok(resume) = &mut *resumes, if !resumes.is_terminated() => {
                     // Ready for the next one before anything else can happen.
-                    *resumes = self.gw.resumable.register(&self.session_id, &self.principal.subject);
+                    *resumes = self.gw.resumable.register(self.session_id, self.link.subject.clone());
                     Some(Exit::Resumed(resume))
                 }
                 _ = &mut timer => {
@@ -524,7 +525,7 @@ impl Session {
             }
         }
         tracing::debug!(recovered, replayed, "session resumed");
-        let resumed = SessionResumed { session_id: self.session_id.clone(), recovered, replayed };
+        let resumed = SessionResumed { session_id: self.session_id.to_string(), recovered, replayed };
         self.send(None, &ServerMessage::SessionResumed(resumed));
     }
 
@@ -619,7 +620,7 @@ impl Session {
     }
 
     async fn close(mut self, sink: Option<Sink>, exit: Exit) {
-        self.gw.resumable.remove(&self.session_id);
+        self.gw.resumable.remove(self.session_id);
         self.gw.alarms.remove(&self.id);
         // A session handed over lives on elsewhere, journal included; any other is over.
         let exit = match exit {
