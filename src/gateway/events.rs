@@ -186,9 +186,9 @@ impl Session {
         if self.principal.role == Role::Patient {
             let Some(visit_id) = self.principal.visit.as_deref() else { return };
             match view.position_message(visit_id) {
-                Some(position) if self.sent_position.as_ref() != Some(&position) => {
+                Some(position) if self.sent_position.as_deref() != Some(&position) => {
                     self.send(None, &ServerMessage::QueuePosition(position.clone()));
-                    self.sent_position = Some(position);
+                    self.sent_position = Some(Box::new(position));
                 }
                 Some(_) => {}
                 // The visit left the queue; its `visit.updated` says why.

@@ -5,7 +5,7 @@
 //! that stops reading altogether is closed as a slow consumer. When the socket is lost the
 //! session waits, detached, for its client to resume on a new socket.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,12 +69,13 @@ pub(super) struct Session {
     pub out: Outbound,
     /// Queue boards this session watches, by state.
     pub boards: StreamMap<UsState, WatchStream<Arc<QueueView>>>,
-    /// The last view sent per state (caregivers get deltas against it).
-    pub sent_views: HashMap<UsState, Arc<QueueView>>,
-    /// The last position sent to a patient.
-    pub sent_position: Option<QueuePosition>,
+    /// The last view sent per state (caregivers get deltas against it). B-tree maps: empty,
+    /// they are half a `HashMap`'s size, and most sessions never fill them.
+    pub sent_views: BTreeMap<UsState, Arc<QueueView>>,
+    /// The last position sent to a patient (boxed: other roles carry only the pointer).
+    pub sent_position: Option<Box<QueuePosition>>,
     /// The last presence sent per provider (caregivers).
-    pub sent_presence: HashMap<String, ProviderPresence>,
+    pub sent_presence: BTreeMap<String, ProviderPresence>,
     pub topics: Vec<Topic>,
     pub link: SessionLink,
     pub token_deadline: Instant,
@@ -86,8 +87,6 @@ pub(super) struct Session {
     /// When a waiting patient is next asked "still there?", and by when they must answer.
     pub still_there_at: Option<Instant>,
     pub answer_by: Option<Instant>,
-    /// What the journal meta last said (topics, boards), to write it again only on change.
-    journaled: (Vec<Topic>, Vec<UsState>),
     /// The node is draining and this session's socket was told so (cluster mode: the session
     /// waits, detached, to be handed over).
     drained: bool,
@@ -132,9 +131,9 @@ pub fn run(
     let mut session = Session {
         out: Outbound::new(gw.config.outbound_queue, window, gw.hub.metrics().clone()),
         boards: StreamMap::new(),
-        sent_views: HashMap::new(),
+        sent_views: BTreeMap::new(),
         sent_position: None,
-        sent_presence: HashMap::new(),
+        sent_presence: BTreeMap::new(),
         topics: Vec::new(),
         token_deadline: deadline_of(principal.expires_at),
         guard: Some(guard),
@@ -143,7 +142,6 @@ pub fn run(
         strikes_since: Instant::now(),
         still_there_at: None,
         answer_by: None,
-        journaled: (Vec::new(), Vec::new()),
         drained: false,
         link,
         principal,
@@ -246,30 +244,26 @@ impl Session {
 
     /// Writes the journal meta again if the topics or boards changed since last time.
     pub(super) fn sync_journal_meta(&mut self) {
-        if self.out.journal.is_none() {
-            return;
-        }
+        let Some(journal) = &mut self.out.journal else { return };
         // Called once per loop turn: compare without allocating.
-        if self.journaled.0 == self.topics && self.boards.keys().copied().eq(self.journaled.1.iter().copied()) {
+        let (topics, boards) = &journal.written_meta;
+        if *topics == self.topics && self.boards.keys().copied().eq(boards.iter().copied()) {
             return;
         }
         let boards: Vec<UsState> = self.boards.keys().copied().collect();
-        self.journaled = (self.topics.clone(), boards.clone());
+        journal.written_meta = (self.topics.clone(), boards.clone());
         let meta = crate::live::SessionMeta {
             subject: self.principal.subject.clone(),
             node: self.gw.hub.node_id().to_string(),
             topics: self.topics.iter().map(ToString::to_string).collect(),
             boards,
         };
-        if let Some(journal) = &mut self.out.journal {
-            journal.meta(meta);
-        }
+        journal.meta(meta);
     }
 
     /// The take-over worked: this node holds the session now.
     async fn taken_over(&mut self, replayed: u64) -> anyhow::Result<()> {
         self.start_journal();
-        self.journaled = (Vec::new(), Vec::new());
         self.sync_journal_meta();
         match (self.principal.role, self.principal.visit.clone()) {
             (Role::Patient, Some(visit_id)) => self.gw.hub.patient_online(&visit_id),
