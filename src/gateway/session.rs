@@ -289,6 +289,11 @@ impl Session {
     pub(super) async fn listen(&mut self, topic: Topic) -> anyhow::Result<()> {
         if !self.topics.contains(&topic) {
             self.gw.hub.listen(topic.clone(), self.link.clone()).await?;
+            // Most sessions listen to one topic (staff, admins) or two (a patient's visit and its
+            // signaling): room for those, not a first push's four. More grow as usual.
+            if self.topics.len() < 2 {
+                self.topics.reserve_exact(1);
+            }
             self.topics.push(topic);
         }
         Ok(())

@@ -42,8 +42,10 @@ impl Router {
             return false;
         }
         // Most topics have one listener on a node (a user's own, a visit's patient): room for
-        // exactly that one, not the four a first push reserves. More grow as usual.
-        links.reserve_exact(1);
+        // exactly that one, not the four a first push reserves. More grow as usual (doubling).
+        if links.capacity() == 0 {
+            links.reserve_exact(1);
+        }
         links.push(link);
         links.len() == 1
     }
@@ -132,6 +134,11 @@ mod tests {
         assert_eq!(router.capacity_of(&topic), 1);
         router.add(topic.clone(), b);
         assert!(router.capacity_of(&topic) >= 2);
+        for id in 3..=65 {
+            router.add(topic.clone(), link(id, 4).0);
+        }
+        // Grown as usual, not one at a time (a reallocation for every listener).
+        assert!(router.capacity_of(&topic) > 65);
         router.dispatch(&topic, event());
         assert!(ra.try_recv().is_ok() && rb.try_recv().is_ok());
     }
