@@ -12,7 +12,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use super::session::Session;
@@ -24,7 +23,7 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 impl Session {
     /// Takes the session over; the number of frames replayed, or `None` when the client must
     /// reload instead (the caller starts a new session then).
-    pub(super) async fn take_over(&mut self, inbox: &mut super::session::Inbox, last_seq: u64) -> Option<u64> {
+    pub(super) async fn take_over(&mut self, last_seq: u64) -> Option<u64> {
         let hub = self.gw.hub.clone();
         let live = hub.live_state().clone();
         let session_id = self.session_id.to_string();
@@ -40,7 +39,9 @@ impl Session {
         hub.hand_over(&session_id, &token).await.ok()?;
         let deadline = Instant::now() + HANDOVER_WAIT;
         loop {
-            let event = tokio::time::timeout_at(deadline, inbox.next()).await.ok()??;
+            let alarm = &self.link.alarm;
+            let event =
+                tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| alarm.poll_event(cx))).await.ok()?;
             if matches!(&*event, BusEvent::Handover { token: t, .. } if *t == token) {
                 break;
             }

@@ -25,7 +25,7 @@ use super::connections::ConnectionGuard;
 use super::outbound::Outbound;
 use super::resume::Resume;
 use crate::auth::Principal;
-use crate::bus::{BusEvent, Topic};
+use crate::bus::Topic;
 use crate::error::{ErrorCode, HubError};
 use crate::hub::alarm::{Alarm, OVERFLOW, SHUTDOWN};
 use crate::hub::{QueueView, Scope, SessionLink};
@@ -37,8 +37,6 @@ use crate::protocol::{
 
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
-/// Bus events for this session, as the router hands them over.
-pub(super) type Inbox = flume::r#async::RecvStream<'static, Arc<BusEvent>>;
 type Resumes = oneshot::Receiver<Box<Resume>>;
 
 /// Why the loop ended, or why the socket went.
@@ -108,19 +106,16 @@ pub fn run(
     start: Start,
 ) -> impl Future<Output = ()> + Send {
     let span = tracing::info_span!("session", id, role = principal.role.as_str());
-    // flume allocates its queue as events arrive: tokio's channel reserves a block of 32
-    // slots up front, and most sessions sit idle.
-    let (inbox_tx, inbox) = flume::bounded(gw.config.outbound_queue);
-    let mut inbox = inbox.into_stream();
     // The connection slot's copy of the subject, shared: one allocation per user, not per map.
     let subject = guard.subject().clone();
-    let alarm = Arc::new(Alarm::default());
+    // The session's inbox too: bus events wait there, at most an outbound queue's worth.
+    let alarm = Arc::new(Alarm::new(gw.config.outbound_queue));
     gw.alarms.insert(id, alarm.clone());
     if gw.shutdown.is_cancelled() {
         // Raised before this session was there to be told.
         alarm.raise(SHUTDOWN);
     }
-    let link = SessionLink { id, subject, inbox: inbox_tx, alarm };
+    let link = SessionLink { id, subject, alarm };
     let rate = NonZeroU32::new(gw.config.rate_for(principal.role)).unwrap_or(NonZeroU32::MIN);
     let session_id = match &start {
         Start::TakeOver { session_id, .. } => *session_id,
@@ -158,7 +153,7 @@ pub fn run(
     async move {
         let opened = match start {
             Start::New { recovered } => Box::pin(session.open(recovered)).await,
-            Start::TakeOver { last_seq, .. } => match Box::pin(session.take_over(&mut inbox, last_seq)).await {
+            Start::TakeOver { last_seq, .. } => match Box::pin(session.take_over(last_seq)).await {
                 Some(replayed) => Box::pin(session.taken_over(replayed)).await,
                 None => {
                     // Not to be had: a new session, and the client reloads its state.
@@ -169,7 +164,7 @@ pub fn run(
             },
         };
         let exit = match opened {
-            Ok(()) => session.serve(&mut sink, &mut stream, &mut inbox, &mut resumes).await,
+            Ok(()) => session.serve(&mut sink, &mut stream, &mut resumes).await,
             Err(e) => {
                 tracing::warn!(error = %e, "session setup failed");
                 Exit::Close(CloseCode::ServerShutdown)
@@ -306,13 +301,7 @@ impl Session {
         }
     }
 
-    async fn serve(
-        &mut self,
-        sink: &mut Option<Sink>,
-        stream: &mut Option<Stream>,
-        inbox: &mut Inbox,
-        resumes: &mut Resumes,
-    ) -> Exit {
+    async fn serve(&mut self, sink: &mut Option<Sink>, stream: &mut Option<Stream>, resumes: &mut Resumes) -> Exit {
         let cfg = self.gw.config.clone();
         let ping_every = Duration::from_secs(cfg.ping_interval_secs);
         let silence_limit = ping_every + Duration::from_secs(cfg.pong_timeout_secs);
@@ -397,7 +386,9 @@ impl Session {
                         None => Some(Exit::Gone),
                     }
                 }
-                Some(event) = inbox.next(), if self.out.has_room() => Box::pin(self.on_event(&event)).await,
+                event = std::future::poll_fn(|cx| alarm.poll_event(cx)), if self.out.has_room() => {
+                    Box::pin(self.on_event(&event)).await
+                }
                 Some((state, view)) = self.boards.next(), if self.out.is_empty() => {
                     self.on_view(state, view);
                     None
