@@ -18,7 +18,6 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use dashmap::DashMap;
 use futures_util::FutureExt;
 use futures_util::future::OptionFuture;
 use serde::Deserialize;
@@ -32,7 +31,7 @@ use crate::api::problem::Problem;
 use crate::config::Config;
 use crate::error::{ErrorCode, HubError};
 use crate::hub::Hub;
-use crate::hub::alarm::{Alarm, SHUTDOWN};
+use crate::hub::alarm::SHUTDOWN;
 use crate::protocol::SUBPROTOCOL;
 
 /// What every session shares.
@@ -41,8 +40,6 @@ pub struct Gateway {
     pub config: Arc<Config>,
     /// Cancelled when the node shuts down (see [`Gateway::shut_down`]).
     pub shutdown: CancellationToken,
-    /// Every session's alarm, by local session id: how a shutdown reaches them.
-    alarms: DashMap<u64, Arc<Alarm>>,
     pub sessions: TaskTracker,
     pub connections: Connections,
     resumable: resume::Resumable,
@@ -59,7 +56,6 @@ impl Gateway {
         Gateway {
             config,
             shutdown: CancellationToken::new(),
-            alarms: DashMap::new(),
             sessions: TaskTracker::new(),
             connections: Connections::default(),
             resumable: resume::Resumable::default(),
@@ -74,9 +70,7 @@ impl Gateway {
     /// `server_shutdown` (or, in a cluster, waits detached to be handed over).
     pub fn shut_down(&self) {
         self.shutdown.cancel();
-        for alarm in self.alarms.iter() {
-            alarm.raise(SHUTDOWN);
-        }
+        self.resumable.raise_all(SHUTDOWN);
     }
 }
 

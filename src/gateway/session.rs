@@ -14,7 +14,6 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::WatchStream;
@@ -27,7 +26,7 @@ use super::resume::Resume;
 use crate::auth::Principal;
 use crate::bus::Topic;
 use crate::error::{ErrorCode, HubError};
-use crate::hub::alarm::{Alarm, OVERFLOW, SHUTDOWN};
+use crate::hub::alarm::{Alarm, OVERFLOW, RESUME, SHUTDOWN};
 use crate::hub::{QueueView, Scope, SessionLink};
 use crate::model::{Role, UsState};
 use crate::protocol::{
@@ -37,7 +36,6 @@ use crate::protocol::{
 
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
-type Resumes = oneshot::Receiver<Box<Resume>>;
 
 /// Why the loop ended, or why the socket went.
 pub(super) enum Exit {
@@ -110,18 +108,17 @@ pub fn run(
     let subject = guard.subject().clone();
     // The session's inbox too: bus events wait there, at most an outbound queue's worth.
     let alarm = Arc::new(Alarm::new(gw.config.outbound_queue));
-    gw.alarms.insert(id, alarm.clone());
+    let session_id = match &start {
+        Start::TakeOver { session_id, .. } => *session_id,
+        Start::New { .. } => uuid::Uuid::new_v4(),
+    };
+    gw.resumable.register(session_id, subject.clone(), alarm.clone());
     if gw.shutdown.is_cancelled() {
         // Raised before this session was there to be told.
         alarm.raise(SHUTDOWN);
     }
     let link = SessionLink { id, subject, alarm };
     let rate = NonZeroU32::new(gw.config.rate_for(principal.role)).unwrap_or(NonZeroU32::MIN);
-    let session_id = match &start {
-        Start::TakeOver { session_id, .. } => *session_id,
-        Start::New { .. } => uuid::Uuid::new_v4(),
-    };
-    let mut resumes = gw.resumable.register(session_id, link.subject.clone());
     let window = (gw.config.replay_window_frames, gw.config.replay_window_bytes);
     let mut session = Session {
         out: Outbound::new(gw.config.outbound_queue, window, gw.hub.metrics().clone()),
@@ -158,13 +155,12 @@ pub fn run(
                 None => {
                     // Not to be had: a new session, and the client reloads its state.
                     Box::pin(session.forget_takeover()).await;
-                    resumes = session.gw.resumable.register(session.session_id, session.link.subject.clone());
                     Box::pin(session.open(Some(false))).await
                 }
             },
         };
         let exit = match opened {
-            Ok(()) => session.serve(&mut sink, &mut stream, &mut resumes).await,
+            Ok(()) => session.serve(&mut sink, &mut stream).await,
             Err(e) => {
                 tracing::warn!(error = %e, "session setup failed");
                 Exit::Close(CloseCode::ServerShutdown)
@@ -276,8 +272,10 @@ impl Session {
             self.gw.hub.unlisten(&topic, self.id).await;
         }
         self.boards = StreamMap::new();
-        self.gw.resumable.remove(self.session_id);
-        self.session_id = uuid::Uuid::new_v4();
+        // Registered under the new id before the old one goes: a shutdown always finds it.
+        let old = std::mem::replace(&mut self.session_id, uuid::Uuid::new_v4());
+        self.gw.resumable.register(self.session_id, self.link.subject.clone(), self.link.alarm.clone());
+        self.gw.resumable.remove(old);
     }
 
     /// Routes a topic to this session (once).
@@ -301,7 +299,7 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, sink: &mut Option<Sink>, stream: &mut Option<Stream>, resumes: &mut Resumes) -> Exit {
+    async fn serve(&mut self, sink: &mut Option<Sink>, stream: &mut Option<Stream>) -> Exit {
         let cfg = self.gw.config.clone();
         let ping_every = Duration::from_secs(cfg.ping_interval_secs);
         let silence_limit = ping_every + Duration::from_secs(cfg.pong_timeout_secs);
@@ -331,11 +329,16 @@ impl Session {
                 timer.as_mut().reset(due);
             }
             // A drained session has been told of the shutdown already.
-            let watched = if self.drained { OVERFLOW } else { OVERFLOW | SHUTDOWN };
+            let watched = if self.drained { OVERFLOW | RESUME } else { OVERFLOW | SHUTDOWN | RESUME };
             let exit = tokio::select! {
                 biased;
                 cause = std::future::poll_fn(|cx| alarm.poll_raised(cx, watched)) => {
-                    if cause & SHUTDOWN == 0 {
+                    if cause & (OVERFLOW | SHUTDOWN) == 0 {
+                        // The client came back on a new socket. Lowered before taking it: one
+                        // handed over after this is raised again, not missed.
+                        alarm.clear(RESUME);
+                        self.gw.resumable.take(self.session_id).map(Exit::Resumed)
+                    } else if cause & SHUTDOWN == 0 {
                         Some(Exit::Close(CloseCode::SlowConsumer))
                     } else if self.out.journal.is_some() {
                         // Cluster: the client reconnects elsewhere, and this session waits,
@@ -351,11 +354,6 @@ impl Session {
                     } else {
                         Some(Exit::Close(CloseCode::ServerShutdown))
                     }
-                }
-                Ok(resume) = &mut *resumes, if !resumes.is_terminated() => {
-                    // Ready for the next one before anything else can happen.
-                    *resumes = self.gw.resumable.register(self.session_id, self.link.subject.clone());
-                    Some(Exit::Resumed(resume))
                 }
                 _ = &mut timer => {
                     let now = Instant::now();
@@ -611,7 +609,6 @@ impl Session {
 
     async fn close(mut self, sink: Option<Sink>, exit: Exit) {
         self.gw.resumable.remove(self.session_id);
-        self.gw.alarms.remove(&self.id);
         // A session handed over lives on elsewhere, journal included; any other is over.
         let exit = match exit {
             Exit::HandedOver => Exit::Close(CloseCode::SessionResumed),

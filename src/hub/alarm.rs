@@ -17,6 +17,8 @@ use crate::bus::BusEvent;
 /// Causes, as bits: several can be raised at once.
 pub const OVERFLOW: u8 = 1;
 pub const SHUTDOWN: u8 = 2;
+/// A new socket is waiting for the session (it resumes); cleared as the session takes it.
+pub const RESUME: u8 = 4;
 
 pub struct Alarm {
     raised: AtomicU8,
@@ -57,6 +59,11 @@ impl Alarm {
             0 => Poll::Pending,
             raised => Poll::Ready(raised),
         }
+    }
+
+    /// Lowers `cause`: the session has dealt with it (a cause it may see again).
+    pub fn clear(&self, cause: u8) {
+        self.raised.fetch_and(!cause, Ordering::AcqRel);
     }
 
     pub fn is_raised(&self, cause: u8) -> bool {
@@ -135,6 +142,22 @@ mod tests {
         alarm.raise(OVERFLOW);
         assert_eq!(waiting.await.unwrap(), OVERFLOW);
         assert!(alarm.is_raised(SHUTDOWN) && alarm.is_raised(OVERFLOW));
+    }
+
+    #[tokio::test]
+    async fn a_cleared_cause_waits_for_its_next_raise() {
+        let alarm = Arc::new(Alarm::new(4));
+        alarm.raise(RESUME);
+        assert_eq!(poll_fn(|cx| alarm.poll_raised(cx, RESUME | OVERFLOW)).await, RESUME);
+        alarm.clear(RESUME);
+        let waiting = tokio::spawn({
+            let alarm = alarm.clone();
+            async move { poll_fn(|cx| alarm.poll_raised(cx, RESUME)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        alarm.raise(RESUME);
+        assert_eq!(waiting.await.unwrap(), RESUME);
     }
 
     #[tokio::test]
