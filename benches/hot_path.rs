@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use visithub::bus::{BusEvent, Signal, Topic};
+use visithub::hub::alarm::Alarm;
 use visithub::hub::sdp_check::{check_candidate, check_sdp};
 use visithub::hub::{Router, SessionLink};
 use visithub::model::{Role, UsState};
@@ -65,8 +66,8 @@ fn validation(c: &mut Criterion) {
 fn routing(c: &mut Criterion) {
     let router = Router::default();
     let topic = Topic::Signal(VISIT.into());
-    let (tx, rx) = flume::bounded(1024);
-    let link = SessionLink { id: 1, subject: "dr-1".into(), inbox: tx, alarm: Default::default() };
+    let alarm = Arc::new(Alarm::new(1024));
+    let link = SessionLink { id: 1, subject: "dr-1".into(), alarm: alarm.clone() };
     router.add(topic.clone(), link);
     let event = Arc::new(BusEvent::Signal {
         from_subject: "dr-0042".into(),
@@ -76,7 +77,7 @@ fn routing(c: &mut Criterion) {
     c.bench_function("routing/dispatch_to_local_session", |b| {
         b.iter(|| {
             router.dispatch(&topic, event.clone());
-            rx.try_recv().expect("delivered")
+            alarm.try_event().expect("delivered")
         })
     });
 }

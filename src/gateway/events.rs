@@ -121,7 +121,7 @@ impl Session {
             BusEvent::AccessChanged { .. } => return Some(Exit::Close(CloseCode::AccessRevoked)),
             BusEvent::Resync => return Some(Exit::Close(CloseCode::ResyncRequired)),
             // Another node takes this session over from here: seal the journal and stop.
-            BusEvent::Handover { session_id, token } if *session_id == self.session_id => {
+            BusEvent::Handover { session_id, token } if uuid::Uuid::try_parse(session_id) == Ok(self.session_id) => {
                 let seq = self.out.seq();
                 if let Some(journal) = &mut self.out.journal {
                     journal.seal(token, seq);
@@ -186,9 +186,9 @@ impl Session {
         if self.principal.role == Role::Patient {
             let Some(visit_id) = self.principal.visit.as_deref() else { return };
             match view.position_message(visit_id) {
-                Some(position) if self.sent_position.as_ref() != Some(&position) => {
+                Some(position) if self.sent_position.as_deref() != Some(&position) => {
                     self.send(None, &ServerMessage::QueuePosition(position.clone()));
-                    self.sent_position = Some(position);
+                    self.sent_position = Some(Box::new(position));
                 }
                 Some(_) => {}
                 // The visit left the queue; its `visit.updated` says why.

@@ -12,7 +12,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use super::session::Session;
@@ -24,27 +23,30 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 impl Session {
     /// Takes the session over; the number of frames replayed, or `None` when the client must
     /// reload instead (the caller starts a new session then).
-    pub(super) async fn take_over(&mut self, inbox: &mut super::session::Inbox, last_seq: u64) -> Option<u64> {
+    pub(super) async fn take_over(&mut self, last_seq: u64) -> Option<u64> {
         let hub = self.gw.hub.clone();
         let live = hub.live_state().clone();
-        let meta = live.journal_meta(&self.session_id).await.ok()??;
+        let session_id = self.session_id.to_string();
+        let meta = live.journal_meta(&session_id).await.ok()??;
         if meta.subject != self.principal.subject || !live.node_alive(&meta.node).await.ok()? {
             return None;
         }
-        self.listen(Topic::Session(self.session_id.clone())).await.ok()?;
+        self.listen(Topic::Session(session_id.clone())).await.ok()?;
         for topic in meta.topics.iter().filter_map(|t| Topic::parse(t)) {
             self.listen(topic).await.ok()?;
         }
         let token = uuid::Uuid::new_v4().to_string();
-        hub.hand_over(&self.session_id, &token).await.ok()?;
+        hub.hand_over(&session_id, &token).await.ok()?;
         let deadline = Instant::now() + HANDOVER_WAIT;
         loop {
-            let event = tokio::time::timeout_at(deadline, inbox.next()).await.ok()??;
+            let alarm = &self.link.alarm;
+            let event =
+                tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| alarm.poll_event(cx))).await.ok()?;
             if matches!(&*event, BusEvent::Handover { token: t, .. } if *t == token) {
                 break;
             }
         }
-        let sealed = live.journal_sealed(&self.session_id, &token, HANDOVER_WAIT).await.ok()??;
+        let sealed = live.journal_sealed(&session_id, &token, HANDOVER_WAIT).await.ok()??;
         let missed = sealed.missed_after(last_seq)?;
         let replayed = missed.len() as u64;
         self.out.adopt(sealed.last_seq, (last_seq + 1..).zip(missed).collect());

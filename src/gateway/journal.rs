@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::bus::Topic;
 use crate::live::{JournalOp, LiveState, SessionMeta};
+use crate::model::UsState;
 
 /// Journal writes waiting for the writer, for all sessions of the node.
 const WRITER_QUEUE: usize = 64 * 1024;
@@ -28,7 +30,14 @@ impl JournalWriter {
     }
 
     pub fn for_session(&self, session_id: &str, max_frames: usize, ttl_secs: u64) -> SessionJournal {
-        SessionJournal { tx: self.tx.clone(), session_id: session_id.to_string(), broken: false, max_frames, ttl_secs }
+        SessionJournal {
+            tx: self.tx.clone(),
+            session_id: session_id.to_string(),
+            broken: false,
+            max_frames,
+            ttl_secs,
+            written_meta: (Vec::new(), Vec::new()),
+        }
     }
 }
 
@@ -50,6 +59,9 @@ pub struct SessionJournal {
     broken: bool,
     max_frames: usize,
     ttl_secs: u64,
+    /// What the meta last said (topics, boards), to write it again only on change. Kept here,
+    /// not in the session: only journaled sessions need it.
+    pub written_meta: (Vec<Topic>, Vec<UsState>),
 }
 
 impl SessionJournal {

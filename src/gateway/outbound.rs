@@ -17,8 +17,12 @@ use crate::protocol::{ServerMessage, encode_server};
 
 pub struct Outbound {
     metrics: Arc<Metrics>,
+    /// Allocated from the first frame and released whenever it empties: most sockets idle
+    /// with nothing queued, and an empty `VecDeque` holds no memory.
     queue: VecDeque<Message>,
     /// The last sequenced frames, kept for a client that resumes after losing its socket.
+    /// The `welcome` is not among them (see [`Outbound::push`]), so a session that has sent
+    /// nothing else holds no window at all.
     window: VecDeque<(u64, Message)>,
     window_bytes: usize,
     window_limits: (usize, usize),
@@ -75,7 +79,7 @@ impl Outbound {
     /// anything queued for the old socket dropped). False when some of them are no longer
     /// held: nothing is replayed then.
     pub fn replay_after(&mut self, last_seq: u64) -> bool {
-        self.queue.clear();
+        self.queue = VecDeque::new();
         let first_held = self.window.front().map_or(self.seq + 1, |(seq, _)| *seq);
         if last_seq > self.seq || last_seq + 1 < first_held {
             return false;
@@ -99,6 +103,11 @@ impl Outbound {
     }
 
     /// Queues a hub message with the next sequence number.
+    ///
+    /// The `welcome` is numbered but not kept for replay: a client learns the session id only
+    /// from it, so one that resumes has processed it (its `last_seq` is at least the
+    /// welcome's), and keeping it would cost every idle session its text. A resume asking for
+    /// it (`last_seq` 0) is answered `recovered: false`, as for any frame no longer held.
     pub fn push(&mut self, id: Option<&str>, msg: &ServerMessage) -> Result<(), Overflow> {
         self.seq += 1;
         let text = encode_server(self.seq, id, msg);
@@ -107,9 +116,11 @@ impl Outbound {
         }
         self.metrics.messages_out.with_label_values(&[msg.kind()]).inc();
         self.metrics.outbound_queue.observe(self.queue.len() as f64);
-        let msg = Message::Text(text.into());
-        self.remember(self.seq, &msg);
-        self.push_raw(msg)
+        let frame = Message::Text(text.into());
+        if !matches!(msg, ServerMessage::Welcome(_)) {
+            self.remember(self.seq, &frame);
+        }
+        self.push_raw(frame)
     }
 
     /// Queues a control frame (ping, close), which carries no sequence number.
@@ -143,6 +154,15 @@ impl Outbound {
         self.written
     }
 
+    /// The next frame to write; the queue's storage goes with its last frame.
+    fn take_next(&mut self) -> Option<Message> {
+        let msg = self.queue.pop_front();
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+        msg
+    }
+
     /// Writes queued frames until the queue is empty and the socket flushed. A frame leaves
     /// the queue only once the socket has taken it, so dropping this future mid-way loses
     /// nothing and sends nothing twice.
@@ -156,7 +176,7 @@ impl Outbound {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
                 }
-                let msg = self.queue.pop_front().expect("checked non-empty");
+                let msg = self.take_next().expect("checked non-empty");
                 Sink::start_send(std::pin::Pin::new(&mut *sink), msg)?;
                 self.written += 1;
                 self.unflushed = true;
@@ -168,5 +188,85 @@ impl Outbound {
             flushed
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{PROTOCOL_VERSION, SessionLimits, Welcome};
+
+    fn outbound() -> Outbound {
+        let metrics = Arc::new(Metrics::new("test"));
+        Outbound::new(16, (8, 64 * 1024), metrics)
+    }
+
+    fn welcome() -> ServerMessage {
+        ServerMessage::Welcome(Welcome {
+            protocol: PROTOCOL_VERSION,
+            session_id: "s".into(),
+            role: crate::model::Role::Admin,
+            subject: "a".into(),
+            states: Vec::new(),
+            visit_id: None,
+            limits: SessionLimits {
+                max_message_bytes: 1024,
+                messages_per_second: 10,
+                ping_interval_ms: 20_000,
+                token_expires_at: 0,
+            },
+            recovered: None,
+        })
+    }
+
+    fn ack() -> ServerMessage {
+        ServerMessage::Ack(serde_json::json!({}))
+    }
+
+    fn drain(out: &mut Outbound) -> usize {
+        std::iter::from_fn(|| out.take_next()).count()
+    }
+
+    #[test]
+    fn an_idle_session_holds_no_queue_or_window_storage_once_its_welcome_is_written() {
+        let mut out = outbound();
+        out.push(None, &welcome()).unwrap();
+        assert_eq!(out.window.capacity(), 0, "the welcome is not kept for replay");
+        assert_eq!(drain(&mut out), 1);
+        assert_eq!(out.queue.capacity(), 0, "a drained queue gives its storage back");
+        out.push(None, &ack()).unwrap();
+        out.push(None, &ack()).unwrap();
+        assert_eq!(drain(&mut out), 2);
+        assert_eq!(out.queue.capacity(), 0);
+    }
+
+    #[test]
+    fn a_resume_after_the_welcome_replays_the_rest_gap_free() {
+        let mut out = outbound();
+        out.push(None, &welcome()).unwrap();
+        drain(&mut out);
+        assert!(out.replay_after(1), "nothing sent since the welcome: nothing missing");
+        assert!(out.is_empty());
+        for _ in 0..3 {
+            out.push(None, &ack()).unwrap();
+        }
+        drain(&mut out);
+        assert!(out.replay_after(2));
+        let seqs: Vec<u64> = std::iter::from_fn(|| out.take_next())
+            .map(|m| match m {
+                Message::Text(t) => serde_json::from_str::<serde_json::Value>(&t).unwrap()["seq"].as_u64().unwrap(),
+                other => panic!("unexpected frame {other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, [3, 4]);
+    }
+
+    #[test]
+    fn a_resume_that_never_saw_the_welcome_is_not_recovered() {
+        let mut out = outbound();
+        out.push(None, &welcome()).unwrap();
+        out.push(None, &ack()).unwrap();
+        assert!(!out.replay_after(0));
+        assert!(out.is_empty(), "nothing is replayed when something is missing");
     }
 }

@@ -5,7 +5,7 @@
 //! that stops reading altogether is closed as a slow consumer. When the socket is lost the
 //! session waits, detached, for its client to resume on a new socket.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,6 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::WatchStream;
@@ -25,9 +24,9 @@ use super::connections::ConnectionGuard;
 use super::outbound::Outbound;
 use super::resume::Resume;
 use crate::auth::Principal;
-use crate::bus::{BusEvent, Topic};
+use crate::bus::Topic;
 use crate::error::{ErrorCode, HubError};
-use crate::hub::alarm::{Alarm, OVERFLOW, SHUTDOWN};
+use crate::hub::alarm::{Alarm, OVERFLOW, RESUME, SHUTDOWN};
 use crate::hub::{QueueView, Scope, SessionLink};
 use crate::model::{Role, UsState};
 use crate::protocol::{
@@ -37,9 +36,6 @@ use crate::protocol::{
 
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
-/// Bus events for this session, as the router hands them over.
-pub(super) type Inbox = flume::r#async::RecvStream<'static, Arc<BusEvent>>;
-type Resumes = oneshot::Receiver<Box<Resume>>;
 
 /// Why the loop ended, or why the socket went.
 pub(super) enum Exit {
@@ -58,23 +54,24 @@ pub enum Start {
     /// not be resumed.
     New { recovered: Option<bool> },
     /// The client asked to resume a session this node does not hold: another node may.
-    TakeOver { session_id: String, last_seq: u64 },
+    TakeOver { session_id: uuid::Uuid, last_seq: u64 },
 }
 
 pub(super) struct Session {
     pub gw: Arc<Gateway>,
     pub id: u64,
-    pub session_id: String,
+    pub session_id: uuid::Uuid,
     pub principal: Principal,
     pub out: Outbound,
     /// Queue boards this session watches, by state.
     pub boards: StreamMap<UsState, WatchStream<Arc<QueueView>>>,
-    /// The last view sent per state (caregivers get deltas against it).
-    pub sent_views: HashMap<UsState, Arc<QueueView>>,
-    /// The last position sent to a patient.
-    pub sent_position: Option<QueuePosition>,
+    /// The last view sent per state (caregivers get deltas against it). B-tree maps: empty,
+    /// they are half a `HashMap`'s size, and most sessions never fill them.
+    pub sent_views: BTreeMap<UsState, Arc<QueueView>>,
+    /// The last position sent to a patient (boxed: other roles carry only the pointer).
+    pub sent_position: Option<Box<QueuePosition>>,
     /// The last presence sent per provider (caregivers).
-    pub sent_presence: HashMap<String, ProviderPresence>,
+    pub sent_presence: BTreeMap<String, ProviderPresence>,
     pub topics: Vec<Topic>,
     pub link: SessionLink,
     pub token_deadline: Instant,
@@ -86,8 +83,6 @@ pub(super) struct Session {
     /// When a waiting patient is next asked "still there?", and by when they must answer.
     pub still_there_at: Option<Instant>,
     pub answer_by: Option<Instant>,
-    /// What the journal meta last said (topics, boards), to write it again only on change.
-    journaled: (Vec<Topic>, Vec<UsState>),
     /// The node is draining and this session's socket was told so (cluster mode: the session
     /// waits, detached, to be handed over).
     drained: bool,
@@ -109,31 +104,28 @@ pub fn run(
     start: Start,
 ) -> impl Future<Output = ()> + Send {
     let span = tracing::info_span!("session", id, role = principal.role.as_str());
-    // flume allocates its queue as events arrive: tokio's channel reserves a block of 32
-    // slots up front, and most sessions sit idle.
-    let (inbox_tx, inbox) = flume::bounded(gw.config.outbound_queue);
-    let mut inbox = inbox.into_stream();
-    let subject = principal.subject.as_str().into();
-    let alarm = Arc::new(Alarm::default());
-    gw.alarms.insert(id, alarm.clone());
+    // The connection slot's copy of the subject, shared: one allocation per user, not per map.
+    let subject = guard.subject().clone();
+    // The session's inbox too: bus events wait there, at most an outbound queue's worth.
+    let alarm = Arc::new(Alarm::new(gw.config.outbound_queue));
+    let session_id = match &start {
+        Start::TakeOver { session_id, .. } => *session_id,
+        Start::New { .. } => uuid::Uuid::new_v4(),
+    };
+    gw.resumable.register(session_id, subject.clone(), alarm.clone());
     if gw.shutdown.is_cancelled() {
         // Raised before this session was there to be told.
         alarm.raise(SHUTDOWN);
     }
-    let link = SessionLink { id, subject, inbox: inbox_tx, alarm };
+    let link = SessionLink { id, subject, alarm };
     let rate = NonZeroU32::new(gw.config.rate_for(principal.role)).unwrap_or(NonZeroU32::MIN);
-    let session_id = match &start {
-        Start::TakeOver { session_id, .. } => session_id.clone(),
-        Start::New { .. } => uuid::Uuid::new_v4().to_string(),
-    };
-    let mut resumes = gw.resumable.register(&session_id, &principal.subject);
     let window = (gw.config.replay_window_frames, gw.config.replay_window_bytes);
     let mut session = Session {
         out: Outbound::new(gw.config.outbound_queue, window, gw.hub.metrics().clone()),
         boards: StreamMap::new(),
-        sent_views: HashMap::new(),
+        sent_views: BTreeMap::new(),
         sent_position: None,
-        sent_presence: HashMap::new(),
+        sent_presence: BTreeMap::new(),
         topics: Vec::new(),
         token_deadline: deadline_of(principal.expires_at),
         guard: Some(guard),
@@ -142,7 +134,6 @@ pub fn run(
         strikes_since: Instant::now(),
         still_there_at: None,
         answer_by: None,
-        journaled: (Vec::new(), Vec::new()),
         drained: false,
         link,
         principal,
@@ -159,18 +150,17 @@ pub fn run(
     async move {
         let opened = match start {
             Start::New { recovered } => Box::pin(session.open(recovered)).await,
-            Start::TakeOver { last_seq, .. } => match Box::pin(session.take_over(&mut inbox, last_seq)).await {
+            Start::TakeOver { last_seq, .. } => match Box::pin(session.take_over(last_seq)).await {
                 Some(replayed) => Box::pin(session.taken_over(replayed)).await,
                 None => {
                     // Not to be had: a new session, and the client reloads its state.
                     Box::pin(session.forget_takeover()).await;
-                    resumes = session.gw.resumable.register(&session.session_id, &session.principal.subject);
                     Box::pin(session.open(Some(false))).await
                 }
             },
         };
         let exit = match opened {
-            Ok(()) => session.serve(&mut sink, &mut stream, &mut inbox, &mut resumes).await,
+            Ok(()) => session.serve(&mut sink, &mut stream).await,
             Err(e) => {
                 tracing::warn!(error = %e, "session setup failed");
                 Exit::Close(CloseCode::ServerShutdown)
@@ -210,12 +200,12 @@ impl Session {
     async fn open(&mut self, recovered: Option<bool>) -> anyhow::Result<()> {
         self.start_journal();
         if self.out.journal.is_some() {
-            self.listen(Topic::Session(self.session_id.clone())).await?;
+            self.listen(Topic::Session(self.session_id.to_string())).await?;
         }
         let cfg = &self.gw.config;
         let welcome = Welcome {
             protocol: PROTOCOL_VERSION,
-            session_id: self.session_id.clone(),
+            session_id: self.session_id.to_string(),
             role: self.principal.role,
             subject: self.principal.subject.clone(),
             states: self.principal.states.clone(),
@@ -240,42 +230,38 @@ impl Session {
         let Some(writer) = &self.gw.journal else { return };
         let cfg = &self.gw.config;
         let ttl = cfg.resume_window_secs + cfg.shutdown_grace_secs + 60;
-        self.out.journal = Some(writer.for_session(&self.session_id, cfg.replay_window_frames, ttl));
+        self.out.journal = Some(writer.for_session(&self.session_id.to_string(), cfg.replay_window_frames, ttl));
     }
 
     /// Writes the journal meta again if the topics or boards changed since last time.
     pub(super) fn sync_journal_meta(&mut self) {
-        if self.out.journal.is_none() {
-            return;
-        }
+        let Some(journal) = &mut self.out.journal else { return };
         // Called once per loop turn: compare without allocating.
-        if self.journaled.0 == self.topics && self.boards.keys().copied().eq(self.journaled.1.iter().copied()) {
+        let (topics, boards) = &journal.written_meta;
+        if *topics == self.topics && self.boards.keys().copied().eq(boards.iter().copied()) {
             return;
         }
         let boards: Vec<UsState> = self.boards.keys().copied().collect();
-        self.journaled = (self.topics.clone(), boards.clone());
+        journal.written_meta = (self.topics.clone(), boards.clone());
         let meta = crate::live::SessionMeta {
             subject: self.principal.subject.clone(),
             node: self.gw.hub.node_id().to_string(),
             topics: self.topics.iter().map(ToString::to_string).collect(),
             boards,
         };
-        if let Some(journal) = &mut self.out.journal {
-            journal.meta(meta);
-        }
+        journal.meta(meta);
     }
 
     /// The take-over worked: this node holds the session now.
     async fn taken_over(&mut self, replayed: u64) -> anyhow::Result<()> {
         self.start_journal();
-        self.journaled = (Vec::new(), Vec::new());
         self.sync_journal_meta();
         match (self.principal.role, self.principal.visit.clone()) {
             (Role::Patient, Some(visit_id)) => self.gw.hub.patient_online(&visit_id),
             _ => self.gw.hub.caregiver_online(&self.principal).await?,
         }
         tracing::debug!(replayed, "session taken over from another node");
-        let resumed = SessionResumed { session_id: self.session_id.clone(), recovered: true, replayed };
+        let resumed = SessionResumed { session_id: self.session_id.to_string(), recovered: true, replayed };
         self.send(None, &ServerMessage::SessionResumed(resumed));
         Ok(())
     }
@@ -286,14 +272,21 @@ impl Session {
             self.gw.hub.unlisten(&topic, self.id).await;
         }
         self.boards = StreamMap::new();
-        self.gw.resumable.remove(&self.session_id);
-        self.session_id = uuid::Uuid::new_v4().to_string();
+        // Registered under the new id before the old one goes: a shutdown always finds it.
+        let old = std::mem::replace(&mut self.session_id, uuid::Uuid::new_v4());
+        self.gw.resumable.register(self.session_id, self.link.subject.clone(), self.link.alarm.clone());
+        self.gw.resumable.remove(old);
     }
 
     /// Routes a topic to this session (once).
     pub(super) async fn listen(&mut self, topic: Topic) -> anyhow::Result<()> {
         if !self.topics.contains(&topic) {
             self.gw.hub.listen(topic.clone(), self.link.clone()).await?;
+            // Most sessions listen to one topic (staff, admins) or two (a patient's visit and its
+            // signaling): room for those, not a first push's four. More grow as usual.
+            if self.topics.len() < 2 {
+                self.topics.reserve_exact(1);
+            }
             self.topics.push(topic);
         }
         Ok(())
@@ -306,13 +299,7 @@ impl Session {
         }
     }
 
-    async fn serve(
-        &mut self,
-        sink: &mut Option<Sink>,
-        stream: &mut Option<Stream>,
-        inbox: &mut Inbox,
-        resumes: &mut Resumes,
-    ) -> Exit {
+    async fn serve(&mut self, sink: &mut Option<Sink>, stream: &mut Option<Stream>) -> Exit {
         let cfg = self.gw.config.clone();
         let ping_every = Duration::from_secs(cfg.ping_interval_secs);
         let silence_limit = ping_every + Duration::from_secs(cfg.pong_timeout_secs);
@@ -342,11 +329,16 @@ impl Session {
                 timer.as_mut().reset(due);
             }
             // A drained session has been told of the shutdown already.
-            let watched = if self.drained { OVERFLOW } else { OVERFLOW | SHUTDOWN };
+            let watched = if self.drained { OVERFLOW | RESUME } else { OVERFLOW | SHUTDOWN | RESUME };
             let exit = tokio::select! {
                 biased;
                 cause = std::future::poll_fn(|cx| alarm.poll_raised(cx, watched)) => {
-                    if cause & SHUTDOWN == 0 {
+                    if cause & (OVERFLOW | SHUTDOWN) == 0 {
+                        // The client came back on a new socket. Lowered before taking it: one
+                        // handed over after this is raised again, not missed.
+                        alarm.clear(RESUME);
+                        self.gw.resumable.take(self.session_id).map(Exit::Resumed)
+                    } else if cause & SHUTDOWN == 0 {
                         Some(Exit::Close(CloseCode::SlowConsumer))
                     } else if self.out.journal.is_some() {
                         // Cluster: the client reconnects elsewhere, and this session waits,
@@ -362,11 +354,6 @@ impl Session {
                     } else {
                         Some(Exit::Close(CloseCode::ServerShutdown))
                     }
-                }
-                Ok(resume) = &mut *resumes, if !resumes.is_terminated() => {
-                    // Ready for the next one before anything else can happen.
-                    *resumes = self.gw.resumable.register(&self.session_id, &self.principal.subject);
-                    Some(Exit::Resumed(resume))
                 }
                 _ = &mut timer => {
                     let now = Instant::now();
@@ -397,7 +384,9 @@ impl Session {
                         None => Some(Exit::Gone),
                     }
                 }
-                Some(event) = inbox.next(), if self.out.has_room() => Box::pin(self.on_event(&event)).await,
+                event = std::future::poll_fn(|cx| alarm.poll_event(cx)), if self.out.has_room() => {
+                    Box::pin(self.on_event(&event)).await
+                }
                 Some((state, view)) = self.boards.next(), if self.out.is_empty() => {
                     self.on_view(state, view);
                     None
@@ -524,7 +513,7 @@ impl Session {
             }
         }
         tracing::debug!(recovered, replayed, "session resumed");
-        let resumed = SessionResumed { session_id: self.session_id.clone(), recovered, replayed };
+        let resumed = SessionResumed { session_id: self.session_id.to_string(), recovered, replayed };
         self.send(None, &ServerMessage::SessionResumed(resumed));
     }
 
@@ -619,8 +608,7 @@ impl Session {
     }
 
     async fn close(mut self, sink: Option<Sink>, exit: Exit) {
-        self.gw.resumable.remove(&self.session_id);
-        self.gw.alarms.remove(&self.id);
+        self.gw.resumable.remove(self.session_id);
         // A session handed over lives on elsewhere, journal included; any other is over.
         let exit = match exit {
             Exit::HandedOver => Exit::Close(CloseCode::SessionResumed),

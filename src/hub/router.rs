@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::alarm::{Alarm, OVERFLOW};
+use super::alarm::Alarm;
 use crate::bus::{BusEvent, Topic};
 
 /// A session as the router sees it.
@@ -14,18 +14,14 @@ pub struct SessionLink {
     pub id: u64,
     /// Whose session it is: a user's own signals and typing are not sent back to them.
     pub subject: Arc<str>,
-    pub inbox: flume::Sender<Arc<BusEvent>>,
-    /// Raised when the inbox overflowed: the session closes as a slow consumer.
+    /// The session's inbox; an overflowing one closes it as a slow consumer.
     pub alarm: Arc<Alarm>,
 }
 
 impl SessionLink {
-    /// Hands the session `event` without waiting: a session whose inbox is full is slow, and
-    /// its alarm closes it.
+    /// Hands the session `event` without waiting.
     fn deliver(&self, event: &Arc<BusEvent>) {
-        if let Err(flume::TrySendError::Full(_)) = self.inbox.try_send(event.clone()) {
-            self.alarm.raise(OVERFLOW);
-        }
+        self.alarm.deliver(event);
     }
 }
 
@@ -40,6 +36,11 @@ impl Router {
         let mut links = self.topics.entry(topic).or_default();
         if links.iter().any(|l| l.id == link.id) {
             return false;
+        }
+        // Most topics have one listener on a node (a user's own, a visit's patient): room for
+        // exactly that one, not the four a first push reserves. More grow as usual (doubling).
+        if links.capacity() == 0 {
+            links.reserve_exact(1);
         }
         links.push(link);
         links.len() == 1
@@ -86,15 +87,27 @@ impl Router {
     pub fn topic_count(&self) -> usize {
         self.topics.len()
     }
+
+    #[cfg(test)]
+    fn capacity_of(&self, topic: &Topic) -> usize {
+        self.topics.get(topic).map_or(0, |links| links.capacity())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn link(id: u64, capacity: usize) -> (SessionLink, flume::Receiver<Arc<BusEvent>>) {
-        let (tx, rx) = flume::bounded(capacity);
-        (SessionLink { id, subject: format!("user-{id}").into(), inbox: tx, alarm: Arc::default() }, rx)
+    use crate::hub::alarm::OVERFLOW;
+
+    fn link(id: u64, capacity: usize) -> (SessionLink, Arc<Alarm>) {
+        let alarm = Arc::new(Alarm::new(capacity));
+        (SessionLink { id, subject: format!("user-{id}").into(), alarm: alarm.clone() }, alarm)
+    }
+
+    /// The events the session could take now.
+    fn taken(alarm: &Alarm) -> usize {
+        std::iter::from_fn(|| alarm.try_event()).count()
     }
 
     fn event() -> Arc<BusEvent> {
@@ -115,19 +128,38 @@ mod tests {
     }
 
     #[test]
+    fn a_topic_with_one_listener_reserves_room_for_one() {
+        let router = Router::default();
+        let topic = Topic::Subject("x".into());
+        let (a, ra) = link(1, 4);
+        let (b, rb) = link(2, 4);
+        router.add(topic.clone(), a);
+        assert_eq!(router.capacity_of(&topic), 1);
+        router.add(topic.clone(), b);
+        assert!(router.capacity_of(&topic) >= 2);
+        for id in 3..=65 {
+            router.add(topic.clone(), link(id, 4).0);
+        }
+        // Grown as usual, not one at a time (a reallocation for every listener).
+        assert!(router.capacity_of(&topic) > 65);
+        router.dispatch(&topic, event());
+        assert_eq!((taken(&ra), taken(&rb)), (1, 1));
+    }
+
+    #[test]
     fn a_full_inbox_marks_the_session_slow_and_spares_the_others() {
         let router = Router::default();
         let topic = Topic::Subject("x".into());
-        let (slow, _slow_rx) = link(1, 1);
-        let (fast, fast_rx) = link(2, 8);
-        let slow_alarm = slow.alarm.clone();
+        let (slow, slow_alarm) = link(1, 1);
+        let (fast, fast_alarm) = link(2, 8);
         router.add(topic.clone(), slow);
         router.add(topic.clone(), fast);
         router.dispatch(&topic, event());
         assert!(!slow_alarm.is_raised(OVERFLOW));
         router.dispatch(&topic, event());
         assert!(slow_alarm.is_raised(OVERFLOW));
-        assert!(fast_rx.try_recv().is_ok() && fast_rx.try_recv().is_ok());
+        assert_eq!(taken(&fast_alarm), 2);
+        assert!(!fast_alarm.is_raised(OVERFLOW));
     }
 
     #[test]
@@ -143,7 +175,7 @@ mod tests {
         let signal = Signal::EndOfCandidates(SignalEnd { visit_id: "v-1".into(), from: None });
         let event = BusEvent::Signal { from_subject: "user-1".into(), signal, received_at_us: 0 };
         router.dispatch(&topic, Arc::new(event));
-        assert!(peer_rx.try_recv().is_ok());
-        assert!(sender_rx.try_recv().is_err(), "the sender's own session is not woken by its echo");
+        assert_eq!(taken(&peer_rx), 1);
+        assert_eq!(taken(&sender_rx), 0, "the sender's own session is not woken by its echo");
     }
 }
