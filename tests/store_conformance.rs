@@ -125,6 +125,7 @@ async fn conformance(store: &dyn Store) {
     conversations(store).await;
     audit(store).await;
     changes_recorded_with_their_audit(store).await;
+    one_of_many_claims_joins_the_conversation(store).await;
     store.ping().await.unwrap();
 }
 
@@ -492,17 +493,25 @@ async fn changes_recorded_with_their_audit(store: &dyn Store) {
     assert!(joined);
     let again = store.join_conversation_recorded("rec-1", &sup, ms(8_060), &record("chat.join")).await.unwrap();
     assert_eq!(again, (false, false), "a member already in stores neither");
-    assert_eq!(store.conversation_members("rec-1").await.unwrap(), [sup]);
+    assert_eq!(store.conversation_members("rec-1").await.unwrap(), [sup.clone()]);
     let created = created + usize::from(sent) + usize::from(join_recorded);
     assert_eq!(trail_of().await.len(), created);
-    let (claimed, recorded) =
-        store.claim_visit_recorded("rec-1", "dr-rec", ms(8_500), 5, &record("visit.claim")).await.unwrap();
-    assert!(claimed);
+    let dr = Participant { subject: "dr-rec".into(), name: "Dr R".into(), role: Role::Provider };
+    let claim = store.claim_visit_joined("rec-1", &dr, ms(8_500), 5, &record("visit.claim")).await.unwrap();
+    assert!(claim.claimed && claim.joined, "the winning provider joins the conversation with the claim");
+    let recorded = claim.recorded;
     assert_eq!(trail_of().await.len(), created + usize::from(recorded));
-    let (again, recorded_again) =
-        store.claim_visit_recorded("rec-1", "dr-other", ms(8_600), 6, &record("visit.claim")).await.unwrap();
-    assert!(!again && !recorded_again, "a lost claim stores no record");
+    assert_eq!(store.conversation_members("rec-1").await.unwrap(), [sup.clone(), dr.clone()]);
+    let other = Participant { subject: "dr-other".into(), name: "Dr O".into(), role: Role::Provider };
+    let lost = store.claim_visit_joined("rec-1", &other, ms(8_600), 6, &record("visit.claim")).await.unwrap();
+    assert_eq!(
+        (lost.claimed, lost.joined, lost.recorded),
+        (false, false, false),
+        "a lost claim stores no member and no record"
+    );
+    assert_eq!(store.conversation_members("rec-1").await.unwrap(), [sup.clone(), dr]);
     assert_eq!(store.get_visit("rec-1").await.unwrap().unwrap().provider.as_deref(), Some("dr-rec"));
+    assert_eq!(store.transitions("rec-1").await.unwrap().len(), 2, "a lost claim stores no transition");
 
     let p = Actor { subject: "dr-rec".into(), role: "provider" };
     let step = (VisitStatus::Claimed, VisitStatus::InVisit);
@@ -520,6 +529,39 @@ async fn changes_recorded_with_their_audit(store: &dyn Store) {
     // Whatever was stored with the changes chains on from the records before it.
     let whole = store.audit_trail(0, 10_000).await.unwrap();
     assert!(first_broken(&whole, GENESIS.into()).is_ok());
+}
+
+/// Claims that join the conversation (after the audit checks: they append to the trail).
+async fn one_of_many_claims_joins_the_conversation(store: &dyn Store) {
+    insert(store, visit("claim-2", "CA", 100)).await;
+    let doctors: Vec<Participant> = (0..20)
+        .map(|i| Participant { subject: format!("dr-{i}"), name: format!("Dr {i}"), role: Role::Provider })
+        .collect();
+    let claim = AuditEntry {
+        at: ms(200),
+        subject: "dr".into(),
+        role: "provider".into(),
+        action: "visit.claim".into(),
+        visit_id: Some("claim-2".into()),
+        target: None,
+        outcome: "ok".into(),
+    };
+    let records = vec![claim; doctors.len()];
+    let outcomes =
+        join_all(doctors.iter().zip(&records).map(|(p, r)| store.claim_visit_joined("claim-2", p, ms(200), 42, r)))
+            .await;
+    let outcomes: Vec<_> = outcomes.into_iter().map(Result::unwrap).collect();
+    let winners: Vec<&Participant> = doctors.iter().zip(&outcomes).filter(|(_, o)| o.claimed).map(|(p, _)| p).collect();
+    assert_eq!(winners.len(), 1, "exactly one of 20 concurrent claims wins: {outcomes:?}");
+    assert!(outcomes.iter().all(|o| o.joined == o.claimed), "the winner joins, nobody else: {outcomes:?}");
+    assert_eq!(store.conversation_members("claim-2").await.unwrap(), [winners[0].clone()]);
+
+    // Released and claimed again by the same provider: claimed, already in the conversation.
+    let me = Actor { subject: winners[0].subject.clone(), role: "provider" };
+    assert!(store.transition_visit("claim-2", VisitStatus::Claimed, VisitStatus::Waiting, &me, ms(250)).await.unwrap());
+    let again = store.claim_visit_joined("claim-2", winners[0], ms(260), 43, &records[0]).await.unwrap();
+    assert!(again.claimed && !again.joined, "{again:?}");
+    assert_eq!(store.conversation_members("claim-2").await.unwrap(), [winners[0].clone()]);
 }
 
 fn ms(n: i64) -> DateTime<Utc> {

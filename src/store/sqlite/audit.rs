@@ -142,11 +142,11 @@ fn guarded_insert(records: &[AuditRecord]) -> QueryBuilder<Sqlite> {
 
 /// One record, stored only if the statement before it changed a row (`changes()` is the row
 /// count of the connection's last completed statement) and the trail still ends with the hash
-/// bound last.
-const RECORD_IF_CHANGED: &str = "INSERT INTO audit_log (at, subject, role, action, visit_id, target, outcome, prev_hash, hash) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1 AND COALESCE((SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1), ?) = ? RETURNING id";
+/// bound last. Its row is told from the change's rows by its column's name.
+const RECORD_IF_CHANGED: &str = "INSERT INTO audit_log (at, subject, role, action, visit_id, target, outcome, prev_hash, hash) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1 AND COALESCE((SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1), ?) = ? RETURNING id AS audit_id";
 
-/// Runs `change` (statements whose last one returns one row when it took effect) and, if it
-/// took effect, appends `entry` to the trail, in one transaction and one trip to SQLite's
+/// Runs `change` (statements whose last one returns one row when it took effect; those before
+/// it may return rows only when it does) and, if it took effect, appends `entry` to the trail, in one transaction and one trip to SQLite's
 /// thread: a change and the record of the request that made it, one commit. Returns the rows
 /// the change returned and whether the record was stored (false also when the remembered
 /// head was stale: the caller appends it apart).
@@ -187,8 +187,7 @@ pub async fn with_record(
                 return Err(e.into());
             }
         };
-        // The change returns at most one row; a second is the record's.
-        let recorded = rows.len() == 2;
+        let recorded = rows.last().is_some_and(|row| row.try_column("audit_id").is_ok());
         if recorded {
             rows.pop();
             *head = Some(record.hash);

@@ -22,8 +22,8 @@ use sqlx::sqlite::{
 type SqliteQuery = Query<'static, Sqlite, SqliteArguments>;
 
 use super::{
-    ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, OpenConversation, Store, StoreError, StoreResult,
-    Transition,
+    ClaimOutcome, ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, OpenConversation, Store, StoreError,
+    StoreResult, Transition,
 };
 use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
@@ -160,15 +160,15 @@ impl Store for SqliteStore {
         visits::transition_recorded(&self.writer, &self.audit_head, id, statuses, actor, at, record).await
     }
 
-    async fn claim_visit_recorded(
+    async fn claim_visit_joined(
         &self,
         id: &str,
-        provider: &str,
+        provider: &Participant,
         at: DateTime<Utc>,
         waited_secs: u64,
         record: &AuditEntry,
-    ) -> StoreResult<(bool, bool)> {
-        visits::claim_recorded(&self.writer, &self.audit_head, id, provider, at, waited_secs, record).await
+    ) -> StoreResult<ClaimOutcome> {
+        visits::claim_joined(&self.writer, &self.audit_head, id, provider, at, waited_secs, record).await
     }
 
     async fn move_visit(
