@@ -126,6 +126,7 @@ async fn conformance(store: &dyn Store) {
     audit(store).await;
     changes_recorded_with_their_audit(store).await;
     one_of_many_claims_joins_the_conversation(store).await;
+    changes_arriving_together(store).await;
     store.ping().await.unwrap();
 }
 
@@ -562,6 +563,81 @@ async fn one_of_many_claims_joins_the_conversation(store: &dyn Store) {
     let again = store.claim_visit_joined("claim-2", winners[0], ms(260), 43, &records[0]).await.unwrap();
     assert!(again.claimed && !again.joined, "{again:?}");
     assert_eq!(store.conversation_members("claim-2").await.unwrap(), [winners[0].clone()]);
+}
+
+/// Changes with their records sent all at once (SQLite commits them in shared transactions):
+/// each is answered as if it were alone, a failing one fails alone, and the trail stays whole.
+async fn changes_arriving_together(store: &dyn Store) {
+    let ids: Vec<String> = (0..10).map(|i| format!("tog-{i}")).collect();
+    for id in &ids {
+        insert(store, visit(id, "OR", 20_000)).await;
+    }
+    let record = |id: &str, action: &str| AuditEntry {
+        at: ms(20_100),
+        subject: "admin-1".into(),
+        role: "admin".into(),
+        action: action.into(),
+        visit_id: Some(id.into()),
+        target: None,
+        outcome: "ok".into(),
+    };
+    let cancel = (VisitStatus::Waiting, VisitStatus::Cancelled);
+    // Two cancels of each of the first five visits, one of each of the others.
+    let twice: Vec<&String> = ids.iter().chain(&ids[..5]).collect();
+    let records: Vec<AuditEntry> = twice.iter().map(|id| record(id, "visit.transition")).collect();
+    let message = |n: u32| NewMessage {
+        visit_id: "tog-9".into(),
+        message_id: new_visit_id(),
+        client_id: format!("tog-c{n}"),
+        from: Participant { subject: "sup-tog".into(), name: "S".into(), role: Role::Support },
+        body: format!("message {n}"),
+        sent_at: ms(20_050),
+    };
+    let messages: Vec<NewMessage> = (0..3).map(message).collect();
+    let sent = record("tog-9", "chat.send");
+    let duplicate = visit("tog-0", "OR", 20_000);
+    let created = record("tog-0", "visit.create");
+    let me = admin();
+    let (moves, appended, inserted) = tokio::join!(
+        join_all(twice.iter().zip(&records).map(|(id, r)| store.transition_visit_recorded(
+            id,
+            cancel,
+            &me,
+            ms(20_100),
+            r
+        ))),
+        join_all(messages.iter().map(|m| store.append_message_recorded(m, &sent))),
+        store.insert_visit_recorded(&duplicate, &me, &created),
+    );
+    assert!(inserted.is_err(), "a visit stored twice is refused, alone");
+    let moves: Vec<(bool, bool)> = moves.into_iter().map(Result::unwrap).collect();
+    for id in &ids {
+        let won = twice.iter().zip(&moves).filter(|(v, (moved, _))| *v == &id && *moved).count();
+        assert_eq!(won, 1, "exactly one cancel of {id} moved it: {moves:?}");
+        assert_eq!(status(store, id).await, VisitStatus::Cancelled);
+        assert_eq!(store.transitions(id).await.unwrap().len(), 2);
+    }
+    assert!(moves.iter().all(|(moved, recorded)| *moved || !recorded), "no record without its change");
+    let appended: Vec<_> = appended.into_iter().map(Result::unwrap).collect();
+    assert!(appended.iter().all(|((_, new), _)| *new), "three new messages");
+    let mut seqs: Vec<u64> = appended.iter().map(|((m, _), _)| m.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, [1, 2, 3]);
+    // What was not stored with its change is appended apart, as the hub does.
+    let apart: Vec<AuditEntry> = records
+        .iter()
+        .zip(&moves)
+        .filter(|(_, (moved, recorded))| *moved && !recorded)
+        .map(|(r, _)| r.clone())
+        .collect();
+    store.append_audits(&apart).await.unwrap();
+    for id in &ids {
+        let trail = store.audit_for_visit(id).await.unwrap();
+        let cancels = trail.iter().filter(|r| r.entry.action == "visit.transition").count();
+        assert_eq!(cancels, 1, "one record of {id}'s cancel");
+    }
+    let whole = store.audit_trail(0, 10_000).await.unwrap();
+    assert!(first_broken(&whole, GENESIS.into()).is_ok());
 }
 
 fn ms(n: i64) -> DateTime<Utc> {

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::{SqliteQuery, audit, corrupt, in_one_trip};
+use super::commit::Committer;
+use super::{SqliteQuery, corrupt, in_one_trip};
 use crate::model::{Actor, AuditEntry, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::Participant;
 use crate::store::{ClaimOutcome, IdempotencyKey, InsertOutcome, StoreResult, Transition, from_millis, to_millis};
@@ -79,14 +80,15 @@ fn insert_rows(before: &str, after: &str, visit: &Visit, actor: &Actor) -> Sqlit
 
 /// A new visit without an idempotency key and the audit record of its intake, in one trip.
 pub async fn insert_recorded(
-    pool: &SqlitePool,
-    head: &audit::Head,
+    commits: &Committer,
     visit: &Visit,
     actor: &Actor,
     entry: &AuditEntry,
 ) -> StoreResult<bool> {
     let change = format!("{INSERT_ROWS} RETURNING visit_id");
-    let (_, recorded) = audit::with_record(pool, head, &change, |q| bind_insert(q, visit, actor), entry).await?;
+    let (visit, actor) = (visit.clone(), actor.clone());
+    let bind = Box::new(move |q| bind_insert(q, &visit, &actor));
+    let (_, recorded) = commits.commit(change, bind, entry.clone()).await?;
     Ok(recorded)
 }
 
@@ -183,8 +185,7 @@ pub async fn transition(
 
 /// A transition and the audit record of the request that made it, in one trip.
 pub async fn transition_recorded(
-    pool: &SqlitePool,
-    head: &audit::Head,
+    commits: &Committer,
     id: &str,
     (from, to): (VisitStatus, VisitStatus),
     actor: &Actor,
@@ -192,8 +193,9 @@ pub async fn transition_recorded(
     entry: &AuditEntry,
 ) -> StoreResult<(bool, bool)> {
     let change = format!("{TRANSITION}; {RECORD_IF_CHANGED}");
-    let bind = |q| bind_transition(q, id, from, to, actor, at);
-    let (rows, recorded) = audit::with_record(pool, head, &change, bind, entry).await?;
+    let (id, actor) = (id.to_string(), actor.clone());
+    let bind = Box::new(move |q| bind_transition(q, &id, from, to, &actor, at));
+    let (rows, recorded) = commits.commit(change, bind, entry.clone()).await?;
     Ok((rows.len() == 1, recorded))
 }
 
@@ -233,8 +235,7 @@ const JOIN_IF_WAITING: &str = "INSERT INTO chat_members (visit_id, subject, name
 /// made the claim, in one transaction and one trip (a claim used to take two: the claim, then
 /// the join).
 pub async fn claim_joined(
-    pool: &SqlitePool,
-    head: &audit::Head,
+    commits: &Committer,
     id: &str,
     provider: &Participant,
     at: DateTime<Utc>,
@@ -242,17 +243,18 @@ pub async fn claim_joined(
     entry: &AuditEntry,
 ) -> StoreResult<ClaimOutcome> {
     let change = format!("{JOIN_IF_WAITING}; {CLAIM}; {RECORD_IF_CHANGED}");
-    let bind = |q: SqliteQuery| {
+    let (id, provider) = (id.to_string(), provider.clone());
+    let bind = Box::new(move |q: SqliteQuery| {
         let q = q
-            .bind(id.to_string())
+            .bind(id.clone())
             .bind(provider.subject.clone())
             .bind(provider.name.clone())
             .bind(provider.role.as_str())
             .bind(to_millis(at))
-            .bind(id.to_string());
-        bind_claim(q, id, &provider.subject, at, waited_secs)
-    };
-    let (rows, recorded) = audit::with_record(pool, head, &change, bind, entry).await?;
+            .bind(id.clone());
+        bind_claim(q, &id, &provider.subject, at, waited_secs)
+    });
+    let (rows, recorded) = commits.commit(change, bind, entry.clone()).await?;
     // The transition's row comes back exactly when the claim won; the join's only with it.
     Ok(ClaimOutcome { claimed: !rows.is_empty(), joined: rows.len() == 2, recorded })
 }
