@@ -494,7 +494,7 @@ async fn changes_recorded_with_their_audit(store: &dyn Store) {
     assert!(joined);
     let again = store.join_conversation_recorded("rec-1", &sup, ms(8_060), &record("chat.join")).await.unwrap();
     assert_eq!(again, (false, false), "a member already in stores neither");
-    assert_eq!(store.conversation_members("rec-1").await.unwrap(), [sup.clone()]);
+    assert_eq!(store.conversation_members("rec-1").await.unwrap(), std::slice::from_ref(&sup));
     let created = created + usize::from(sent) + usize::from(join_recorded);
     assert_eq!(trail_of().await.len(), created);
     let dr = Participant { subject: "dr-rec".into(), name: "Dr R".into(), role: Role::Provider };

@@ -67,7 +67,7 @@ impl Committer {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
                 let mut head = head.lock().await;
-                let changes: Vec<Change> = batch.drain(..).collect();
+                let changes = std::mem::take(&mut batch);
                 written.fetch_add(1, Ordering::Relaxed);
                 match write(&pool, &mut head, &changes).await {
                     Ok(results) => {
