@@ -138,7 +138,9 @@ async fn write(pool: &SqlitePool, head: &mut Option<String>, changes: &[Change])
         sql.push_str("; ");
     }
     sql.push_str("COMMIT");
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    // A change alone reuses its prepared statements; a batch's text is a new mix each time,
+    // and kept it would push the single changes' statements out of the cache.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(changes.len() == 1);
     for (change, record) in changes.iter().zip(&records) {
         let e = &record.entry;
         query = (change.bind)(query)
