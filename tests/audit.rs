@@ -149,7 +149,13 @@ async fn appends_chain_to_the_real_end_when_another_writer_moved_it() {
     a.insert_visit(&visit, &me, None).await.unwrap();
     b.append_audits(&[entry(1)]).await.unwrap();
     let claim = AuditEntry { action: "visit.claim".into(), visit_id: Some("v-rec".into()), ..entry(2) };
-    assert_eq!(a.claim_visit_recorded("v-rec", "dr", chrono::Utc::now(), 1, &claim).await.unwrap(), (true, false));
+    let dr = visithub::protocol::Participant {
+        subject: "dr".into(),
+        name: "Dr".into(),
+        role: visithub::model::Role::Provider,
+    };
+    let claimed = a.claim_visit_joined("v-rec", &dr, chrono::Utc::now(), 1, &claim).await.unwrap();
+    assert_eq!((claimed.claimed, claimed.joined, claimed.recorded), (true, true, false));
     a.append_audits(std::slice::from_ref(&claim)).await.unwrap();
     let start = AuditEntry { action: "visit.transition".into(), ..claim.clone() };
     let step = (VisitStatus::Claimed, VisitStatus::InVisit);

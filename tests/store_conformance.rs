@@ -125,6 +125,8 @@ async fn conformance(store: &dyn Store) {
     conversations(store).await;
     audit(store).await;
     changes_recorded_with_their_audit(store).await;
+    one_of_many_claims_joins_the_conversation(store).await;
+    changes_arriving_together(store).await;
     store.ping().await.unwrap();
 }
 
@@ -492,17 +494,25 @@ async fn changes_recorded_with_their_audit(store: &dyn Store) {
     assert!(joined);
     let again = store.join_conversation_recorded("rec-1", &sup, ms(8_060), &record("chat.join")).await.unwrap();
     assert_eq!(again, (false, false), "a member already in stores neither");
-    assert_eq!(store.conversation_members("rec-1").await.unwrap(), [sup]);
+    assert_eq!(store.conversation_members("rec-1").await.unwrap(), std::slice::from_ref(&sup));
     let created = created + usize::from(sent) + usize::from(join_recorded);
     assert_eq!(trail_of().await.len(), created);
-    let (claimed, recorded) =
-        store.claim_visit_recorded("rec-1", "dr-rec", ms(8_500), 5, &record("visit.claim")).await.unwrap();
-    assert!(claimed);
+    let dr = Participant { subject: "dr-rec".into(), name: "Dr R".into(), role: Role::Provider };
+    let claim = store.claim_visit_joined("rec-1", &dr, ms(8_500), 5, &record("visit.claim")).await.unwrap();
+    assert!(claim.claimed && claim.joined, "the winning provider joins the conversation with the claim");
+    let recorded = claim.recorded;
     assert_eq!(trail_of().await.len(), created + usize::from(recorded));
-    let (again, recorded_again) =
-        store.claim_visit_recorded("rec-1", "dr-other", ms(8_600), 6, &record("visit.claim")).await.unwrap();
-    assert!(!again && !recorded_again, "a lost claim stores no record");
+    assert_eq!(store.conversation_members("rec-1").await.unwrap(), [sup.clone(), dr.clone()]);
+    let other = Participant { subject: "dr-other".into(), name: "Dr O".into(), role: Role::Provider };
+    let lost = store.claim_visit_joined("rec-1", &other, ms(8_600), 6, &record("visit.claim")).await.unwrap();
+    assert_eq!(
+        (lost.claimed, lost.joined, lost.recorded),
+        (false, false, false),
+        "a lost claim stores no member and no record"
+    );
+    assert_eq!(store.conversation_members("rec-1").await.unwrap(), [sup.clone(), dr]);
     assert_eq!(store.get_visit("rec-1").await.unwrap().unwrap().provider.as_deref(), Some("dr-rec"));
+    assert_eq!(store.transitions("rec-1").await.unwrap().len(), 2, "a lost claim stores no transition");
 
     let p = Actor { subject: "dr-rec".into(), role: "provider" };
     let step = (VisitStatus::Claimed, VisitStatus::InVisit);
@@ -518,6 +528,114 @@ async fn changes_recorded_with_their_audit(store: &dyn Store) {
     assert_eq!(trail.len(), created + usize::from(recorded) + usize::from(moved_recorded));
     assert!(trail.iter().all(|r| r.entry.subject == "dr-rec"));
     // Whatever was stored with the changes chains on from the records before it.
+    let whole = store.audit_trail(0, 10_000).await.unwrap();
+    assert!(first_broken(&whole, GENESIS.into()).is_ok());
+}
+
+/// Claims that join the conversation (after the audit checks: they append to the trail).
+async fn one_of_many_claims_joins_the_conversation(store: &dyn Store) {
+    insert(store, visit("claim-2", "CA", 100)).await;
+    let doctors: Vec<Participant> = (0..20)
+        .map(|i| Participant { subject: format!("dr-{i}"), name: format!("Dr {i}"), role: Role::Provider })
+        .collect();
+    let claim = AuditEntry {
+        at: ms(200),
+        subject: "dr".into(),
+        role: "provider".into(),
+        action: "visit.claim".into(),
+        visit_id: Some("claim-2".into()),
+        target: None,
+        outcome: "ok".into(),
+    };
+    let records = vec![claim; doctors.len()];
+    let outcomes =
+        join_all(doctors.iter().zip(&records).map(|(p, r)| store.claim_visit_joined("claim-2", p, ms(200), 42, r)))
+            .await;
+    let outcomes: Vec<_> = outcomes.into_iter().map(Result::unwrap).collect();
+    let winners: Vec<&Participant> = doctors.iter().zip(&outcomes).filter(|(_, o)| o.claimed).map(|(p, _)| p).collect();
+    assert_eq!(winners.len(), 1, "exactly one of 20 concurrent claims wins: {outcomes:?}");
+    assert!(outcomes.iter().all(|o| o.joined == o.claimed), "the winner joins, nobody else: {outcomes:?}");
+    assert_eq!(store.conversation_members("claim-2").await.unwrap(), [winners[0].clone()]);
+
+    // Released and claimed again by the same provider: claimed, already in the conversation.
+    let me = Actor { subject: winners[0].subject.clone(), role: "provider" };
+    assert!(store.transition_visit("claim-2", VisitStatus::Claimed, VisitStatus::Waiting, &me, ms(250)).await.unwrap());
+    let again = store.claim_visit_joined("claim-2", winners[0], ms(260), 43, &records[0]).await.unwrap();
+    assert!(again.claimed && !again.joined, "{again:?}");
+    assert_eq!(store.conversation_members("claim-2").await.unwrap(), [winners[0].clone()]);
+}
+
+/// Changes with their records sent all at once (SQLite commits them in shared transactions):
+/// each is answered as if it were alone, a failing one fails alone, and the trail stays whole.
+async fn changes_arriving_together(store: &dyn Store) {
+    let ids: Vec<String> = (0..10).map(|i| format!("tog-{i}")).collect();
+    for id in &ids {
+        insert(store, visit(id, "OR", 20_000)).await;
+    }
+    let record = |id: &str, action: &str| AuditEntry {
+        at: ms(20_100),
+        subject: "admin-1".into(),
+        role: "admin".into(),
+        action: action.into(),
+        visit_id: Some(id.into()),
+        target: None,
+        outcome: "ok".into(),
+    };
+    let cancel = (VisitStatus::Waiting, VisitStatus::Cancelled);
+    // Two cancels of each of the first five visits, one of each of the others.
+    let twice: Vec<&String> = ids.iter().chain(&ids[..5]).collect();
+    let records: Vec<AuditEntry> = twice.iter().map(|id| record(id, "visit.transition")).collect();
+    let message = |n: u32| NewMessage {
+        visit_id: "tog-9".into(),
+        message_id: new_visit_id(),
+        client_id: format!("tog-c{n}"),
+        from: Participant { subject: "sup-tog".into(), name: "S".into(), role: Role::Support },
+        body: format!("message {n}"),
+        sent_at: ms(20_050),
+    };
+    let messages: Vec<NewMessage> = (0..3).map(message).collect();
+    let sent = record("tog-9", "chat.send");
+    let duplicate = visit("tog-0", "OR", 20_000);
+    let created = record("tog-0", "visit.create");
+    let me = admin();
+    let (moves, appended, inserted) = tokio::join!(
+        join_all(twice.iter().zip(&records).map(|(id, r)| store.transition_visit_recorded(
+            id,
+            cancel,
+            &me,
+            ms(20_100),
+            r
+        ))),
+        join_all(messages.iter().map(|m| store.append_message_recorded(m, &sent))),
+        store.insert_visit_recorded(&duplicate, &me, &created),
+    );
+    assert!(inserted.is_err(), "a visit stored twice is refused, alone");
+    let moves: Vec<(bool, bool)> = moves.into_iter().map(Result::unwrap).collect();
+    for id in &ids {
+        let won = twice.iter().zip(&moves).filter(|(v, (moved, _))| *v == &id && *moved).count();
+        assert_eq!(won, 1, "exactly one cancel of {id} moved it: {moves:?}");
+        assert_eq!(status(store, id).await, VisitStatus::Cancelled);
+        assert_eq!(store.transitions(id).await.unwrap().len(), 2);
+    }
+    assert!(moves.iter().all(|(moved, recorded)| *moved || !recorded), "no record without its change");
+    let appended: Vec<_> = appended.into_iter().map(Result::unwrap).collect();
+    assert!(appended.iter().all(|((_, new), _)| *new), "three new messages");
+    let mut seqs: Vec<u64> = appended.iter().map(|((m, _), _)| m.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, [1, 2, 3]);
+    // What was not stored with its change is appended apart, as the hub does.
+    let apart: Vec<AuditEntry> = records
+        .iter()
+        .zip(&moves)
+        .filter(|(_, (moved, recorded))| *moved && !recorded)
+        .map(|(r, _)| r.clone())
+        .collect();
+    store.append_audits(&apart).await.unwrap();
+    for id in &ids {
+        let trail = store.audit_for_visit(id).await.unwrap();
+        let cancels = trail.iter().filter(|r| r.entry.action == "visit.transition").count();
+        assert_eq!(cancels, 1, "one record of {id}'s cancel");
+    }
     let whole = store.audit_trail(0, 10_000).await.unwrap();
     assert!(first_broken(&whole, GENESIS.into()).is_ok());
 }

@@ -14,6 +14,7 @@ use crate::bus::{BusEvent, Topic};
 use crate::error::{ErrorCode, HubError, HubResult};
 use crate::model::{Actor, AuditEntry, Role, UsState, Visit, VisitStatus};
 use crate::protocol::{Participant, VisitUpdated};
+use crate::store::ClaimOutcome;
 
 const HUB_ACTOR: &str = "visithub";
 
@@ -40,13 +41,15 @@ impl Hub {
                 return Err(HubError::code(ErrorCode::ProviderBusy));
             }
             let waited = (at - visit.created_at).num_seconds().max(0) as u64;
-            // The claim and its audit record in one commit (a refusal is recorded by the caller).
+            // The claim, the provider joining the visit's conversation with the patient, and
+            // the claim's audit record in one commit (a refusal is recorded by the caller).
             let record = self.audit_entry(&who.subject, who.role, "visit.claim", Scope::visit(&visit.id), Ok(()));
-            let (claimed, recorded) = self
-                .store
-                .claim_visit_recorded(&visit.id, &who.subject, at, waited, &record)
-                .await
-                .map_err(HubError::internal)?;
+            let me = who.participant();
+            let claim = async {
+                let stored = self.store.claim_visit_joined(&visit.id, &me, at, waited, &record).await;
+                stored.map(|o| (o.joined, o)).map_err(HubError::internal)
+            };
+            let (_, ClaimOutcome { claimed, recorded, .. }) = self.joining(&visit.id, &me, at, claim).await?;
             if !claimed {
                 self.live.forget(&visit.id);
                 return Err(HubError::code(ErrorCode::VisitAlreadyClaimed));
@@ -67,8 +70,6 @@ impl Hub {
         next.status = VisitStatus::Claimed;
         next.provider = Some(who.subject.clone());
         next.waited_secs = next.waited_secs.or(Some((at - visit.created_at).num_seconds().max(0) as u64));
-        // The provider joins the visit's conversation with the patient.
-        self.join_conversation(&visit.id, &who.participant(), at, None).await?;
         self.after_transition(&visit, next.clone(), at, Some(live_now)).await;
         self.announce_participants(&visit.id).await;
         Ok(next)

@@ -126,23 +126,39 @@ impl Hub {
         at: DateTime<Utc>,
         record: Option<&AuditEntry>,
     ) -> HubResult<(bool, bool)> {
+        self.joining(visit_id, member, at, async {
+            match record {
+                Some(record) => self.store.join_conversation_recorded(visit_id, member, at, record).await,
+                None => self.store.join_conversation(visit_id, member, at).await.map(|joined| (joined, false)),
+            }
+            .map_err(HubError::internal)
+        })
+        .await
+    }
+
+    /// Adds a member through `write`, a store write that says whether they were new (and
+    /// whatever else it stored), holding the roster's lock across it so the roster changes in
+    /// the order the store did.
+    pub(super) async fn joining<T>(
+        &self,
+        visit_id: &str,
+        member: &Participant,
+        at: DateTime<Utc>,
+        write: impl Future<Output = HubResult<(bool, T)>>,
+    ) -> HubResult<(bool, T)> {
         let roster = self.members.roster(visit_id);
         let mut roster = match &roster {
             Some(roster) => Some(roster.lock().await),
             None => None,
         };
-        let joined = match record {
-            Some(record) => self.store.join_conversation_recorded(visit_id, member, at, record).await,
-            None => self.store.join_conversation(visit_id, member, at).await.map(|joined| (joined, false)),
-        }
-        .map_err(HubError::internal)?;
-        if let (Some(roster), (true, _)) = (roster.as_mut(), joined)
+        let (joined, rest) = write.await?;
+        if let (Some(roster), true) = (roster.as_mut(), joined)
             && !roster.closed
         {
             admit(roster, to_millis(at), member);
             self.members.open.entry(member.subject.clone()).or_default().insert(visit_id.to_string());
         }
-        Ok(joined)
+        Ok((joined, rest))
     }
 
     /// Takes a member out; false when they were not in.

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, OpenConversation, Store, StoreResult, Transition,
+    ClaimOutcome, ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, OpenConversation, Store, StoreResult,
+    Transition,
 };
 use crate::metrics::Metrics;
 use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
@@ -52,7 +53,7 @@ timed! {
     async fn transition_visit(&self, id: &str, from: VisitStatus, to: VisitStatus, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool>;
     async fn claim_visit(&self, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool>;
     async fn transition_visit_recorded(&self, id: &str, statuses: (VisitStatus, VisitStatus), actor: &Actor, at: DateTime<Utc>, record: &AuditEntry) -> StoreResult<(bool, bool)>;
-    async fn claim_visit_recorded(&self, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64, record: &AuditEntry) -> StoreResult<(bool, bool)>;
+    async fn claim_visit_joined(&self, id: &str, provider: &Participant, at: DateTime<Utc>, waited_secs: u64, record: &AuditEntry) -> StoreResult<ClaimOutcome>;
     async fn move_visit(&self, id: &str, from: UsState, to: UsState, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool>;
     async fn report_state(&self, id: &str, state: UsState) -> StoreResult<()>;
     async fn live_visits_of(&self, provider: &str) -> StoreResult<Vec<Visit>>;

@@ -54,6 +54,17 @@ pub struct Transition {
     pub actor_role: String,
 }
 
+/// What [`Store::claim_visit_joined`] stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimOutcome {
+    /// The claim won (the visit was waiting).
+    pub claimed: bool,
+    /// The provider was new to the visit's conversation (only when the claim won).
+    pub joined: bool,
+    /// The claim's audit record went in the same commit.
+    pub recorded: bool,
+}
+
 /// A chat message to store; the store assigns its `seq`.
 #[derive(Clone)]
 pub struct NewMessage {
@@ -136,17 +147,21 @@ pub trait Store: Send + Sync + 'static {
         Ok((self.transition_visit(id, from, to, actor, at).await?, false))
     }
 
-    /// [`Store::claim_visit`], with the audit record of the claim as in
-    /// [`Store::transition_visit_recorded`].
-    async fn claim_visit_recorded(
+    /// [`Store::claim_visit`] and, when the claim wins, the provider joining the visit's
+    /// conversation, with the audit record of the claim as in
+    /// [`Store::transition_visit_recorded`]. SQLite stores all three in one transaction and one
+    /// trip; a backend without it takes two trips and stores no record (the caller appends it).
+    async fn claim_visit_joined(
         &self,
         id: &str,
-        provider: &str,
+        provider: &Participant,
         at: DateTime<Utc>,
         waited_secs: u64,
         _record: &AuditEntry,
-    ) -> StoreResult<(bool, bool)> {
-        Ok((self.claim_visit(id, provider, at, waited_secs).await?, false))
+    ) -> StoreResult<ClaimOutcome> {
+        let claimed = self.claim_visit(id, &provider.subject, at, waited_secs).await?;
+        let joined = claimed && self.join_conversation(id, provider, at).await?;
+        Ok(ClaimOutcome { claimed, joined, recorded: false })
     }
 
     /// Moves a waiting visit to another state's queue (compare-and-set on the state).

@@ -7,7 +7,6 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
-use super::SqliteQuery;
 use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
 use crate::store::{StoreResult, from_millis, to_millis};
@@ -99,7 +98,7 @@ async fn append_now(
 }
 
 /// The hash the trail ends with: as remembered, or read when not known.
-async fn known_head(conn: &mut SqliteConnection, head: &Option<String>) -> StoreResult<String> {
+pub(super) async fn known_head(conn: &mut SqliteConnection, head: &Option<String>) -> StoreResult<String> {
     if let Some(hash) = head {
         return Ok(hash.clone());
     }
@@ -138,67 +137,6 @@ fn guarded_insert(records: &[AuditRecord]) -> QueryBuilder<Sqlite> {
     }
     q.push("COMMIT");
     q
-}
-
-/// One record, stored only if the statement before it changed a row (`changes()` is the row
-/// count of the connection's last completed statement) and the trail still ends with the hash
-/// bound last.
-const RECORD_IF_CHANGED: &str = "INSERT INTO audit_log (at, subject, role, action, visit_id, target, outcome, prev_hash, hash) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1 AND COALESCE((SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1), ?) = ? RETURNING id";
-
-/// Runs `change` (statements whose last one returns one row when it took effect) and, if it
-/// took effect, appends `entry` to the trail, in one transaction and one trip to SQLite's
-/// thread: a change and the record of the request that made it, one commit. Returns the rows
-/// the change returned and whether the record was stored (false also when the remembered
-/// head was stale: the caller appends it apart).
-pub async fn with_record(
-    pool: &SqlitePool,
-    head: &Head,
-    change: &str,
-    bind: impl FnOnce(SqliteQuery) -> SqliteQuery,
-    entry: &AuditEntry,
-) -> StoreResult<(Vec<SqliteRow>, bool)> {
-    let (pool, head) = (pool.clone(), head.clone());
-    let query = sqlx::query(sqlx::AssertSqlSafe(format!("BEGIN; {change}; {RECORD_IF_CHANGED}; COMMIT")));
-    let query = bind(query);
-    let entry = entry.clone();
-    super::apart(async move {
-        let mut head = head.lock_owned().await;
-        let mut conn = pool.acquire().await?;
-        let prev = known_head(&mut conn, &head).await?;
-        let record = chain(std::slice::from_ref(&entry), prev).remove(0);
-        let e = &record.entry;
-        let query = query
-            .bind(to_millis(e.at))
-            .bind(e.subject.clone())
-            .bind(e.role.clone())
-            .bind(e.action.clone())
-            .bind(e.visit_id.clone())
-            .bind(e.target.clone())
-            .bind(e.outcome.clone())
-            .bind(record.prev_hash.clone())
-            .bind(record.hash.clone())
-            .bind(GENESIS)
-            .bind(record.prev_hash.clone());
-        let mut rows = match query.fetch_all(&mut *conn).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                *head = None;
-                return Err(e.into());
-            }
-        };
-        // The change returns at most one row; a second is the record's.
-        let recorded = rows.len() == 2;
-        if recorded {
-            rows.pop();
-            *head = Some(record.hash);
-        } else if !rows.is_empty() {
-            // The change took effect, the record did not: the head was stale.
-            *head = None;
-        }
-        Ok((rows, recorded))
-    })
-    .await
 }
 
 pub async fn trail(pool: &SqlitePool, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 
-use super::{SqliteQuery, audit, corrupt};
+use super::commit::Committer;
+use super::{SqliteQuery, corrupt};
 use crate::model::{AuditEntry, UsState, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
 use crate::store::{
@@ -33,13 +34,14 @@ const COLUMNS: &str = "visit_id, seq, message_id, client_id, sender_subject, sen
 /// The INSERT of a message: the next seq is computed inside it (SQLite runs one writer at a
 /// time, so two messages never get the same number). A new message comes back from the
 /// INSERT itself; a retry (the conflict inserts nothing) returns no row.
-fn insert_message(m: &NewMessage) -> (String, impl FnOnce(SqliteQuery) -> SqliteQuery + '_) {
+fn insert_message(m: &NewMessage) -> (String, impl Fn(SqliteQuery) -> SqliteQuery + Send + Sync + 'static) {
     let sql = format!(
         "INSERT INTO chat_messages ({COLUMNS})
          SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ? FROM chat_messages WHERE visit_id = ?
          ON CONFLICT (visit_id, sender_subject, client_id) DO NOTHING
          RETURNING {COLUMNS}"
     );
+    let m = m.clone();
     let bind = move |q: SqliteQuery| {
         q.bind(m.visit_id.clone())
             .bind(m.message_id.clone())
@@ -67,12 +69,12 @@ pub async fn append(pool: &SqlitePool, m: &NewMessage) -> StoreResult<(ChatMessa
 /// neither and returns the message stored the first time.
 pub async fn append_recorded(
     pool: &SqlitePool,
-    head: &audit::Head,
+    commits: &Committer,
     m: &NewMessage,
     entry: &AuditEntry,
 ) -> StoreResult<((ChatMessage, bool), bool)> {
     let (sql, bind) = insert_message(m);
-    let (rows, recorded) = audit::with_record(pool, head, &sql, bind, entry).await?;
+    let (rows, recorded) = commits.commit(sql, Box::new(bind), entry.clone()).await?;
     match rows.first() {
         Some(row) => Ok(((message_from_row(row)?, true), recorded)),
         None => Ok(((stored_before(pool, m).await?, false), false)),
@@ -143,22 +145,22 @@ pub async fn join(pool: &SqlitePool, visit_id: &str, member: &Participant, at: D
 /// A new member and the audit record of the request that joined them, in one trip; a
 /// member already in stores neither.
 pub async fn join_recorded(
-    pool: &SqlitePool,
-    head: &audit::Head,
+    commits: &Committer,
     visit_id: &str,
     member: &Participant,
     at: DateTime<Utc>,
     entry: &AuditEntry,
 ) -> StoreResult<(bool, bool)> {
     let change = "INSERT INTO chat_members (visit_id, subject, name, role, joined_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (visit_id, subject) DO NOTHING RETURNING visit_id";
-    let bind = |q: SqliteQuery| {
-        q.bind(visit_id.to_string())
+    let (visit_id, member) = (visit_id.to_string(), member.clone());
+    let bind = move |q: SqliteQuery| {
+        q.bind(visit_id.clone())
             .bind(member.subject.clone())
             .bind(member.name.clone())
             .bind(member.role.as_str())
             .bind(to_millis(at))
     };
-    let (rows, recorded) = audit::with_record(pool, head, change, bind, entry).await?;
+    let (rows, recorded) = commits.commit(change.to_string(), Box::new(bind), entry.clone()).await?;
     Ok((!rows.is_empty(), recorded))
 }
 

@@ -3,6 +3,7 @@
 
 mod audit;
 mod chat;
+mod commit;
 mod directory;
 mod visits;
 
@@ -22,8 +23,8 @@ use sqlx::sqlite::{
 type SqliteQuery = Query<'static, Sqlite, SqliteArguments>;
 
 use super::{
-    ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, OpenConversation, Store, StoreError, StoreResult,
-    Transition,
+    ClaimOutcome, ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, OpenConversation, Store, StoreError,
+    StoreResult, Transition,
 };
 use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
@@ -37,6 +38,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Where the audit trail ends, so an append needs no read first.
     audit_head: audit::Head,
+    /// The writer of changes stored with their audit records, a batch per transaction.
+    commits: commit::Committer,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -60,7 +63,7 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
-        Ok(SqliteStore { writer, reader, audit_head: audit::Head::default() })
+        Ok(SqliteStore::new(writer, reader))
     }
 
     /// A private in-memory database, for tests.
@@ -69,7 +72,13 @@ impl SqliteStore {
         let options = options(SqliteConnectOptions::from_str("sqlite::memory:")?);
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { writer: pool.clone(), reader: pool, audit_head: audit::Head::default() })
+        Ok(SqliteStore::new(pool.clone(), pool))
+    }
+
+    fn new(writer: SqlitePool, reader: SqlitePool) -> SqliteStore {
+        let audit_head = audit::Head::default();
+        let commits = commit::Committer::start(writer.clone(), audit_head.clone());
+        SqliteStore { writer, reader, audit_head, commits }
     }
 }
 
@@ -123,7 +132,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, record: &AuditEntry) -> StoreResult<bool> {
-        visits::insert_recorded(&self.writer, &self.audit_head, visit, actor, record).await
+        visits::insert_recorded(&self.commits, visit, actor, record).await
     }
 
     async fn idempotent_visit(&self, key: &str) -> StoreResult<Option<(VisitId, String)>> {
@@ -157,18 +166,18 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
         record: &AuditEntry,
     ) -> StoreResult<(bool, bool)> {
-        visits::transition_recorded(&self.writer, &self.audit_head, id, statuses, actor, at, record).await
+        visits::transition_recorded(&self.commits, id, statuses, actor, at, record).await
     }
 
-    async fn claim_visit_recorded(
+    async fn claim_visit_joined(
         &self,
         id: &str,
-        provider: &str,
+        provider: &Participant,
         at: DateTime<Utc>,
         waited_secs: u64,
         record: &AuditEntry,
-    ) -> StoreResult<(bool, bool)> {
-        visits::claim_recorded(&self.writer, &self.audit_head, id, provider, at, waited_secs, record).await
+    ) -> StoreResult<ClaimOutcome> {
+        visits::claim_joined(&self.commits, id, provider, at, waited_secs, record).await
     }
 
     async fn move_visit(
@@ -239,7 +248,7 @@ impl Store for SqliteStore {
         msg: &NewMessage,
         record: &AuditEntry,
     ) -> StoreResult<((ChatMessage, bool), bool)> {
-        chat::append_recorded(&self.writer, &self.audit_head, msg, record).await
+        chat::append_recorded(&self.writer, &self.commits, msg, record).await
     }
 
     async fn messages(&self, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>> {
@@ -261,7 +270,7 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
         record: &AuditEntry,
     ) -> StoreResult<(bool, bool)> {
-        chat::join_recorded(&self.writer, &self.audit_head, visit_id, member, at, record).await
+        chat::join_recorded(&self.commits, visit_id, member, at, record).await
     }
 
     async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool> {

@@ -4,9 +4,11 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::{SqliteQuery, audit, corrupt, in_one_trip};
+use super::commit::Committer;
+use super::{SqliteQuery, corrupt, in_one_trip};
 use crate::model::{Actor, AuditEntry, UsState, Visit, VisitId, VisitStatus};
-use crate::store::{IdempotencyKey, InsertOutcome, StoreResult, Transition, from_millis, to_millis};
+use crate::protocol::Participant;
+use crate::store::{ClaimOutcome, IdempotencyKey, InsertOutcome, StoreResult, Transition, from_millis, to_millis};
 
 const COLUMNS: &str = "id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs, provider_subject, reported_state";
 
@@ -78,14 +80,15 @@ fn insert_rows(before: &str, after: &str, visit: &Visit, actor: &Actor) -> Sqlit
 
 /// A new visit without an idempotency key and the audit record of its intake, in one trip.
 pub async fn insert_recorded(
-    pool: &SqlitePool,
-    head: &audit::Head,
+    commits: &Committer,
     visit: &Visit,
     actor: &Actor,
     entry: &AuditEntry,
 ) -> StoreResult<bool> {
     let change = format!("{INSERT_ROWS} RETURNING visit_id");
-    let (_, recorded) = audit::with_record(pool, head, &change, |q| bind_insert(q, visit, actor), entry).await?;
+    let (visit, actor) = (visit.clone(), actor.clone());
+    let bind = Box::new(move |q| bind_insert(q, &visit, &actor));
+    let (_, recorded) = commits.commit(change, bind, entry.clone()).await?;
     Ok(recorded)
 }
 
@@ -182,8 +185,7 @@ pub async fn transition(
 
 /// A transition and the audit record of the request that made it, in one trip.
 pub async fn transition_recorded(
-    pool: &SqlitePool,
-    head: &audit::Head,
+    commits: &Committer,
     id: &str,
     (from, to): (VisitStatus, VisitStatus),
     actor: &Actor,
@@ -191,8 +193,9 @@ pub async fn transition_recorded(
     entry: &AuditEntry,
 ) -> StoreResult<(bool, bool)> {
     let change = format!("{TRANSITION}; {RECORD_IF_CHANGED}");
-    let bind = |q| bind_transition(q, id, from, to, actor, at);
-    let (rows, recorded) = audit::with_record(pool, head, &change, bind, entry).await?;
+    let (id, actor) = (id.to_string(), actor.clone());
+    let bind = Box::new(move |q| bind_transition(q, &id, from, to, &actor, at));
+    let (rows, recorded) = commits.commit(change, bind, entry.clone()).await?;
     Ok((rows.len() == 1, recorded))
 }
 
@@ -223,20 +226,37 @@ pub async fn claim(
     Ok(in_one_trip(pool, query).await? == 1)
 }
 
-/// A claim and the audit record of the request that made it, in one trip.
-pub async fn claim_recorded(
-    pool: &SqlitePool,
-    head: &audit::Head,
+/// The claiming provider joins the visit's conversation exactly when the claim after it in the
+/// same transaction wins: both ask that the visit still waits, and nothing changes it between
+/// them. Returns a row when the provider was new to the conversation.
+const JOIN_IF_WAITING: &str = "INSERT INTO chat_members (visit_id, subject, name, role, joined_at) SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM visits WHERE id = ? AND status = 'waiting') ON CONFLICT (visit_id, subject) DO NOTHING RETURNING 1 AS joined";
+
+/// A claim, the provider joining the conversation, and the audit record of the request that
+/// made the claim, in one transaction and one trip (a claim used to take two: the claim, then
+/// the join).
+pub async fn claim_joined(
+    commits: &Committer,
     id: &str,
-    provider: &str,
+    provider: &Participant,
     at: DateTime<Utc>,
     waited_secs: u64,
     entry: &AuditEntry,
-) -> StoreResult<(bool, bool)> {
-    let change = format!("{CLAIM}; {RECORD_IF_CHANGED}");
-    let bind = |q| bind_claim(q, id, provider, at, waited_secs);
-    let (rows, recorded) = audit::with_record(pool, head, &change, bind, entry).await?;
-    Ok((rows.len() == 1, recorded))
+) -> StoreResult<ClaimOutcome> {
+    let change = format!("{JOIN_IF_WAITING}; {CLAIM}; {RECORD_IF_CHANGED}");
+    let (id, provider) = (id.to_string(), provider.clone());
+    let bind = Box::new(move |q: SqliteQuery| {
+        let q = q
+            .bind(id.clone())
+            .bind(provider.subject.clone())
+            .bind(provider.name.clone())
+            .bind(provider.role.as_str())
+            .bind(to_millis(at))
+            .bind(id.clone());
+        bind_claim(q, &id, &provider.subject, at, waited_secs)
+    });
+    let (rows, recorded) = commits.commit(change, bind, entry.clone()).await?;
+    // The transition's row comes back exactly when the claim won; the join's only with it.
+    Ok(ClaimOutcome { claimed: !rows.is_empty(), joined: rows.len() == 2, recorded })
 }
 
 pub async fn relocate(
