@@ -16,6 +16,7 @@ const WAITS: &[f64] = &[10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 36
 pub struct Metrics {
     registry: Registry,
     pub connections_open: IntGaugeVec,
+    pub sessions_detached: IntGaugeVec,
     pub connections_accepted: IntCounterVec,
     pub handshake_refusals: IntCounterVec,
     pub disconnects: IntCounterVec,
@@ -97,6 +98,12 @@ impl Metrics {
         let r = &registry;
         Metrics {
             connections_open: gauge(r, "visithub_ws_connections_open", "Open WebSockets.", &["role"]),
+            sessions_detached: gauge(
+                r,
+                "visithub_ws_sessions_detached",
+                "Sessions whose socket is gone, held (with what they were sent) for their client to resume.",
+                &["role"],
+            ),
             connections_accepted: counter(
                 r,
                 "visithub_ws_connections_accepted_total",

@@ -177,3 +177,62 @@ async fn a_detached_session_that_falls_too_far_behind_is_cut_off_at_once() {
     let ServerMessage::Welcome(w) = back.next_of("welcome").await.msg else { unreachable!() };
     assert_eq!(w.recovered, Some(false));
 }
+
+/// A gauge of the hub's `/metrics` for patients, once it reads `want` (within a few seconds).
+async fn patient_gauge_reaches(hub: &TestHub, name: &str, want: i64) {
+    let series = format!("{name}{{");
+    for _ in 0..250 {
+        let page = hub.metrics().await;
+        let sample = page.lines().find(|l| l.starts_with(&series) && l.contains("role=\"patient\""));
+        let now: i64 = sample.expect("the gauge is served").rsplit(' ').next().unwrap().parse().unwrap();
+        if now == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{name} never read {want}:\n{}", hub.metrics().await);
+}
+
+#[tokio::test]
+async fn a_patient_whose_visit_is_over_is_not_held_for_a_resume() {
+    let hub = TestHub::start().await;
+    hub.onboard("dr-wa", "provider", &["WA"]).await;
+    let mut dr = hub.ws(&hub.token(Role::Provider, "dr-wa", &[], 3600)).await;
+    let to = |visit_id: &str, to| ClientMessage::VisitTransition(VisitTransition { visit_id: visit_id.into(), to });
+
+    // Over while the socket is open, then the socket is lost: the session ends with it.
+    let intake = hub.intake("Ann", "WA", None).await;
+    let (visit_id, token) = (intake.str("visit_id"), intake.str("patient_token"));
+    let mut ann = hub.ws(&token).await;
+    let sid = session_id(&mut ann).await;
+    let cancel = hub.call("POST", &format!("/v1/visits/{visit_id}/cancel"), Some(&token), None).await;
+    assert!(cancel.status.is_success(), "{}", cancel.body);
+    ann.next_of("visit.updated").await;
+    let seen = ann.last_seq;
+    drop(ann);
+    patient_gauge_reaches(&hub, "visithub_ws_connections_open", 0).await;
+    patient_gauge_reaches(&hub, "visithub_ws_sessions_detached", 0).await;
+    let mut back = hub.resume(&token, &sid, seen).await;
+    let ServerMessage::Welcome(w) = back.next_of("welcome").await.msg else { unreachable!() };
+    assert_eq!(w.recovered, Some(false), "nothing was held to resume");
+    assert_ne!(w.session_id, sid);
+    drop(back);
+
+    // Lost mid-visit, the session is held; when the visit ends it is let go.
+    let intake = hub.intake("Bob", "WA", None).await;
+    let (visit_id, token) = (intake.str("visit_id"), intake.str("patient_token"));
+    let mut bob = hub.ws(&token).await;
+    let sid = session_id(&mut bob).await;
+    assert!(is_ack(&dr.request(&ClientMessage::VisitClaim(VisitRef { visit_id: visit_id.clone() })).await));
+    assert!(is_ack(&dr.request(&to(&visit_id, VisitStatus::InVisit)).await));
+    bob.next_of("visit.started").await;
+    let seen = bob.last_seq;
+    drop(bob);
+    patient_gauge_reaches(&hub, "visithub_ws_sessions_detached", 1).await;
+    assert!(is_ack(&dr.request(&to(&visit_id, VisitStatus::WrapUp)).await));
+    assert!(is_ack(&dr.request(&to(&visit_id, VisitStatus::Ended)).await));
+    patient_gauge_reaches(&hub, "visithub_ws_sessions_detached", 0).await;
+    let mut back = hub.resume(&token, &sid, seen).await;
+    let ServerMessage::Welcome(w) = back.next_of("welcome").await.msg else { unreachable!() };
+    assert_eq!(w.recovered, Some(false));
+}

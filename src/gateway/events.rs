@@ -113,6 +113,10 @@ impl Session {
                         self.still_there_at = None;
                         self.answer_by = None;
                     }
+                    if update.status.is_final() && self.guard.is_none() {
+                        // Over while its socket was lost: the session ends with the visit.
+                        return Some(Exit::Gone);
+                    }
                 } else if update.status.is_final() {
                     self.unlisten(&Topic::Signal(update.visit_id.clone())).await;
                 }

@@ -76,7 +76,7 @@ pub(super) struct Session {
     pub link: SessionLink,
     pub token_deadline: Instant,
     /// The connection slot of the current socket; none while detached.
-    guard: Option<ConnectionGuard>,
+    pub guard: Option<ConnectionGuard>,
     limiter: DefaultDirectRateLimiter,
     strikes: u32,
     strikes_since: Instant,
@@ -397,6 +397,10 @@ impl Session {
             };
             match exit {
                 None => self.sync_journal_meta(),
+                // A patient whose visit is over has nothing to come back to: keeping the
+                // session (and what it was sent) for the resume window would hold every
+                // finished visit's frames in memory for that long.
+                Some(Exit::Gone) if self.visit_is_over() => return Exit::Gone,
                 Some(Exit::Gone) => {
                     // Keep the session (and what it is sent) for a client that comes back.
                     Box::pin(self.detach(sink, stream)).await;
@@ -472,10 +476,19 @@ impl Session {
         }
     }
 
+    /// A patient's visit ended, was cancelled or abandoned (here or on another node).
+    fn visit_is_over(&self) -> bool {
+        self.principal.role == Role::Patient
+            && self.principal.visit.as_deref().is_some_and(|visit_id| self.gw.hub.visit_is_over(visit_id))
+    }
+
     /// The socket is gone: the slot is free, and the user counts as offline (a patient's
-    /// abandonment grace starts) until they come back.
+    /// abandonment grace starts) until they come back. The session counts as detached until
+    /// a socket is attached again or it closes.
     async fn left(&mut self) {
-        self.gw.hub.metrics().connections_open.with_label_values(&[self.principal.role.as_str()]).dec();
+        let role = [self.principal.role.as_str()];
+        self.gw.hub.metrics().connections_open.with_label_values(&role).dec();
+        self.gw.hub.metrics().sessions_detached.with_label_values(&role).inc();
         self.guard = None;
         match (self.principal.role, self.principal.visit.clone()) {
             (Role::Patient, Some(visit_id)) => self.gw.hub.patient_offline(&visit_id).await,
@@ -488,7 +501,9 @@ impl Session {
         let Resume { socket, last_seq, principal, guard } = resume;
         let (new_sink, new_stream) = socket.split();
         (*sink, *stream) = (Some(new_sink), Some(new_stream));
-        self.gw.hub.metrics().connections_open.with_label_values(&[self.principal.role.as_str()]).inc();
+        let role = [self.principal.role.as_str()];
+        self.gw.hub.metrics().connections_open.with_label_values(&role).inc();
+        self.gw.hub.metrics().sessions_detached.with_label_values(&role).dec();
         self.guard = Some(guard);
         match (self.principal.role, self.principal.visit.clone()) {
             (Role::Patient, Some(visit_id)) => self.gw.hub.patient_online(&visit_id),
@@ -625,6 +640,8 @@ impl Session {
         if sink.is_some() {
             self.left().await;
         }
+        // Detached by `left`, here or earlier: over now.
+        self.gw.hub.metrics().sessions_detached.with_label_values(&[self.principal.role.as_str()]).dec();
         let (Some(mut sink), Exit::Close(code)) = (sink, exit) else { return };
         tracing::debug!(close = code.reason(), "closing session");
         // A slow consumer gets no more queued frames: only the close, briefly tried.

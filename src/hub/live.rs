@@ -69,6 +69,12 @@ impl LiveVisits {
 }
 
 impl Hub {
+    /// True when the visit is known to be over (ended, cancelled or abandoned); false says
+    /// nothing.
+    pub fn visit_is_over(&self, visit_id: &str) -> bool {
+        self.live.is_over(visit_id)
+    }
+
     /// The visit, from the cache or the store: a patient's sign-in and every reconnect of a
     /// waiting patient read it, so a storm of reconnects does not become a storm of reads.
     pub async fn visit(&self, visit_id: &str) -> HubResult<Arc<Visit>> {
