@@ -34,8 +34,9 @@ pub struct Outbound {
     /// writes on flush, so a flush that could not finish must be tried again even with
     /// nothing left in the queue.
     unflushed: bool,
-    /// Cluster mode: every sequenced frame is journaled in live state too.
-    pub journal: Option<SessionJournal>,
+    /// Cluster mode: every sequenced frame is journaled in live state too. Boxed: a single
+    /// node's sessions carry only the empty pointer, not the journal's ~100 bytes each.
+    pub journal: Option<Box<SessionJournal>>,
 }
 
 /// The queue would pass its capacity: the client is not keeping up.

@@ -25,6 +25,7 @@ use super::outbound::Outbound;
 use super::resume::Resume;
 use crate::auth::Principal;
 use crate::bus::Topic;
+use crate::config::Config;
 use crate::error::{ErrorCode, HubError};
 use crate::hub::alarm::{Alarm, OVERFLOW, RESUME, SHUTDOWN};
 use crate::hub::{QueueView, Scope, SessionLink};
@@ -177,6 +178,28 @@ pub fn run(
     .instrument(span)
 }
 
+/// The session's timings from its configuration, made where they are needed: kept as locals of
+/// the loop they would live in every idle session's future (64 bytes of it).
+struct Timings {
+    ping_every: Duration,
+    /// How long a socket may say nothing (not even a pong) before it counts as dead.
+    silence_limit: Duration,
+    write_timeout: Duration,
+    resume_window: Duration,
+}
+
+impl Timings {
+    fn of(cfg: &Config) -> Timings {
+        let ping_every = Duration::from_secs(cfg.ping_interval_secs);
+        Timings {
+            ping_every,
+            silence_limit: ping_every + Duration::from_secs(cfg.pong_timeout_secs),
+            write_timeout: Duration::from_millis(cfg.write_timeout_ms),
+            resume_window: Duration::from_secs(cfg.resume_window_secs),
+        }
+    }
+}
+
 /// A deadline that never comes in practice: no deadline.
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(365 * 24 * 3600)
@@ -230,7 +253,8 @@ impl Session {
         let Some(writer) = &self.gw.journal else { return };
         let cfg = &self.gw.config;
         let ttl = cfg.resume_window_secs + cfg.shutdown_grace_secs + 60;
-        self.out.journal = Some(writer.for_session(&self.session_id.to_string(), cfg.replay_window_frames, ttl));
+        self.out.journal =
+            Some(Box::new(writer.for_session(&self.session_id.to_string(), cfg.replay_window_frames, ttl)));
     }
 
     /// Writes the journal meta again if the topics or boards changed since last time.
@@ -301,12 +325,8 @@ impl Session {
 
     async fn serve(&mut self, sink: &mut Option<Sink>, stream: &mut Option<Stream>) -> Exit {
         let cfg = self.gw.config.clone();
-        let ping_every = Duration::from_secs(cfg.ping_interval_secs);
-        let silence_limit = ping_every + Duration::from_secs(cfg.pong_timeout_secs);
-        let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
-        let resume_window = Duration::from_secs(cfg.resume_window_secs);
         // Pings share the session's one timer.
-        let mut ping_at = Instant::now() + ping_every;
+        let mut ping_at = Instant::now() + Timings::of(&cfg).ping_every;
         let mut last_heard = Instant::now();
         // When the outbound queue last made progress (or became non-empty).
         let mut progress_at = Instant::now();
@@ -320,13 +340,16 @@ impl Session {
             let written_before = self.out.written();
             let was_empty = self.out.is_empty();
             let attached = sink.is_some();
-            let write_by = progress_at + write_timeout;
-            // Moved only earlier, or once it has fired: a deadline that moves later (the write
-            // timeout after every write) costs one early wake-up instead of two timer-wheel
-            // updates per frame.
-            let due = self.next_deadline(attached, write_by, detached_until, ping_at);
-            if due < timer.deadline() || timer.is_elapsed() {
-                timer.as_mut().reset(due);
+            {
+                // Moved only earlier, or once it has fired: a deadline that moves later (the
+                // write timeout after every write) costs one early wake-up instead of two
+                // timer-wheel updates per frame. (In a block: what the loop keeps across its
+                // wait lives in every idle session.)
+                let write_by = progress_at + Timings::of(&cfg).write_timeout;
+                let due = self.next_deadline(attached, write_by, detached_until, ping_at);
+                if due < timer.deadline() || timer.is_elapsed() {
+                    timer.as_mut().reset(due);
+                }
             }
             // A drained session has been told of the shutdown already.
             let watched = if self.drained { OVERFLOW | RESUME } else { OVERFLOW | SHUTDOWN | RESUME };
@@ -349,7 +372,7 @@ impl Session {
                             *stream = None;
                             Box::pin(self.left()).await;
                         }
-                        detached_until = Instant::now() + resume_window;
+                        detached_until = Instant::now() + Timings::of(&cfg).resume_window;
                         None
                     } else {
                         Some(Exit::Close(CloseCode::ServerShutdown))
@@ -361,11 +384,11 @@ impl Session {
                         Some(Exit::Close(CloseCode::TokenExpired))
                     } else if !attached && now >= detached_until {
                         return Exit::Gone;
-                    } else if attached && self.out.needs_flush() && now >= write_by {
+                    } else if attached && self.out.needs_flush() && now >= progress_at + Timings::of(&cfg).write_timeout {
                         Some(Exit::Close(CloseCode::SlowConsumer))
                     } else if attached && now >= ping_at {
-                        ping_at = now + ping_every;
-                        if last_heard.elapsed() > silence_limit {
+                        ping_at = now + Timings::of(&cfg).ping_every;
+                        if last_heard.elapsed() > Timings::of(&cfg).silence_limit {
                             Some(Exit::Close(CloseCode::HeartbeatTimeout))
                         } else {
                             self.push_control(Message::Ping(Default::default()));
@@ -404,7 +427,7 @@ impl Session {
                 Some(Exit::Gone) => {
                     // Keep the session (and what it is sent) for a client that comes back.
                     Box::pin(self.detach(sink, stream)).await;
-                    detached_until = Instant::now() + resume_window;
+                    detached_until = Instant::now() + Timings::of(&cfg).resume_window;
                 }
                 Some(Exit::Resumed(resume)) => {
                     if let Some(old) = sink.take() {
@@ -422,7 +445,7 @@ impl Session {
                     }
                     Box::pin(self.attach(*resume, sink, stream)).await;
                     (last_heard, progress_at, detached_until) = (Instant::now(), Instant::now(), far_future());
-                    ping_at = Instant::now() + ping_every;
+                    ping_at = Instant::now() + Timings::of(&cfg).ping_every;
                     continue;
                 }
                 Some(exit) => return exit,
