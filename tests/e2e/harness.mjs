@@ -91,6 +91,11 @@ export async function startHub() {
     url,
     admin,
     output: () => output,
+    /** The hub's message counters by type (for a failure's report: no bodies, only counts). */
+    async messageCounts() {
+      const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      return text.split('\n').filter((l) => /^visithub_ws_messages_(in|out)_total\{/.test(l)).join('\n');
+    },
     async stop() {
       proc.kill('SIGTERM');
       const timer = setTimeout(() => proc.kill('SIGKILL'), 10000);
@@ -242,6 +247,30 @@ export async function run(name, body, { deadlineMs = 150000 } = {}) {
   } catch (e) {
     console.error(`${name}: FAILED: ${e.stack || e}`);
     if (hub) console.error(`hub output:\n${hub.output()}`);
+    // What each side of a call that never connected got as far as, and what the hub saw by
+    // type: tells a lost offer, answer or candidate from a page that never sent it.
+    if (hub) console.error(`hub messages:\n${await hub.messageCounts().catch((err) => String(err))}`);
+    for (const page of openPages) {
+      const state = await page
+        .evaluate(() => {
+          const d = window.visithubDemo;
+          const pc = d?.call?.pc;
+          const count = (sdp) => (sdp?.match(/^a=candidate:/gm) ?? []).length;
+          return {
+            socket: d?.client?.status,
+            resumes: d?.client?.resumes,
+            pc: pc && {
+              connection: pc.connectionState,
+              ice: pc.iceConnectionState,
+              signaling: pc.signalingState,
+              localCandidates: count(pc.localDescription?.sdp),
+              remoteCandidates: count(pc.remoteDescription?.sdp),
+            },
+          };
+        })
+        .catch((err) => String(err));
+      console.error(`${page.e2eName}: ${JSON.stringify(state)}`);
+    }
     for (const page of openPages) await screenshot(page, `${name}-failed-${page.e2eName}.png`).catch(() => {});
   } finally {
     await browser?.close().catch(() => {});
