@@ -122,6 +122,12 @@ export class VisitCall {
     };
     pc.onnegotiationneeded = async () => {
       if (this._answering) return;
+      // The polite side leaves a new call's first offer to the other side. Offers made at once
+      // collide, and Chromium's answer after rolling its own offer back sometimes gathers no ICE
+      // candidates: the call never connects. Once it has the other side's description it
+      // offers as it needs (it is asked again then), and a rejoining page offers at once: the
+      // other side still holds the old connection and waits for no one.
+      if (this.polite && !pc.remoteDescription && !this._restartPending) return;
       try {
         this._makingOffer = true;
         await pc.setLocalDescription();
