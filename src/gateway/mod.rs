@@ -127,8 +127,8 @@ pub async fn upgrade(
                 .max_message_size(limit * 2)
                 .max_frame_size(limit * 2)
                 // Small buffers: most sockets idle, and memory per idle socket is what caps
-                // how many one node holds. A read takes at most this much, so a signaling
-                // message (under 1 KiB) takes a few `read` calls: some CPU per relayed message,
+                // how many one node holds. A read takes at most this much, so a trickled
+                // candidate (under 1 KiB) takes a few `read` calls, an offer more: some CPU per relayed message,
                 // traded for three quarters of a KiB per idle socket against 1 KiB.
                 .read_buffer_size(256)
                 // Frames queued together leave in one write (the session flushes after
