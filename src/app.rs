@@ -14,6 +14,7 @@ use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::gateway::read_ahead::ReadAheadListener;
 use crate::hub::Hub;
 use crate::live::{LiveState, MemoryLive, RedisLive};
 use crate::metrics::Metrics;
@@ -162,9 +163,9 @@ pub async fn serve(
     let grace = Duration::from_secs(app.state.config.shutdown_grace_secs);
     let router = api::router(app.state);
     // Signaling is latency-bound small messages: never wait for Nagle.
-    let listener = listener.tap_io(|tcp| {
+    let listener = ReadAheadListener(listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
-    });
+    }));
     let draining = gateway.shutdown.clone();
     // `into_make_service` hands each connection a clone of the router (one `Arc`); serving the
     // `Router` itself rebuilds its whole route table for every connection (`with_state(())`),

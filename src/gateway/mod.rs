@@ -7,6 +7,7 @@ mod events;
 mod handover;
 mod journal;
 mod outbound;
+pub mod read_ahead;
 mod requests;
 mod resume;
 mod session;
