@@ -128,9 +128,9 @@ pub async fn upgrade(
                 .max_message_size(limit * 2)
                 .max_frame_size(limit * 2)
                 // Small buffers: most sockets idle, and memory per idle socket is what caps
-                // how many one node holds. A read takes at most this much, so a trickled
-                // candidate (under 1 KiB) takes a few `read` calls, an offer more: some CPU per relayed message,
-                // traded for three quarters of a KiB per idle socket against 1 KiB.
+                // how many one node holds. tungstenite takes at most this much per read; the
+                // socket under it is read ahead (`read_ahead`), so a message still costs one
+                // `read` call however many of these it fills.
                 .read_buffer_size(256)
                 // Frames queued together leave in one write (the session flushes after
                 // taking what is ready); a lone frame is written at once by that flush.
