@@ -29,8 +29,9 @@ pub enum Topic {
     Signal(VisitId),
     /// Provider presence in one state, for caregivers covering it.
     Staff(UsState),
-    /// Events about one user (access revoked), for all of their sessions.
-    Subject(String),
+    /// Events about one user (access revoked), for all of their sessions. Shared: every
+    /// session holds its own, listed twice (by the router and by the session).
+    Subject(Arc<str>),
     /// News for every node (settings changed, session hand-overs); every node listens.
     Cluster,
     /// One session of this node, by session id: local routing only, never on the bus.
@@ -49,7 +50,7 @@ impl Topic {
             "visit" => Topic::Visit(rest.to_string()),
             "signal" => Topic::Signal(rest.to_string()),
             "staff" => Topic::Staff(UsState::parse(rest).ok()?),
-            "subject" => Topic::Subject(rest.to_string()),
+            "subject" => Topic::Subject(rest.into()),
             "session" => Topic::Session(rest.to_string()),
             _ => return None,
         })

@@ -38,7 +38,7 @@ impl Session {
             }
             return Ok(());
         }
-        self.listen(Topic::Subject(self.principal.subject.clone())).await?;
+        self.listen(Topic::Subject(self.link.subject.clone())).await?;
         if !self.principal.is_caregiver() {
             return Ok(());
         }

@@ -111,7 +111,7 @@ impl Hub {
             return Err(HubError::code(ErrorCode::CaregiverNotFound));
         }
         let subject = caregiver.subject.clone();
-        self.publish(Topic::Subject(subject.clone()), BusEvent::AccessChanged { subject }).await;
+        self.publish(Topic::Subject(subject.as_str().into()), BusEvent::AccessChanged { subject }).await;
         Ok(caregiver)
     }
 }

@@ -204,8 +204,11 @@ impl Hub {
         if who.role != Role::Admin {
             self.leave_conversation(visit_id, &who.subject).await?;
         }
-        self.publish(Topic::Subject(target.subject), BusEvent::ConversationAssigned { visit_id: visit.id.clone() })
-            .await;
+        self.publish(
+            Topic::Subject(target.subject.into()),
+            BusEvent::ConversationAssigned { visit_id: visit.id.clone() },
+        )
+        .await;
         self.announce_participants(visit_id).await;
         self.participants(&visit).await
     }
