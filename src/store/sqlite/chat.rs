@@ -74,7 +74,7 @@ pub async fn append_recorded(
     entry: &AuditEntry,
 ) -> StoreResult<((ChatMessage, bool), bool)> {
     let (sql, bind) = insert_message(m);
-    let (rows, recorded) = commits.commit(sql, Box::new(bind), entry.clone()).await?;
+    let (rows, recorded) = commits.commit(&[&sql], Box::new(bind), entry.clone()).await?;
     match rows.first() {
         Some(row) => Ok(((message_from_row(row)?, true), recorded)),
         None => Ok(((stored_before(pool, m).await?, false), false)),
@@ -160,7 +160,7 @@ pub async fn join_recorded(
             .bind(member.role.as_str())
             .bind(to_millis(at))
     };
-    let (rows, recorded) = commits.commit(change.to_string(), Box::new(bind), entry.clone()).await?;
+    let (rows, recorded) = commits.commit(&[change], Box::new(bind), entry.clone()).await?;
     Ok((!rows.is_empty(), recorded))
 }
 

@@ -40,9 +40,10 @@ pub(super) type Bind = Box<dyn Fn(SqliteQuery) -> SqliteQuery + Send + Sync>;
 pub(super) type Committed = (Vec<SqliteRow>, bool);
 
 struct Change {
-    /// Statements whose last one returns one row when the change took effect; those before
-    /// it may return rows only when it does. No `;` inside their literals: it separates them.
+    /// Its statements, joined: the last returns one row when the change took effect; those
+    /// before it may return rows only when it does.
     sql: String,
+    /// How many there are: the results are told apart by where each statement's end.
     statements: usize,
     bind: Bind,
     entry: AuditEntry,
@@ -100,12 +101,11 @@ impl Committer {
         self.transactions.load(Ordering::Relaxed)
     }
 
-    /// Stores `change` (see [`Change::sql`]) and, if it took effect, `entry` in the same
-    /// transaction; returns once that transaction committed.
-    pub(super) async fn commit(&self, change: String, bind: Bind, entry: AuditEntry) -> StoreResult<Committed> {
-        let statements = change.split(';').filter(|s| !s.trim().is_empty()).count();
+    /// Stores `change`, one statement each (see [`Change::sql`]), and, if it took effect,
+    /// `entry` in the same transaction; returns once that transaction committed.
+    pub(super) async fn commit(&self, change: &[&str], bind: Bind, entry: AuditEntry) -> StoreResult<Committed> {
         let (done, committed) = oneshot::channel();
-        let change = Change { sql: change, statements, bind, entry, done };
+        let change = Change { sql: change.join("; "), statements: change.len(), bind, entry, done };
         self.queue.send(change).await.map_err(|_| gone())?;
         committed.await.map_err(|_| gone())?
     }

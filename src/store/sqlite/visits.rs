@@ -53,8 +53,10 @@ async fn record(
 }
 
 /// The visit's row and its first transition: two statements, arguments in order.
-const INSERT_ROWS: &str = "INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?);
-         INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) VALUES (?, NULL, ?, ?, ?, ?)";
+const INSERT_ROWS: [&str; 2] = [
+    "INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) VALUES (?, NULL, ?, ?, ?, ?)",
+];
 
 fn bind_insert(query: SqliteQuery, visit: &Visit, actor: &Actor) -> SqliteQuery {
     query
@@ -75,7 +77,8 @@ fn bind_insert(query: SqliteQuery, visit: &Visit, actor: &Actor) -> SqliteQuery 
 
 /// [`INSERT_ROWS`] between `before` and `after`.
 fn insert_rows(before: &str, after: &str, visit: &Visit, actor: &Actor) -> SqliteQuery {
-    bind_insert(sqlx::query(sqlx::AssertSqlSafe(format!("{before}{INSERT_ROWS}{after}"))), visit, actor)
+    let [visit_row, transition] = INSERT_ROWS;
+    bind_insert(sqlx::query(sqlx::AssertSqlSafe(format!("{before}{visit_row}; {transition}{after}"))), visit, actor)
 }
 
 /// A new visit without an idempotency key and the audit record of its intake, in one trip.
@@ -85,10 +88,11 @@ pub async fn insert_recorded(
     actor: &Actor,
     entry: &AuditEntry,
 ) -> StoreResult<bool> {
-    let change = format!("{INSERT_ROWS} RETURNING visit_id");
+    let [visit_row, transition] = INSERT_ROWS;
+    let transition = format!("{transition} RETURNING visit_id");
     let (visit, actor) = (visit.clone(), actor.clone());
     let bind = Box::new(move |q| bind_insert(q, &visit, &actor));
-    let (_, recorded) = commits.commit(change, bind, entry.clone()).await?;
+    let (_, recorded) = commits.commit(&[visit_row, &transition], bind, entry.clone()).await?;
     Ok(recorded)
 }
 
@@ -192,10 +196,9 @@ pub async fn transition_recorded(
     at: DateTime<Utc>,
     entry: &AuditEntry,
 ) -> StoreResult<(bool, bool)> {
-    let change = format!("{TRANSITION}; {RECORD_IF_CHANGED}");
     let (id, actor) = (id.to_string(), actor.clone());
     let bind = Box::new(move |q| bind_transition(q, &id, from, to, &actor, at));
-    let (rows, recorded) = commits.commit(change, bind, entry.clone()).await?;
+    let (rows, recorded) = commits.commit(&[TRANSITION, RECORD_IF_CHANGED], bind, entry.clone()).await?;
     Ok((rows.len() == 1, recorded))
 }
 
@@ -242,7 +245,6 @@ pub async fn claim_joined(
     waited_secs: u64,
     entry: &AuditEntry,
 ) -> StoreResult<ClaimOutcome> {
-    let change = format!("{JOIN_IF_WAITING}; {CLAIM}; {RECORD_IF_CHANGED}");
     let (id, provider) = (id.to_string(), provider.clone());
     let bind = Box::new(move |q: SqliteQuery| {
         let q = q
@@ -254,7 +256,8 @@ pub async fn claim_joined(
             .bind(id.clone());
         bind_claim(q, &id, &provider.subject, at, waited_secs)
     });
-    let (rows, recorded) = commits.commit(change, bind, entry.clone()).await?;
+    let change = [JOIN_IF_WAITING, CLAIM, RECORD_IF_CHANGED];
+    let (rows, recorded) = commits.commit(&change, bind, entry.clone()).await?;
     // The transition's row comes back exactly when the claim won; the join's only with it.
     Ok(ClaimOutcome { claimed: !rows.is_empty(), joined: rows.len() == 2, recorded })
 }
