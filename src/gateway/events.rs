@@ -113,7 +113,7 @@ impl Session {
                         self.still_there_at = None;
                         self.answer_by = None;
                     }
-                    if update.status.is_final() && self.guard.is_none() {
+                    if update.status.is_final() && self.is_detached() {
                         // Over while its socket was lost: the session ends with the visit.
                         return Some(Exit::Gone);
                     }

@@ -178,6 +178,13 @@ pub fn run(
     .instrument(span)
 }
 
+impl Session {
+    /// Whether its socket is lost and it waits for its client to resume.
+    pub(super) fn is_detached(&self) -> bool {
+        self.guard.is_none()
+    }
+}
+
 /// The session's timings from its configuration, made where they are needed: kept as locals of
 /// the loop they would live in every idle session's future (64 bytes of it).
 struct Timings {
