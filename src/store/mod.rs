@@ -298,3 +298,27 @@ pub(crate) fn to_millis(t: DateTime<Utc>) -> i64 {
 pub(crate) fn from_millis(ms: i64) -> StoreResult<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")))
 }
+
+/// The audit log's columns in the order [`push_record`] binds them.
+pub(crate) const AUDIT_COLUMNS: &str = "at, subject, role, action, visit_id, target, outcome, prev_hash, hash";
+
+/// Binds a record's values into a `VALUES` row, in [`AUDIT_COLUMNS`] order, for either store.
+pub(crate) fn push_record<DB: sqlx::Database>(
+    row: &mut sqlx::query_builder::Separated<'_, DB, &'static str>,
+    r: &AuditRecord,
+) where
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> Option<String>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let e = &r.entry;
+    row.push_bind(to_millis(e.at))
+        .push_bind(e.subject.clone())
+        .push_bind(e.role.clone())
+        .push_bind(e.action.clone())
+        .push_bind(e.visit_id.clone())
+        .push_bind(e.target.clone())
+        .push_bind(e.outcome.clone())
+        .push_bind(r.prev_hash.clone())
+        .push_bind(r.hash.clone());
+}

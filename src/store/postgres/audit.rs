@@ -7,7 +7,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use super::begin;
 use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
-use crate::store::{StoreResult, from_millis, to_millis};
+use crate::store::{AUDIT_COLUMNS, StoreResult, from_millis, push_record};
 
 const COLUMNS: &str = "id, at, subject, role, action, visit_id, target, outcome, prev_hash, hash";
 
@@ -45,21 +45,8 @@ pub async fn append(pool: &PgPool, entries: &[AuditEntry]) -> StoreResult<Vec<Au
         sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&mut *tx).await?;
     let mut records = chain(entries, prev.unwrap_or_else(|| GENESIS.to_string()));
     for chunk in records.chunks_mut(ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Postgres>::new(
-            "INSERT INTO audit_log (at, subject, role, action, visit_id, target, outcome, prev_hash, hash) ",
-        );
-        insert.push_values(chunk.iter(), |mut row, r| {
-            let e = &r.entry;
-            row.push_bind(to_millis(e.at))
-                .push_bind(e.subject.clone())
-                .push_bind(e.role.clone())
-                .push_bind(e.action.clone())
-                .push_bind(e.visit_id.clone())
-                .push_bind(e.target.clone())
-                .push_bind(e.outcome.clone())
-                .push_bind(r.prev_hash.clone())
-                .push_bind(r.hash.clone());
-        });
+        let mut insert = QueryBuilder::<Postgres>::new(format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) "));
+        insert.push_values(chunk.iter(), |mut row, r| push_record(&mut row, r));
         insert.push(" RETURNING id");
         let mut ids: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
         // The sequence is drawn row by row in VALUES order under the table lock; RETURNING

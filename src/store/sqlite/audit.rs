@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 
 use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
-use crate::store::{StoreResult, from_millis, to_millis};
+use crate::store::{AUDIT_COLUMNS, StoreResult, from_millis, push_record};
 
 const COLUMNS: &str = "id, at, subject, role, action, visit_id, target, outcome, prev_hash, hash";
 
@@ -116,19 +116,8 @@ fn corrupt_append() -> crate::store::StoreError {
 fn guarded_insert(records: &[AuditRecord]) -> QueryBuilder<Sqlite> {
     let mut q = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE; ");
     for chunk in records.chunks(ROWS_PER_INSERT) {
-        q.push("INSERT INTO audit_log (at, subject, role, action, visit_id, target, outcome, prev_hash, hash) SELECT * FROM (");
-        q.push_values(chunk.iter(), |mut row, r| {
-            let e = &r.entry;
-            row.push_bind(to_millis(e.at))
-                .push_bind(e.subject.clone())
-                .push_bind(e.role.clone())
-                .push_bind(e.action.clone())
-                .push_bind(e.visit_id.clone())
-                .push_bind(e.target.clone())
-                .push_bind(e.outcome.clone())
-                .push_bind(r.prev_hash.clone())
-                .push_bind(r.hash.clone());
-        });
+        q.push(format_args!("INSERT INTO audit_log ({AUDIT_COLUMNS}) SELECT * FROM ("));
+        q.push_values(chunk.iter(), |mut row, r| push_record(&mut row, r));
         q.push(") WHERE COALESCE((SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1), ");
         q.push_bind(GENESIS);
         q.push(") = ");
