@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
+use crate::api::address_limit::{AddressLimit, PeerAddr};
 use crate::api::{self, AppState};
 use crate::auth::{TokenKeys, dev_key};
 use crate::bus::{Bus, MemoryBus, RedisBus};
@@ -119,7 +120,9 @@ impl App {
         let store: Arc<dyn Store> = Arc::new(Metered::new(b.store, metrics.clone()));
         let hub = Hub::start(config.hub_options(), store, b.bus, b.live, b.keys, b.clock, metrics).await?;
         let gateway = Arc::new(Gateway::new(hub.clone(), config.clone()));
-        Ok(App { state: AppState { hub, config, gateway } })
+        let intake_limit =
+            Arc::new(AddressLimit::new(config.intake_per_address_per_minute, config.client_address_header.as_deref()));
+        Ok(App { state: AppState { hub, config, gateway, intake_limit } })
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -167,10 +170,12 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
     }));
     let draining = gateway.shutdown.clone();
-    // `into_make_service` hands each connection a clone of the router (one `Arc`); serving the
+    // A made service hands each connection a clone of the router (one `Arc`); serving the
     // `Router` itself rebuilds its whole route table for every connection (`with_state(())`),
-    // a fifth of the CPU of accepting a WebSocket.
-    let server = axum::serve(listener, router.into_make_service()).with_graceful_shutdown({
+    // a fifth of the CPU of accepting a WebSocket. The peer's address goes with each request
+    // (the intake limit counts by it).
+    let service = router.into_make_service_with_connect_info::<PeerAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown({
         let gw = gateway.clone();
         async move {
             shutdown.await;

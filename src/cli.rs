@@ -150,6 +150,14 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_invalid_per_minute: Option<u32>,
+    /// Intakes per minute from one client address (an IPv6 /64); 0 for no limit (429 `rate_limited`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intake_per_address_per_minute: Option<u32>,
+    /// Header a trusted load balancer appends the client's address to (its last entry counts).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_address_header: Option<String>,
     /// Seconds shutdown waits for sessions and requests to finish.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

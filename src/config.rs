@@ -78,6 +78,12 @@ pub struct Config {
     pub write_timeout_ms: u64,
     /// Invalid or rate-limited frames per minute before the socket is closed.
     pub max_invalid_per_minute: u32,
+    /// Intakes (`POST /v1/visits`) per minute from one client address (an IPv6 /64); 0 for
+    /// no limit.
+    pub intake_per_address_per_minute: u32,
+    /// Header a trusted load balancer appends the client's address to (`X-Forwarded-For`):
+    /// its last entry is the client for the intake limit. Unset, the peer address is.
+    pub client_address_header: Option<String>,
     /// Seconds that shutdown waits for sessions and requests to finish.
     pub shutdown_grace_secs: u64,
     /// Lifetime of the patient token handed out at intake, in seconds.
@@ -157,6 +163,9 @@ impl Default for Config {
             replay_window_bytes: 256 * 1024,
             write_timeout_ms: 10_000,
             max_invalid_per_minute: 20,
+            // Off on a laptop; a deployment sets it (see deploy/), with the balancer's header.
+            intake_per_address_per_minute: 0,
+            client_address_header: None,
             shutdown_grace_secs: 10,
             patient_token_ttl_secs: hub.patient_token_ttl_secs,
             default_queue_cap: hub.default_queue_cap,

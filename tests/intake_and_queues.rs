@@ -220,3 +220,44 @@ async fn queues_are_rebuilt_from_the_store_on_restart() {
     assert_eq!(view.len(), 2);
     assert_eq!(view.position_of(&waiting), Some(2));
 }
+
+#[tokio::test]
+async fn one_address_past_its_intakes_per_minute_is_refused_and_nothing_is_stored() {
+    let hub = TestHub::start_with(
+        |c| {
+            c.intake_per_address_per_minute = 2;
+            c.client_address_header = Some("X-Forwarded-For".into());
+        },
+        None,
+    )
+    .await;
+    let from = |client: &'static str| {
+        let req = hub.http.post(hub.url("/v1/visits")).header("X-Forwarded-For", client);
+        async move {
+            let req = req.json(&json!({ "display_name": "Ann", "state": "WA", "reason": "sore throat" }));
+            Reply::read(req.send().await.unwrap()).await
+        }
+    };
+    // Behind the (simulated) balancer: the client is the last address it appended.
+    assert_eq!(from("203.0.113.9, 192.0.2.1").await.status, StatusCode::CREATED);
+    assert_eq!(from("192.0.2.1").await.status, StatusCode::CREATED);
+    let r = from("198.51.100.4, 192.0.2.1").await;
+    assert_eq!((r.status, r.code()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+    let wait = r.retry_after.expect("a Retry-After header");
+    assert!((1..=30).contains(&wait), "one intake back within half a minute: {wait}");
+    assert_eq!(hub.visits_stored().await, 2, "the refused intake stored nothing");
+    // Another client has its own quota.
+    assert_eq!(from("192.0.2.2").await.status, StatusCode::CREATED);
+    // Without the header, the connection's peer (127.0.0.1) counts, with a quota of its own.
+    assert_eq!(hub.intake("Bob", "WA", None).await.status, StatusCode::CREATED);
+    assert_eq!(hub.intake("Cy", "WA", None).await.status, StatusCode::CREATED);
+    assert_eq!(hub.intake("Dee", "WA", None).await.code(), "rate_limited");
+    assert_eq!(hub.visits_stored().await, 5);
+    let refused = hub.metrics().await;
+    assert!(
+        refused.lines().any(|l| l.starts_with("visithub_intake_refusals_total")
+            && l.contains("reason=\"rate_limited\"")
+            && l.ends_with(" 2")),
+        "the refusal is counted by its reason"
+    );
+}

@@ -1,5 +1,6 @@
 //! The HTTP edge: REST side-API, health probes, and the WebSocket route.
 
+pub mod address_limit;
 mod caregivers;
 pub mod demo;
 pub mod extract;
@@ -27,6 +28,13 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub config: Arc<Config>,
     pub gateway: Arc<Gateway>,
+    pub intake_limit: Arc<address_limit::AddressLimit>,
+}
+
+impl FromRef<AppState> for Arc<address_limit::AddressLimit> {
+    fn from_ref(s: &AppState) -> Self {
+        s.intake_limit.clone()
+    }
 }
 
 impl FromRef<AppState> for Arc<Hub> {

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::address_limit::{AddressLimit, PeerAddr};
 use super::extract::{Body, Caller};
 use super::problem::{Problem, audited};
 use crate::error::{ErrorCode, HubError};
@@ -27,17 +29,24 @@ pub struct IntakeBody {
 /// `POST /v1/visits`. Open to anyone: the patient has no token until intake gives one.
 pub async fn intake(
     State(hub): State<Arc<Hub>>,
+    State(limit): State<Arc<AddressLimit>>,
+    peer: Option<Extension<ConnectInfo<PeerAddr>>>,
     headers: HeaderMap,
     Body(body): Body<IntakeBody>,
 ) -> Result<Response, Problem> {
+    let state = UsState::parse(&body.state)?;
+    if let Err(wait) = limit.check(peer.map(|Extension(ConnectInfo(PeerAddr(a)))| a), &headers) {
+        hub.metrics().intake_refusals.with_label_values(&[state.code(), ErrorCode::RateLimited.as_str()]).inc();
+        let refusal = HubError::new(ErrorCode::RateLimited, "too many intakes from this address; retry later");
+        return Err(refusal.retry_after(wait.as_secs().max(1)).into());
+    }
     let key = match headers.get("idempotency-key") {
         Some(v) => {
             Some(v.to_str().map_err(|_| HubError::new(ErrorCode::ValidationFailed, "Idempotency-Key must be ASCII"))?)
         }
         None => None,
     };
-    let req =
-        IntakeRequest { display_name: body.display_name, state: UsState::parse(&body.state)?, reason: body.reason };
+    let req = IntakeRequest { display_name: body.display_name, state, reason: body.reason };
     let receipt = hub.intake(req, key).await?;
     let status = if receipt.replayed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(receipt)).into_response())

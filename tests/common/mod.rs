@@ -252,7 +252,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn read(resp: reqwest::Response) -> Reply {
+    pub async fn read(resp: reqwest::Response) -> Reply {
         let status = resp.status();
         let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let text = resp.text().await.unwrap();
