@@ -701,3 +701,44 @@ fn message(visit_id: &str, sender: &str, client_id: &str) -> NewMessage {
         sent_at: ms(3_500),
     }
 }
+
+/// A PostgreSQL change's record is staged in the change's own transaction and chained right
+/// after. One that a crash left staged (written here straight into the outbox, as a change that
+/// committed before the process died would have left it) is chained at the next start, in the
+/// order staged, before anything new, and the trail stays one unbroken chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_records_a_crash_left_staged_are_chained_at_start() {
+    let pg = PgCluster::primary();
+    let store = PostgresStore::connect(&pg.primary_url(), None).await.unwrap();
+    let v = visit("staged-1", "WA", 1_000);
+    let entry = |action: &str| AuditEntry {
+        at: ms(1_000),
+        subject: "dr-staged".into(),
+        role: "provider".into(),
+        action: action.into(),
+        visit_id: Some("staged-1".into()),
+        target: None,
+        outcome: "ok".into(),
+    };
+    assert!(store.insert_visit_recorded(&v, &admin(), &entry("visit.create")).await.unwrap());
+    let db = sqlx::PgPool::connect(&pg.primary_url()).await.unwrap();
+    let staged =
+        || async { sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_outbox").fetch_one(&db).await.unwrap() };
+    assert_eq!(staged().await, 0, "a change's record is chained before the change is answered");
+    assert_eq!(store.audit_for_visit("staged-1").await.unwrap().len(), 1);
+    for action in ["left.one", "left.two"] {
+        sqlx::query("INSERT INTO audit_outbox (at, subject, role, action, visit_id, outcome) VALUES ($1, 'dr-staged', 'provider', $2, 'staged-1', 'ok')")
+            .bind(2_000_i64)
+            .bind(action)
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    drop(store);
+    let store = PostgresStore::connect(&pg.primary_url(), None).await.unwrap();
+    assert_eq!(staged().await, 0);
+    let trail = store.audit_trail(0, 100).await.unwrap();
+    let actions: Vec<&str> = trail.iter().map(|r| r.entry.action.as_str()).collect();
+    assert_eq!(actions, ["visit.create", "left.one", "left.two"]);
+    assert!(first_broken(&trail, GENESIS.into()).is_ok());
+}

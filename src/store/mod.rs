@@ -104,8 +104,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<InsertOutcome>;
 
     /// [`Store::insert_visit`] without an idempotency key, with the audit record of the intake
-    /// in the same transaction where the backend can (SQLite: one trip). Returns whether the
-    /// record was stored with it; if not, the caller appends it.
+    /// in the same transaction (SQLite: one trip; PostgreSQL: staged with the change and
+    /// chained into the trail right after, see `postgres/audit.rs`). Returns whether the
+    /// record was stored with it; if not (a backend without it), the caller appends it.
     async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, _record: &AuditEntry) -> StoreResult<bool> {
         self.insert_visit(visit, actor, None).await?;
         Ok(false)
@@ -133,7 +134,8 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_visit(&self, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool>;
 
     /// [`Store::transition_visit`], with the audit record of the request that made it stored
-    /// in the same transaction when the visit moved (SQLite: one trip for both). Returns
+    /// in the same transaction when the visit moved (SQLite: one trip for both; PostgreSQL as
+    /// in [`Store::insert_visit_recorded`]). Returns
     /// whether the visit moved and whether the record was stored with it; a backend without
     /// it stores none, and the caller appends the record itself.
     async fn transition_visit_recorded(
@@ -149,8 +151,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// [`Store::claim_visit`] and, when the claim wins, the provider joining the visit's
     /// conversation, with the audit record of the claim as in
-    /// [`Store::transition_visit_recorded`]. SQLite stores all three in one transaction and one
-    /// trip; a backend without it takes two trips and stores no record (the caller appends it).
+    /// [`Store::transition_visit_recorded`]: all three in one transaction (SQLite: one trip); a
+    /// backend without it takes two trips and stores no record (the caller appends it).
     async fn claim_visit_joined(
         &self,
         id: &str,
@@ -311,14 +313,24 @@ pub(crate) fn push_record<DB: sqlx::Database>(
     for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
     for<'t> Option<String>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
 {
-    let e = &r.entry;
+    push_entry(row, &r.entry);
+    row.push_bind(r.prev_hash.clone()).push_bind(r.hash.clone());
+}
+
+/// Binds an entry's values, the first seven of [`AUDIT_COLUMNS`].
+pub(crate) fn push_entry<DB: sqlx::Database>(
+    row: &mut sqlx::query_builder::Separated<'_, DB, &'static str>,
+    e: &AuditEntry,
+) where
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> Option<String>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
     row.push_bind(to_millis(e.at))
         .push_bind(e.subject.clone())
         .push_bind(e.role.clone())
         .push_bind(e.action.clone())
         .push_bind(e.visit_id.clone())
         .push_bind(e.target.clone())
-        .push_bind(e.outcome.clone())
-        .push_bind(r.prev_hash.clone())
-        .push_bind(r.hash.clone());
+        .push_bind(e.outcome.clone());
 }

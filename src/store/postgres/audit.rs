@@ -1,49 +1,84 @@
 //! The audit trail: appended a batch at a time in one transaction with its predecessor's hash,
-//! never updated.
+//! never updated. A change's record is first staged in `audit_outbox` inside the change's own
+//! transaction ([`stage`]), so the two commit together, then chained by the next append.
 
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
 use super::begin;
 use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
-use crate::store::{AUDIT_COLUMNS, StoreResult, from_millis, push_record};
+use crate::store::{AUDIT_COLUMNS, StoreResult, from_millis, push_entry, push_record};
 
 const COLUMNS: &str = "id, at, subject, role, action, visit_id, target, outcome, prev_hash, hash";
 
 fn from_row(row: &PgRow) -> StoreResult<AuditRecord> {
     Ok(AuditRecord {
         id: row.try_get("id")?,
-        entry: AuditEntry {
-            at: from_millis(row.try_get("at")?)?,
-            subject: row.try_get("subject")?,
-            role: row.try_get("role")?,
-            action: row.try_get("action")?,
-            visit_id: row.try_get("visit_id")?,
-            target: row.try_get("target")?,
-            outcome: row.try_get("outcome")?,
-        },
+        entry: entry_from_row(row)?,
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
+    })
+}
+
+fn entry_from_row(row: &PgRow) -> StoreResult<AuditEntry> {
+    Ok(AuditEntry {
+        at: from_millis(row.try_get("at")?)?,
+        subject: row.try_get("subject")?,
+        role: row.try_get("role")?,
+        action: row.try_get("action")?,
+        visit_id: row.try_get("visit_id")?,
+        target: row.try_get("target")?,
+        outcome: row.try_get("outcome")?,
     })
 }
 
 /// Rows per INSERT statement: nine parameters each stays well under PostgreSQL's 65,535.
 const ROWS_PER_INSERT: usize = 256;
 
-/// Appends `entries` in order, chained, in one transaction: one commit for a whole batch.
+/// Stages the record of a change, if any, in the change's transaction `tx`; the next
+/// [`append`] chains it.
+pub async fn stage(tx: &mut Transaction<'_, Postgres>, entry: Option<&AuditEntry>) -> StoreResult<()> {
+    let Some(entry) = entry else { return Ok(()) };
+    let mut insert = QueryBuilder::<Postgres>::new(format!("INSERT INTO audit_outbox ({STAGED_COLUMNS}) "));
+    insert.push_values(std::iter::once(entry), |mut row, e| push_entry(&mut row, e));
+    insert.build().execute(&mut **tx).await?;
+    Ok(())
+}
+
+const STAGED_COLUMNS: &str = "at, subject, role, action, visit_id, target, outcome";
+
+/// Appends the staged records (oldest first), then `entries` in order, chained, in one
+/// transaction: one commit for a whole batch. Returns the records of `entries`.
 pub async fn append(pool: &PgPool, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
     if entries.is_empty() {
-        return Ok(Vec::new());
+        let staged: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM audit_outbox)").fetch_one(pool).await?;
+        if !staged {
+            return Ok(Vec::new());
+        }
     }
     // EXCLUSIVE mode lets readers in but no other writer, whoever it is, until the commit: the
     // last hash read after it is the true predecessor, and ids are drawn in chain order, so
-    // two appends never chain to the same record.
+    // two appends never chain to the same record. Staging takes no lock: a record staged
+    // meanwhile waits for the next append.
     let mut tx = begin(pool).await?;
     sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE").execute(&mut *tx).await?;
+    let staged_rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM audit_outbox WHERE id IN (SELECT id FROM audit_outbox ORDER BY id LIMIT {MAX_STAGED}) RETURNING id, {STAGED_COLUMNS}"
+    )))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut staged = staged_rows
+        .iter()
+        .map(|row| Ok((row.try_get::<i64, _>("id")?, entry_from_row(row)?)))
+        .collect::<StoreResult<Vec<_>>>()?;
+    // RETURNING promises no order: chained in the order they were staged.
+    staged.sort_unstable_by_key(|(id, _)| *id);
+    let staged_count = staged.len();
+    let all: Vec<AuditEntry> = staged.into_iter().map(|(_, e)| e).chain(entries.iter().cloned()).collect();
     let prev: Option<String> =
         sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&mut *tx).await?;
-    let mut records = chain(entries, prev.unwrap_or_else(|| GENESIS.to_string()));
+    let mut records = chain(&all, prev.unwrap_or_else(|| GENESIS.to_string()));
     for chunk in records.chunks_mut(ROWS_PER_INSERT) {
         let mut insert = QueryBuilder::<Postgres>::new(format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) "));
         insert.push_values(chunk.iter(), |mut row, r| push_record(&mut row, r));
@@ -57,7 +92,24 @@ pub async fn append(pool: &PgPool, entries: &[AuditEntry]) -> StoreResult<Vec<Au
         }
     }
     tx.commit().await?;
-    Ok(records)
+    Ok(records.split_off(staged_count))
+}
+
+/// Staged records moved per append at most: a backlog left by a crash goes over several.
+const MAX_STAGED: usize = 4096;
+
+/// Chains every staged record (at start-up, for those a crash left behind).
+pub async fn chain_all_staged(pool: &PgPool) -> StoreResult<()> {
+    loop {
+        let staged: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_outbox").fetch_one(pool).await?;
+        if staged == 0 {
+            return Ok(());
+        }
+        append(pool, &[]).await?;
+        if staged <= MAX_STAGED as i64 {
+            return Ok(());
+        }
+    }
 }
 
 pub async fn trail(pool: &PgPool, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {

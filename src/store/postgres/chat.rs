@@ -1,11 +1,12 @@
 //! Conversations: messages (numbered per visit), read positions and members.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Postgres, Row, Transaction};
 
+use super::audit::stage;
 use super::{begin, corrupt};
-use crate::model::{UsState, VisitStatus};
+use crate::model::{AuditEntry, UsState, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
 use crate::store::{
     ConversationSummary, NewMessage, OpenConversation, StoreResult, from_millis, parse_role, to_millis,
@@ -34,7 +35,9 @@ fn message_from_row(row: &PgRow) -> StoreResult<ChatMessage> {
 
 const COLUMNS: &str = "visit_id, seq, message_id, client_id, sender_subject, sender_role, sender_name, body, sent_at";
 
-pub async fn append(pool: &PgPool, m: &NewMessage) -> StoreResult<(ChatMessage, bool)> {
+/// Stores a message, with the audit record `staged` when given; a retry stores neither and
+/// returns the message stored the first time.
+pub async fn append(pool: &PgPool, m: &NewMessage, staged: Option<&AuditEntry>) -> StoreResult<(ChatMessage, bool)> {
     // PostgreSQL runs writers side by side: two appends computing MAX(seq) + 1 at once would
     // pick the same number. A transaction-scoped advisory lock per visit makes them take
     // turns; each statement after it (READ COMMITTED) sees what the previous holder committed,
@@ -74,6 +77,7 @@ pub async fn append(pool: &PgPool, m: &NewMessage) -> StoreResult<(ChatMessage, 
         .fetch_one(&mut *tx)
         .await?;
     let message = message_from_row(&row)?;
+    stage(&mut tx, staged).await?;
     tx.commit().await?;
     Ok((message, true))
 }
@@ -103,7 +107,30 @@ pub async fn mark_read(pool: &PgPool, visit_id: &str, subject: &str, up_to_seq: 
     Ok(n as u64)
 }
 
-pub async fn join(pool: &PgPool, visit_id: &str, member: &Participant, at: DateTime<Utc>) -> StoreResult<bool> {
+/// Adds a member, with the audit record `staged` when given and the member is new.
+pub async fn join(
+    pool: &PgPool,
+    visit_id: &str,
+    member: &Participant,
+    at: DateTime<Utc>,
+    staged: Option<&AuditEntry>,
+) -> StoreResult<bool> {
+    let mut tx = begin(pool).await?;
+    let joined = join_in(&mut tx, visit_id, member, at).await?;
+    if joined {
+        stage(&mut tx, staged).await?;
+    }
+    tx.commit().await?;
+    Ok(joined)
+}
+
+/// Adds a member in `tx`; false when already one.
+pub async fn join_in(
+    tx: &mut Transaction<'_, Postgres>,
+    visit_id: &str,
+    member: &Participant,
+    at: DateTime<Utc>,
+) -> StoreResult<bool> {
     let n = sqlx::query(
         "INSERT INTO chat_members (visit_id, subject, name, role, joined_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (visit_id, subject) DO NOTHING",
     )
@@ -112,7 +139,7 @@ pub async fn join(pool: &PgPool, visit_id: &str, member: &Participant, at: DateT
     .bind(&member.name)
     .bind(member.role.as_str())
     .bind(to_millis(at))
-    .execute(pool)
+    .execute(&mut **tx)
     .await?
     .rows_affected();
     Ok(n == 1)

@@ -6,6 +6,9 @@
 //! Concurrency: compare-and-set updates (`WHERE status = ...`) have exactly one winner, as row
 //! locks make the losers re-check against the winner's row; chat appends and audit appends,
 //! which read the last row to write the next, take a lock first (see `chat.rs`, `audit.rs`).
+//! A change's audit record is staged in the change's own transaction without that lock, and
+//! chained right after: a change and its record commit together, and changes do not queue on
+//! the trail's lock.
 
 mod audit;
 mod chat;
@@ -23,7 +26,8 @@ use sqlx::{Postgres, Transaction};
 pub use replica::ReplicaStats;
 
 use super::{
-    ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, OpenConversation, Store, StoreResult, Transition,
+    ClaimOutcome, ConversationSummary, IdempotencyKey, InsertOutcome, NewMessage, OpenConversation, Store, StoreResult,
+    Transition,
 };
 use crate::model::{Actor, AuditEntry, AuditRecord, Caregiver, StateSettings, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
@@ -34,6 +38,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PostgresStore {
     primary: PgPool,
     router: replica::ReadRouter,
+    /// One chaining of staged records at a time per node: callers that queue behind one that
+    /// took their records along find nothing left, and skip the trail's lock.
+    chaining: tokio::sync::Mutex<()>,
 }
 
 use super::corrupt;
@@ -56,7 +63,10 @@ impl PostgresStore {
             Some(url) => Some(options().connect(url).await?),
             None => None,
         };
-        let store = PostgresStore { primary, router: replica::ReadRouter::new(replica) };
+        // Records a crash left staged go into the trail before anything new.
+        audit::chain_all_staged(&primary).await?;
+        let store =
+            PostgresStore { primary, router: replica::ReadRouter::new(replica), chaining: tokio::sync::Mutex::new(()) };
         // The schema counts as a write: no read goes to a replica that lacks a table.
         store.router.wrote(&store.primary).await?;
         Ok(store)
@@ -78,6 +88,16 @@ impl PostgresStore {
     /// Where reads went so far.
     pub fn replica_stats(&self) -> ReplicaStats {
         self.router.stats()
+    }
+
+    /// Chains the records changes staged (see `audit.rs`), so a change's record is in the trail
+    /// before the change is answered. Should this fail, the records stay staged, durable, for
+    /// the next append: the change stands either way.
+    async fn chain_staged(&self) {
+        let _one_at_a_time = self.chaining.lock().await;
+        if let Err(e) = self.write(audit::append(&self.primary, &[]).await).await {
+            tracing::warn!(error = %e, "audit records staged with their changes wait for the next append");
+        }
     }
 
     /// Passes on the result of a write on the primary, after noting where the primary's WAL is
@@ -119,7 +139,13 @@ impl Store for PostgresStore {
         actor: &Actor,
         key: Option<&IdempotencyKey>,
     ) -> StoreResult<InsertOutcome> {
-        self.write(visits::insert(&self.primary, visit, actor, key).await).await
+        self.write(visits::insert(&self.primary, visit, actor, key, None).await).await
+    }
+
+    async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, record: &AuditEntry) -> StoreResult<bool> {
+        self.write(visits::insert(&self.primary, visit, actor, None, Some(record)).await).await?;
+        self.chain_staged().await;
+        Ok(true)
     }
 
     /// On the primary: a retry landing on another node must find the key at once.
@@ -139,11 +165,42 @@ impl Store for PostgresStore {
         actor: &Actor,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        self.write(visits::transition(&self.primary, id, from, to, actor, at).await).await
+        self.write(visits::transition(&self.primary, id, (from, to), actor, at, None).await).await
+    }
+
+    async fn transition_visit_recorded(
+        &self,
+        id: &str,
+        step: (VisitStatus, VisitStatus),
+        actor: &Actor,
+        at: DateTime<Utc>,
+        record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        let moved = self.write(visits::transition(&self.primary, id, step, actor, at, Some(record)).await).await?;
+        if moved {
+            self.chain_staged().await;
+        }
+        Ok((moved, moved))
     }
 
     async fn claim_visit(&self, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool> {
-        self.write(visits::claim(&self.primary, id, provider, at, waited_secs).await).await
+        Ok(self.write(visits::claim(&self.primary, id, provider, at, waited_secs, None).await).await?.0)
+    }
+
+    async fn claim_visit_joined(
+        &self,
+        id: &str,
+        provider: &Participant,
+        at: DateTime<Utc>,
+        waited_secs: u64,
+        record: &AuditEntry,
+    ) -> StoreResult<ClaimOutcome> {
+        let claim = visits::claim(&self.primary, id, &provider.subject, at, waited_secs, Some((provider, record)));
+        let (claimed, joined) = self.write(claim.await).await?;
+        if claimed {
+            self.chain_staged().await;
+        }
+        Ok(ClaimOutcome { claimed, joined, recorded: claimed })
     }
 
     async fn move_visit(
@@ -210,7 +267,19 @@ impl Store for PostgresStore {
     }
 
     async fn append_message(&self, msg: &NewMessage) -> StoreResult<(ChatMessage, bool)> {
-        self.write(chat::append(&self.primary, msg).await).await
+        self.write(chat::append(&self.primary, msg, None).await).await
+    }
+
+    async fn append_message_recorded(
+        &self,
+        msg: &NewMessage,
+        record: &AuditEntry,
+    ) -> StoreResult<((ChatMessage, bool), bool)> {
+        let (message, new) = self.write(chat::append(&self.primary, msg, Some(record)).await).await?;
+        if new {
+            self.chain_staged().await;
+        }
+        Ok(((message, new), new))
     }
 
     async fn messages(&self, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>> {
@@ -222,7 +291,21 @@ impl Store for PostgresStore {
     }
 
     async fn join_conversation(&self, visit_id: &str, member: &Participant, at: DateTime<Utc>) -> StoreResult<bool> {
-        self.write(chat::join(&self.primary, visit_id, member, at).await).await
+        self.write(chat::join(&self.primary, visit_id, member, at, None).await).await
+    }
+
+    async fn join_conversation_recorded(
+        &self,
+        visit_id: &str,
+        member: &Participant,
+        at: DateTime<Utc>,
+        record: &AuditEntry,
+    ) -> StoreResult<(bool, bool)> {
+        let joined = self.write(chat::join(&self.primary, visit_id, member, at, Some(record)).await).await?;
+        if joined {
+            self.chain_staged().await;
+        }
+        Ok((joined, joined))
     }
 
     async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool> {

@@ -4,8 +4,10 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
+use super::audit::stage;
 use super::{begin, corrupt};
-use crate::model::{Actor, UsState, Visit, VisitId, VisitStatus};
+use crate::model::{Actor, AuditEntry, UsState, Visit, VisitId, VisitStatus};
+use crate::protocol::Participant;
 use crate::store::{IdempotencyKey, InsertOutcome, StoreResult, Transition, from_millis, to_millis};
 
 const COLUMNS: &str = "id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs, provider_subject, reported_state";
@@ -50,11 +52,13 @@ async fn record(
     Ok(())
 }
 
+/// Stores a new visit and its first transition, with the audit record `staged` when given.
 pub async fn insert(
     pool: &PgPool,
     visit: &Visit,
     actor: &Actor,
     key: Option<&IdempotencyKey>,
+    staged: Option<&AuditEntry>,
 ) -> StoreResult<InsertOutcome> {
     let mut tx = begin(pool).await?;
     sqlx::query(
@@ -91,6 +95,7 @@ pub async fn insert(
         }
     }
     record(&mut tx, &visit.id, None, visit.status, actor, visit.created_at).await?;
+    stage(&mut tx, staged).await?;
     tx.commit().await?;
     Ok(InsertOutcome::Inserted)
 }
@@ -111,13 +116,14 @@ pub async fn get(pool: &PgPool, id: &str) -> StoreResult<Option<Visit>> {
 
 /// Compare-and-set: the `WHERE status = $4` makes concurrent updates of one visit queue on its
 /// row lock, and the losers re-check the condition against the winner's row and change nothing.
+/// The audit record `staged`, when given, is stored only with a transition that happened.
 pub async fn transition(
     pool: &PgPool,
     id: &str,
-    from: VisitStatus,
-    to: VisitStatus,
+    (from, to): (VisitStatus, VisitStatus),
     actor: &Actor,
     at: DateTime<Utc>,
+    staged: Option<&AuditEntry>,
 ) -> StoreResult<bool> {
     let mut tx = begin(pool).await?;
     let changed = sqlx::query(
@@ -134,11 +140,22 @@ pub async fn transition(
         return Ok(false);
     }
     record(&mut tx, id, Some(from), to, actor, at).await?;
+    stage(&mut tx, staged).await?;
     tx.commit().await?;
     Ok(true)
 }
 
-pub async fn claim(pool: &PgPool, id: &str, provider: &str, at: DateTime<Utc>, waited_secs: u64) -> StoreResult<bool> {
+/// A claim and, when it wins and `join` is given, the provider joining the visit's conversation
+/// and the claim's audit record, in one transaction. Returns whether it won and whether the
+/// provider joined.
+pub async fn claim(
+    pool: &PgPool,
+    id: &str,
+    provider: &str,
+    at: DateTime<Utc>,
+    waited_secs: u64,
+    join: Option<(&Participant, &AuditEntry)>,
+) -> StoreResult<(bool, bool)> {
     let mut tx = begin(pool).await?;
     let changed = sqlx::query(
         "UPDATE visits SET status = 'claimed', provider_subject = $1, waited_secs = COALESCE(waited_secs, $2) WHERE id = $3 AND status = 'waiting'",
@@ -150,12 +167,17 @@ pub async fn claim(pool: &PgPool, id: &str, provider: &str, at: DateTime<Utc>, w
     .await?
     .rows_affected();
     if changed == 0 {
-        return Ok(false);
+        return Ok((false, false));
     }
     let actor = Actor { subject: provider.to_string(), role: "provider" };
     record(&mut tx, id, Some(VisitStatus::Waiting), VisitStatus::Claimed, &actor, at).await?;
+    let mut joined = false;
+    if let Some((member, entry)) = join {
+        joined = super::chat::join_in(&mut tx, id, member, at).await?;
+        stage(&mut tx, Some(entry)).await?;
+    }
     tx.commit().await?;
-    Ok(true)
+    Ok((true, joined))
 }
 
 pub async fn relocate(
