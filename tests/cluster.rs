@@ -18,7 +18,7 @@ use common::*;
 use nodes::{Backing, HubProcess};
 use pg::PgCluster;
 use redis_support::{RedisCluster, RedisServer};
-use serde_json::Value;
+use serde_json::{Value, json};
 use visithub::model::{Role, UsState, VisitStatus};
 use visithub::protocol::{
     ChatHistory, ChatSend, ClientMessage, ServerFrame, ServerMessage, SignalSdp, StateRef, VisitRef, VisitTransition,
@@ -579,4 +579,43 @@ async fn a_draining_node_sends_its_clients_elsewhere_and_hands_their_sessions_ov
     assert_eq!(got, vec!["two".to_string()]);
     let (_a, status) = term.await.unwrap();
     assert!(status.success(), "a drained node exits cleanly: {status:?}");
+}
+
+/// A busy state's reduced intake rate is the cluster's, not each node's: with one intake an
+/// hour, the second is refused whichever node it reaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_states_reduced_rate_holds_across_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let cluster = Cluster::new(redis.url(), false).await;
+    let (a, b) = (cluster.node("a").await, cluster.node("b").await);
+    let set = a.settings("OR", json!({ "busy": true, "busy_intake_per_hour": 1 })).await;
+    assert_eq!(set.body["busy"], true, "{}", set.body);
+    // Settings reach the other node over the bus.
+    sees_busy(&b, true).await;
+    assert_eq!(a.intake("Ann", "OR", None).await.status, 201);
+    let r = b.intake("Bob", "OR", None).await;
+    assert_eq!((r.status.as_u16(), r.code()), (429, "state_busy"), "{:?}", r.body);
+    assert!(r.retry_after.unwrap() > 3500, "the slot frees an hour after the first: {:?}", r.retry_after);
+    let r = a.intake("Cy", "OR", None).await;
+    assert_eq!(r.code(), "state_busy");
+    // Lifted (on b) and set again (on a): the rate counts afresh from then, on both nodes.
+    assert_eq!(b.settings("OR", json!({ "busy": false })).await.body["busy"], false);
+    sees_busy(&a, false).await;
+    assert_eq!(a.settings("OR", json!({ "busy": true })).await.body["busy"], true);
+    sees_busy(&b, true).await;
+    assert_eq!(b.intake("Dee", "OR", None).await.status, 201);
+    assert_eq!(a.intake("Eve", "OR", None).await.code(), "state_busy");
+}
+
+/// Waits until `node` shows OR's busy flag as `busy`.
+async fn sees_busy(node: &HubProcess, busy: bool) {
+    for _ in 0..100 {
+        let r = node.call("GET", "/v1/states/OR/settings", Some(&node.admin()), None).await;
+        if r.body["busy"] == busy {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never showed busy = {busy}", node.name);
 }

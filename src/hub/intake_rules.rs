@@ -18,6 +18,11 @@ pub struct BusyWindow {
 }
 
 impl BusyWindow {
+    /// The window of admissions made at `admitted` (oldest first).
+    pub fn of(admitted: impl IntoIterator<Item = DateTime<Utc>>) -> BusyWindow {
+        BusyWindow { admitted: admitted.into_iter().collect() }
+    }
+
     fn trim(&mut self, now: DateTime<Utc>) {
         while self.admitted.front().is_some_and(|t| *t <= now - Duration::hours(1)) {
             self.admitted.pop_front();

@@ -11,7 +11,6 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use super::estimator::EstimateInputs;
-use super::intake_rules::BusyWindow;
 use crate::model::UsState;
 use crate::protocol::{QueueDelta, QueueEntry, QueuePosition, QueueSnapshot};
 
@@ -142,10 +141,6 @@ struct Cached {
 
 /// Everything one state's queue owns on this node.
 pub struct Lane {
-    /// Serializes this node's intakes of the state, held across the store write; the
-    /// cluster-wide intake lock in live state does the same across nodes. Guards the
-    /// busy-rate window too.
-    pub intake_gate: tokio::sync::Mutex<BusyWindow>,
     cached: Mutex<Cached>,
     pub board: watch::Sender<Arc<QueueView>>,
     /// A reload from live state is scheduled (coalesces announcements).
@@ -212,7 +207,6 @@ impl Queues {
             .or_insert_with(|| {
                 let view = QueueView::new(state, 0, false, self.empty_estimate, Vec::new());
                 Arc::new(Lane {
-                    intake_gate: tokio::sync::Mutex::new(BusyWindow::default()),
                     cached: Mutex::new(Cached::default()),
                     board: watch::channel(Arc::new(view)).0,
                     reloading: std::sync::atomic::AtomicBool::new(false),

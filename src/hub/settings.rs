@@ -89,18 +89,15 @@ impl Hub {
     }
 
     async fn save_settings(&self, mut s: StateSettings, busy: bool) -> HubResult<StateSettings> {
-        let lane = self.queues.lane(s.state);
-        // Under the intake gates, so an intake never sees half-applied settings.
+        // Under the intake lock, so an intake never sees half-applied settings.
         let _cluster_gate = self.intake_lock(s.state).await?;
-        let mut window = lane.intake_gate.lock().await;
         if busy && !s.busy {
             // The reduced rate counts from the moment the state turned busy.
-            window.clear();
+            self.live_state.busy_clear(s.state).await.map_err(HubError::unavailable)?;
         }
         s.busy = busy;
         self.store.put_state_settings(&s).await.map_err(HubError::internal)?;
         self.settings.insert(s.state, s.clone());
-        drop(window);
         self.publish(Topic::Cluster, BusEvent::SettingsChanged { state: s.state }).await;
         let version = self.live_state.queue_bump(s.state).await.map_err(HubError::unavailable)?;
         self.queue_changed(s.state, version).await;

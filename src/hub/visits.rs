@@ -3,12 +3,14 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::intake_rules::{IntakeContext, check_intake};
+use chrono::{DateTime, Utc};
+
+use super::intake_rules::{BusyWindow, IntakeContext, check_intake};
 use super::queues::QueuedVisit;
 use super::{Hub, Scope, validate};
 use crate::auth::{Claims, Principal};
 use crate::error::{ErrorCode, HubError, HubResult};
-use crate::model::{Actor, Role, UsState, Visit, VisitId, VisitStatus, new_visit_id, patient_subject};
+use crate::model::{Actor, Role, StateSettings, UsState, Visit, VisitId, VisitStatus, new_visit_id, patient_subject};
 use crate::store::{IdempotencyKey, InsertOutcome};
 
 pub const MAX_DISPLAY_NAME_CHARS: usize = 80;
@@ -99,9 +101,9 @@ impl Hub {
         let lane = self.queues.lane(req.state);
         let gate_and_version = {
             let _cluster_gate = self.intake_lock(req.state).await?;
-            let mut busy_window = lane.intake_gate.lock().await;
             let settings = self.state_settings(req.state);
             let now = self.clock.now();
+            let mut busy_window = self.busy_window(&settings, now).await?;
             let estimate = self.estimate(req.state);
             let waiting = self.live_state.queue_len(req.state).await.map_err(HubError::unavailable)?;
             let projected = estimate.wait_for(waiting + 1);
@@ -154,7 +156,12 @@ impl Hub {
                 }
             };
             if settings.busy {
-                busy_window.record(now, settings.busy_intake_per_hour);
+                let noted =
+                    self.live_state.busy_admit(req.state, now.timestamp_millis(), settings.busy_intake_per_hour);
+                if let Err(e) = noted.await {
+                    // The visit is stored: it goes on; the reduced rate undercounts by one.
+                    tracing::warn!(error = %e, "a busy state's admission was not noted");
+                }
             }
             // Before it is queued, where staff can see it and join its conversation.
             self.members.opened(&visit.id);
@@ -192,6 +199,17 @@ impl Hub {
             replayed: false,
         };
         Ok((receipt, recorded))
+    }
+
+    /// The admissions a busy state made in the last hour, as live state (every node's) holds
+    /// them; empty when the state is not busy, without asking.
+    async fn busy_window(&self, settings: &StateSettings, now: DateTime<Utc>) -> HubResult<BusyWindow> {
+        if !settings.busy {
+            return Ok(BusyWindow::default());
+        }
+        let admitted = self.live_state.busy_admissions(settings.state, now.timestamp_millis()).await;
+        let admitted = admitted.map_err(HubError::unavailable)?;
+        Ok(BusyWindow::of(admitted.into_iter().filter_map(DateTime::from_timestamp_millis)))
     }
 
     /// Serializes intakes of a state (and settings changes) across every node.

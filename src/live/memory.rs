@@ -16,7 +16,11 @@ use crate::model::UsState;
 struct StateQueue {
     entries: Vec<Arc<QueuedVisit>>,
     version: u64,
+    /// Admissions while busy (ms), oldest first.
+    busy: VecDeque<i64>,
 }
+
+const HOUR_MS: i64 = 3_600_000;
 
 type Locks = Arc<DashMap<String, Arc<tokio::sync::Mutex<()>>>>;
 
@@ -92,6 +96,28 @@ impl LiveState for MemoryLive {
                 q.version
             })
         }))
+    }
+
+    async fn busy_admissions(&self, state: UsState, now_ms: i64) -> anyhow::Result<Vec<i64>> {
+        Ok(self.with_queue(state, |q| {
+            q.busy.retain(|t| *t > now_ms - HOUR_MS);
+            q.busy.iter().copied().collect()
+        }))
+    }
+
+    async fn busy_admit(&self, state: UsState, at_ms: i64, keep: u32) -> anyhow::Result<()> {
+        self.with_queue(state, |q| {
+            q.busy.push_back(at_ms);
+            while q.busy.len() > keep as usize {
+                q.busy.pop_front();
+            }
+        });
+        Ok(())
+    }
+
+    async fn busy_clear(&self, state: UsState) -> anyhow::Result<()> {
+        self.with_queue(state, |q| q.busy.clear());
+        Ok(())
     }
 
     async fn queue_bump(&self, state: UsState) -> anyhow::Result<u64> {

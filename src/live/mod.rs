@@ -69,6 +69,17 @@ pub trait LiveState: Send + Sync {
 
     async fn queue_load(&self, state: UsState) -> anyhow::Result<QueueLoad>;
 
+    /// When `state` admitted visits while busy, in the hour up to `now_ms` (milliseconds of
+    /// the hub's clock), oldest first. Shared by every node, so a busy state's reduced rate
+    /// holds for the whole cluster, not per node. Read under the state's intake lock.
+    async fn busy_admissions(&self, state: UsState, now_ms: i64) -> anyhow::Result<Vec<i64>>;
+
+    /// Notes an admission at `at_ms` while busy, keeping the `keep` latest.
+    async fn busy_admit(&self, state: UsState, at_ms: i64, keep: u32) -> anyhow::Result<()>;
+
+    /// Forgets the admissions: the state just turned busy, and its rate counts from now.
+    async fn busy_clear(&self, state: UsState) -> anyhow::Result<()>;
+
     /// False when the live state was never built or was lost (Redis restarted empty).
     async fn is_seeded(&self) -> anyhow::Result<bool>;
 

@@ -6,6 +6,7 @@
 //! | `vh:{q:WA}:order` | sorted set | waiting visit ids, scored by arrival (ms) |
 //! | `vh:{q:WA}:entries` | hash | visit id -> what the queue shows of it (JSON) |
 //! | `vh:{q:WA}:version` | string | counter bumped by every change of the queue |
+//! | `vh:{q:WA}:busy` | sorted set | admissions while the state is busy, scored by the hub's clock (ms), the last hour's |
 //! | `vh:lock:<name>` | string | a lock's holder token, with a TTL |
 //! | `vh:seeded` | string | present once the queues were built from the store |
 //! | `vh:nodes` | set | node ids in the registry |
@@ -69,12 +70,20 @@ struct QueueKeys {
     order: String,
     entries: String,
     version: String,
+    busy: String,
 }
 
 fn queue_keys(state: UsState) -> QueueKeys {
     let tag = format!("vh:{{q:{}}}", state.code());
-    QueueKeys { order: format!("{tag}:order"), entries: format!("{tag}:entries"), version: format!("{tag}:version") }
+    QueueKeys {
+        order: format!("{tag}:order"),
+        entries: format!("{tag}:entries"),
+        version: format!("{tag}:version"),
+        busy: format!("{tag}:busy"),
+    }
 }
+
+const HOUR_MS: i64 = 3_600_000;
 
 const SEEDED: &str = "vh:seeded";
 const NODES: &str = "vh:nodes";
@@ -280,6 +289,36 @@ impl LiveState for RedisLive {
             }));
         }
         Ok(QueueLoad { version, entries: out })
+    }
+
+    async fn busy_admissions(&self, state: UsState, now_ms: i64) -> anyhow::Result<Vec<i64>> {
+        let key = queue_keys(state).busy;
+        let mut pipe = redis::pipe();
+        pipe.zrembyscore(&key, "-inf", now_ms - HOUR_MS).ignore().zrange_withscores(&key, 0, -1);
+        let mut conn = self.conn.clone();
+        let (admitted,): (Vec<(String, f64)>,) = timed(&self.metrics, "busy", pipe.query_async(&mut conn)).await?;
+        Ok(admitted.into_iter().map(|(_, at)| at as i64).collect())
+    }
+
+    async fn busy_admit(&self, state: UsState, at_ms: i64, keep: u32) -> anyhow::Result<()> {
+        let key = queue_keys(state).busy;
+        // Members are unique (two admissions in one millisecond both count); the score is when.
+        let member = format!("{at_ms}:{}", uuid::Uuid::new_v4().simple());
+        let mut pipe = redis::pipe();
+        pipe.zadd(&key, member, at_ms)
+            .ignore()
+            .zremrangebyrank(&key, 0, -(keep as isize) - 1)
+            .ignore()
+            .pexpire(&key, HOUR_MS)
+            .ignore();
+        let mut conn = self.conn.clone();
+        timed(&self.metrics, "busy", pipe.query_async(&mut conn)).await
+    }
+
+    async fn busy_clear(&self, state: UsState) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = timed(&self.metrics, "busy", conn.del(queue_keys(state).busy)).await?;
+        Ok(())
     }
 
     async fn is_seeded(&self) -> anyhow::Result<bool> {
