@@ -84,6 +84,19 @@ impl RedisLink {
         self.cluster
     }
 
+    /// The connection events are published on. On a Redis Cluster, the cluster connection
+    /// would send each `PUBLISH` to the shard of its channel's slot, and events published on
+    /// different shards reach subscribers in no agreed order (session hand-overs need one, see
+    /// `bus/redis.rs`): so every node publishes on the node it subscribes on, the first URL,
+    /// which puts all events in that node's one order.
+    pub async fn publisher(&self) -> anyhow::Result<Commands> {
+        if !self.cluster {
+            return Ok(self.commands());
+        }
+        let client = redis::Client::open(self.urls[0].as_str())?;
+        Ok(Commands::Single(ConnectionManager::new_with_config(client, manager_config()).await?))
+    }
+
     /// A RESP3 client for the pub/sub connection (the first URL; any cluster node will do).
     pub fn pubsub_client(&self) -> anyhow::Result<redis::Client> {
         let info = redis::IntoConnectionInfo::into_connection_info(self.urls[0].as_str())?;

@@ -2,7 +2,9 @@
 //! on its first local subscriber and unsubscribes after the last. What a node publishes
 //! reaches its own sessions the way it reaches every other node's, through Redis, exactly
 //! once: so every node sees one order of events, which session hand-overs rely on (see
-//! [`BusEvent::Handover`]). While Redis is away nothing is delivered; the nodes resync when
+//! [`BusEvent::Handover`]). On a Redis Cluster that order is one Redis node's: every hub node
+//! publishes and subscribes on the first of its Redis URLs, which must be the same node for
+//! all of them ([`RedisLink::publisher`]). While Redis is away nothing is delivered; the nodes resync when
 //! it returns.
 //!
 //! The subscriber connection is a RESP3 [`ConnectionManager`]: it reconnects by itself and
@@ -127,7 +129,7 @@ impl RedisBus {
         });
         let config = manager_config().set_push_sender(PushRelay(shared.clone())).set_automatic_resubscription();
         let subscriber = ConnectionManager::new_with_config(link.pubsub_client()?, config).await?;
-        let bus = Arc::new(RedisBus { shared, publisher: link.commands(), subscriber });
+        let bus = Arc::new(RedisBus { shared, publisher: link.publisher().await?, subscriber });
         // Every node listens to the cluster channel: it carries cluster-wide news, and its
         // confirmation after a reconnect is the signal to resynchronize.
         bus.subscribe(&Topic::Cluster).await?;
