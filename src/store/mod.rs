@@ -334,3 +334,22 @@ pub(crate) fn push_entry<DB: sqlx::Database>(
         .push_bind(e.target.clone())
         .push_bind(e.outcome.clone());
 }
+
+/// An entry from a row holding the first seven of [`AUDIT_COLUMNS`], for either store.
+pub(crate) fn entry_from_row<R: sqlx::Row>(row: &R) -> StoreResult<AuditEntry>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(AuditEntry {
+        at: from_millis(row.try_get("at")?)?,
+        subject: row.try_get("subject")?,
+        role: row.try_get("role")?,
+        action: row.try_get("action")?,
+        visit_id: row.try_get("visit_id")?,
+        target: row.try_get("target")?,
+        outcome: row.try_get("outcome")?,
+    })
+}

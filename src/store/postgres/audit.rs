@@ -8,7 +8,7 @@ use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 use super::begin;
 use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
-use crate::store::{AUDIT_COLUMNS, StoreResult, from_millis, push_entry, push_record};
+use crate::store::{AUDIT_COLUMNS, StoreResult, entry_from_row, push_entry, push_record};
 
 const COLUMNS: &str = "id, at, subject, role, action, visit_id, target, outcome, prev_hash, hash";
 
@@ -18,18 +18,6 @@ fn from_row(row: &PgRow) -> StoreResult<AuditRecord> {
         entry: entry_from_row(row)?,
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
-    })
-}
-
-fn entry_from_row(row: &PgRow) -> StoreResult<AuditEntry> {
-    Ok(AuditEntry {
-        at: from_millis(row.try_get("at")?)?,
-        subject: row.try_get("subject")?,
-        role: row.try_get("role")?,
-        action: row.try_get("action")?,
-        visit_id: row.try_get("visit_id")?,
-        target: row.try_get("target")?,
-        outcome: row.try_get("outcome")?,
     })
 }
 

@@ -9,22 +9,14 @@ use tokio::sync::Mutex;
 
 use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
-use crate::store::{AUDIT_COLUMNS, StoreResult, from_millis, push_record};
+use crate::store::{AUDIT_COLUMNS, StoreResult, entry_from_row, push_record};
 
 const COLUMNS: &str = "id, at, subject, role, action, visit_id, target, outcome, prev_hash, hash";
 
 fn from_row(row: &SqliteRow) -> StoreResult<AuditRecord> {
     Ok(AuditRecord {
         id: row.try_get("id")?,
-        entry: AuditEntry {
-            at: from_millis(row.try_get("at")?)?,
-            subject: row.try_get("subject")?,
-            role: row.try_get("role")?,
-            action: row.try_get("action")?,
-            visit_id: row.try_get("visit_id")?,
-            target: row.try_get("target")?,
-            outcome: row.try_get("outcome")?,
-        },
+        entry: entry_from_row(row)?,
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
     })
