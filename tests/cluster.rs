@@ -619,3 +619,42 @@ async fn sees_busy(node: &HubProcess, busy: bool) {
     }
     panic!("{} never showed busy = {busy}", node.name);
 }
+
+/// The wait estimates follow visit durations learned on any node: a visit that ends on C moves
+/// the mean visit duration that A's estimates use too, so both show a waiting patient one wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visit_ended_on_one_node_moves_every_nodes_wait_estimates() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let cluster = Cluster::new(redis.url(), false).await;
+    let (a, c) = (cluster.node("a").await, cluster.node("c").await);
+    assert!(a.onboard("dr-lee", "provider", &["WA"]).await.status.is_success());
+    let mut dr = c.ws(&c.token(Role::Provider, "dr-lee", &[], 3600)).await;
+    welcome(&mut dr).await;
+    let visit_id = a.intake("Ann", "WA", None).await.str("visit_id");
+    assert!(is_ack(&dr.request(&ClientMessage::VisitClaim(VisitRef { visit_id: visit_id.clone() })).await));
+    for status in [VisitStatus::InVisit, VisitStatus::WrapUp, VisitStatus::Ended] {
+        assert!(is_ack(&dr.request(&to(&visit_id, status)).await));
+    }
+    // A visit of about no time at all: the mean drops from the prior (15 minutes) on C.
+    drop(dr);
+    let bob = a.intake("Bob", "WA", None).await.str("visit_id");
+    // With no provider online: the pick-up delay (60 s) and half a visit.
+    let prior_based = 60 + 15 * 60 / 2;
+    let mut seen = (None, None);
+    for _ in 0..100 {
+        seen = (wait_of(&a, &bob).await, wait_of(&c, &bob).await);
+        if seen.0.is_some() && seen.0 == seen.1 && seen.0 < Some(prior_based) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("A and C never showed one learned wait for Bob: (A, C) = {seen:?}, prior-based {prior_based}");
+}
+
+/// The estimated wait a node's WA queue shows for `visit_id`.
+async fn wait_of(node: &HubProcess, visit_id: &str) -> Option<u64> {
+    let r = node.call("GET", "/v1/states/WA/queue", Some(&node.admin()), None).await;
+    let visits = r.body["visits"].as_array()?;
+    visits.iter().find(|e| e["visit_id"] == visit_id)?["estimated_wait_secs"].as_u64()
+}

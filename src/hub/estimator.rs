@@ -42,6 +42,19 @@ impl Estimator {
         self.mean_visit_secs += self.alpha * (secs as f64 - self.mean_visit_secs);
     }
 
+    /// Takes the mean visit duration the cluster learned (see [`crate::live::LiveState::learn_visit_secs`]).
+    pub fn set_mean_visit_secs(&mut self, secs: f64) {
+        self.mean_visit_secs = secs;
+    }
+
+    pub fn alpha(&self) -> f64 {
+        self.alpha
+    }
+
+    pub fn mean_visit_secs(&self) -> f64 {
+        self.mean_visit_secs
+    }
+
     /// Delay from a visit reaching the front (with a provider free) to its claim.
     pub fn record_pickup(&mut self, secs: u64) {
         self.mean_pickup_secs += self.alpha * (secs as f64 - self.mean_pickup_secs);

@@ -226,14 +226,19 @@ impl Hub {
         };
         if let Some(start) = start {
             let secs = (at - start).num_seconds().max(0) as u64;
-            let prior = || {
-                super::Estimator::new(
-                    self.options.prior_visit_secs,
-                    self.options.prior_pickup_secs,
-                    self.options.estimator_alpha,
-                )
-            };
-            self.estimators.entry(visit.state).or_insert_with(prior).record_visit_duration(secs);
+            let alpha = self.new_estimator().alpha();
+            let prior = f64::from(self.options.prior_visit_secs);
+            match self.live_state.learn_visit_secs(visit.state, secs as f64, alpha, prior).await {
+                Ok(mean) => self.adopt_mean_visit(visit.state, mean),
+                Err(e) => {
+                    // Live state away: this node learns alone until the next queue read.
+                    tracing::warn!(error = %e, "a visit's duration was learned on this node only");
+                    self.estimators
+                        .entry(visit.state)
+                        .or_insert_with(|| self.new_estimator())
+                        .record_visit_duration(secs);
+                }
+            }
         }
     }
 

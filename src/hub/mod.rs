@@ -269,13 +269,18 @@ impl Hub {
         let staffing = self.presence.staffing(state);
         match self.estimators.get(&state) {
             Some(e) => e.inputs(staffing),
-            None => Estimator::new(
-                self.options.prior_visit_secs,
-                self.options.prior_pickup_secs,
-                self.options.estimator_alpha,
-            )
-            .inputs(staffing),
+            None => self.new_estimator().inputs(staffing),
         }
+    }
+
+    /// An estimator that has learned nothing yet: the configured priors.
+    fn new_estimator(&self) -> Estimator {
+        Estimator::new(self.options.prior_visit_secs, self.options.prior_pickup_secs, self.options.estimator_alpha)
+    }
+
+    /// Takes the state's mean visit duration as the cluster learned it.
+    fn adopt_mean_visit(&self, state: UsState, mean_visit_secs: f64) {
+        self.estimators.entry(state).or_insert_with(|| self.new_estimator()).set_mean_visit_secs(mean_visit_secs);
     }
 
     fn refresh_board(&self, state: UsState) {

@@ -18,6 +18,7 @@ struct StateQueue {
     version: u64,
     /// Admissions while busy (ms), oldest first.
     busy: VecDeque<i64>,
+    mean_visit_secs: Option<f64>,
 }
 
 const HOUR_MS: i64 = 3_600_000;
@@ -98,6 +99,15 @@ impl LiveState for MemoryLive {
         }))
     }
 
+    async fn learn_visit_secs(&self, state: UsState, secs: f64, alpha: f64, prior: f64) -> anyhow::Result<f64> {
+        Ok(self.with_queue(state, |q| {
+            let mean = q.mean_visit_secs.unwrap_or(prior);
+            let learned = mean + alpha * (secs - mean);
+            q.mean_visit_secs = Some(learned);
+            learned
+        }))
+    }
+
     async fn busy_admissions(&self, state: UsState, now_ms: i64) -> anyhow::Result<Vec<i64>> {
         Ok(self.with_queue(state, |q| {
             q.busy.retain(|t| *t > now_ms - HOUR_MS);
@@ -132,7 +142,11 @@ impl LiveState for MemoryLive {
     }
 
     async fn queue_load(&self, state: UsState) -> anyhow::Result<QueueLoad> {
-        Ok(self.with_queue(state, |q| QueueLoad { version: q.version, entries: q.entries.clone() }))
+        Ok(self.with_queue(state, |q| QueueLoad {
+            version: q.version,
+            entries: q.entries.clone(),
+            mean_visit_secs: q.mean_visit_secs,
+        }))
     }
 
     async fn is_seeded(&self) -> anyhow::Result<bool> {

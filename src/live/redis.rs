@@ -6,6 +6,7 @@
 //! | `vh:{q:WA}:order` | sorted set | waiting visit ids, scored by arrival (ms) |
 //! | `vh:{q:WA}:entries` | hash | visit id -> what the queue shows of it (JSON) |
 //! | `vh:{q:WA}:version` | string | counter bumped by every change of the queue |
+//! | `vh:{q:WA}:mean_visit` | string | the state's mean visit duration in seconds, as learned (exponentially weighted) |
 //! | `vh:{q:WA}:busy` | sorted set | admissions while the state is busy, scored by the hub's clock (ms), the last hour's |
 //! | `vh:lock:<name>` | string | a lock's holder token, with a TTL |
 //! | `vh:seeded` | string | present once the queues were built from the store |
@@ -49,9 +50,17 @@ return next_version(KEYS[3], ARGV[2])";
 
 const BUMP: &str = r"return next_version(KEYS[1], ARGV[1])";
 
-/// Order, entries and version read together, so a load never mixes two versions.
+/// Order, entries, version and the learned mean visit duration read together, so a load never
+/// mixes two versions.
 const LOAD: &str = r"
-return {redis.call('GET', KEYS[3]) or '0', redis.call('ZRANGE', KEYS[1], 0, -1), redis.call('HGETALL', KEYS[2])}";
+return {redis.call('GET', KEYS[3]) or '0', redis.call('ZRANGE', KEYS[1], 0, -1), redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[4]) or ''}";
+
+/// One duration learned into the mean, atomically: nodes learning at once each count.
+const LEARN: &str = r"
+local mean = tonumber(redis.call('GET', KEYS[1]) or ARGV[3])
+mean = mean + tonumber(ARGV[2]) * (tonumber(ARGV[1]) - mean)
+redis.call('SET', KEYS[1], tostring(mean))
+return tostring(mean)";
 
 /// Deletes the lock only if this holder still has it.
 const UNLOCK: &str = r"
@@ -71,6 +80,7 @@ struct QueueKeys {
     entries: String,
     version: String,
     busy: String,
+    mean_visit: String,
 }
 
 fn queue_keys(state: UsState) -> QueueKeys {
@@ -80,6 +90,7 @@ fn queue_keys(state: UsState) -> QueueKeys {
         entries: format!("{tag}:entries"),
         version: format!("{tag}:version"),
         busy: format!("{tag}:busy"),
+        mean_visit: format!("{tag}:mean_visit"),
     }
 }
 
@@ -164,6 +175,7 @@ pub struct RedisLive {
     remove: Script,
     bump: Script,
     load: Script,
+    learn: Script,
     unlock: Script,
 }
 
@@ -176,6 +188,7 @@ impl RedisLive {
             remove: Script::new(&format!("{NEXT_VERSION}\n{REMOVE}")),
             bump: Script::new(&format!("{NEXT_VERSION}\n{BUMP}")),
             load: Script::new(LOAD),
+            learn: Script::new(LEARN),
             unlock: Script::new(UNLOCK),
         }
     }
@@ -273,8 +286,8 @@ impl LiveState for RedisLive {
         let k = queue_keys(state);
         let mut conn = self.conn.clone();
         let mut call = self.load.key(&k.order);
-        call.key(&k.entries).key(&k.version);
-        let (version, order, entries): (u64, Vec<String>, std::collections::HashMap<String, String>) =
+        call.key(&k.entries).key(&k.version).key(&k.mean_visit);
+        let (version, order, entries, mean): (u64, Vec<String>, std::collections::HashMap<String, String>, String) =
             timed(&self.metrics, "queue_load", call.invoke_async(&mut conn)).await?;
         let mut out = Vec::with_capacity(order.len());
         for id in order {
@@ -288,7 +301,15 @@ impl LiveState for RedisLive {
                 enqueued_at: e.enqueued_at,
             }));
         }
-        Ok(QueueLoad { version, entries: out })
+        Ok(QueueLoad { version, entries: out, mean_visit_secs: mean.parse().ok() })
+    }
+
+    async fn learn_visit_secs(&self, state: UsState, secs: f64, alpha: f64, prior: f64) -> anyhow::Result<f64> {
+        let mut conn = self.conn.clone();
+        let mut call = self.learn.key(queue_keys(state).mean_visit);
+        call.arg(secs).arg(alpha).arg(prior);
+        let mean: String = timed(&self.metrics, "learn", call.invoke_async(&mut conn)).await?;
+        Ok(mean.parse()?)
     }
 
     async fn busy_admissions(&self, state: UsState, now_ms: i64) -> anyhow::Result<Vec<i64>> {
