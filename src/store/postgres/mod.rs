@@ -90,14 +90,19 @@ impl PostgresStore {
         self.router.stats()
     }
 
-    /// Chains the records changes staged (see `audit.rs`), so a change's record is in the trail
-    /// before the change is answered. Should this fail, the records stay staged, durable, for
-    /// the next append: the change stands either way.
-    async fn chain_staged(&self) {
-        let _one_at_a_time = self.chaining.lock().await;
-        if let Err(e) = self.write(audit::append(&self.primary, &[]).await).await {
-            tracing::warn!(error = %e, "audit records staged with their changes wait for the next append");
+    /// Passes on the result of a change that staged its audit record (see `audit.rs`): when
+    /// it `took_effect`, the record is chained into the trail before the change is answered,
+    /// then the WAL position is noted once for both. Should chaining fail, the record stays
+    /// staged, durable, for the next append: the change stands either way.
+    async fn recorded<T>(&self, change: StoreResult<T>, took_effect: impl FnOnce(&T) -> bool) -> StoreResult<T> {
+        let value = change?;
+        if took_effect(&value) {
+            let _one_at_a_time = self.chaining.lock().await;
+            if let Err(e) = audit::append(&self.primary, &[]).await {
+                tracing::warn!(error = %e, "audit records staged with their changes wait for the next append");
+            }
         }
+        self.write(Ok(value)).await
     }
 
     /// Passes on the result of a write on the primary, after noting where the primary's WAL is
@@ -143,8 +148,7 @@ impl Store for PostgresStore {
     }
 
     async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, record: &AuditEntry) -> StoreResult<bool> {
-        self.write(visits::insert(&self.primary, visit, actor, None, Some(record)).await).await?;
-        self.chain_staged().await;
+        self.recorded(visits::insert(&self.primary, visit, actor, None, Some(record)).await, |_| true).await?;
         Ok(true)
     }
 
@@ -176,10 +180,8 @@ impl Store for PostgresStore {
         at: DateTime<Utc>,
         record: &AuditEntry,
     ) -> StoreResult<(bool, bool)> {
-        let moved = self.write(visits::transition(&self.primary, id, step, actor, at, Some(record)).await).await?;
-        if moved {
-            self.chain_staged().await;
-        }
+        let moved = visits::transition(&self.primary, id, step, actor, at, Some(record)).await;
+        let moved = self.recorded(moved, |moved| *moved).await?;
         Ok((moved, moved))
     }
 
@@ -196,10 +198,7 @@ impl Store for PostgresStore {
         record: &AuditEntry,
     ) -> StoreResult<ClaimOutcome> {
         let claim = visits::claim(&self.primary, id, &provider.subject, at, waited_secs, Some((provider, record)));
-        let (claimed, joined) = self.write(claim.await).await?;
-        if claimed {
-            self.chain_staged().await;
-        }
+        let (claimed, joined) = self.recorded(claim.await, |(claimed, _)| *claimed).await?;
         Ok(ClaimOutcome { claimed, joined, recorded: claimed })
     }
 
@@ -275,10 +274,8 @@ impl Store for PostgresStore {
         msg: &NewMessage,
         record: &AuditEntry,
     ) -> StoreResult<((ChatMessage, bool), bool)> {
-        let (message, new) = self.write(chat::append(&self.primary, msg, Some(record)).await).await?;
-        if new {
-            self.chain_staged().await;
-        }
+        let appended = chat::append(&self.primary, msg, Some(record)).await;
+        let (message, new) = self.recorded(appended, |(_, new)| *new).await?;
         Ok(((message, new), new))
     }
 
@@ -301,10 +298,8 @@ impl Store for PostgresStore {
         at: DateTime<Utc>,
         record: &AuditEntry,
     ) -> StoreResult<(bool, bool)> {
-        let joined = self.write(chat::join(&self.primary, visit_id, member, at, Some(record)).await).await?;
-        if joined {
-            self.chain_staged().await;
-        }
+        let joined = chat::join(&self.primary, visit_id, member, at, Some(record)).await;
+        let joined = self.recorded(joined, |joined| *joined).await?;
         Ok((joined, joined))
     }
 
