@@ -51,10 +51,6 @@ impl Estimator {
         self.alpha
     }
 
-    pub fn mean_visit_secs(&self) -> f64 {
-        self.mean_visit_secs
-    }
-
     /// Delay from a visit reaching the front (with a provider free) to its claim.
     pub fn record_pickup(&mut self, secs: u64) {
         self.mean_pickup_secs += self.alpha * (secs as f64 - self.mean_pickup_secs);
