@@ -318,3 +318,45 @@ async fn support_moves_a_visit_only_to_the_state_the_patient_names() {
     let visit = hub.app_hub.store().get_visit(&visit_id).await.unwrap().unwrap();
     assert_eq!(visit.state, or);
 }
+
+/// A claim teaches the state's pick-up delay: from the later of the patient's intake and the
+/// provider being free to take them, to the claim. The next patient's estimate starts from it.
+#[tokio::test]
+async fn claims_teach_the_pick_up_delay_that_waits_are_estimated_with() {
+    let clock = std::sync::Arc::new(visithub::clock::ManualClock::new(seattle(10, 0)));
+    let tune = |c: &mut visithub::config::Config| {
+        c.prior_visit_secs = 600;
+        c.prior_pickup_secs = 60;
+        c.estimator_alpha = 0.5;
+    };
+    let hub = TestHub::start_with(tune, Some(clock.clone())).await;
+    hub.onboard("dr-wa", "provider", &["WA"]).await;
+    // Free from 10:00; Ann arrives at 10:05 and is claimed 20 s later: a pick-up of 20 s.
+    let mut wa = hub.ws(&hub.token(Role::Provider, "dr-wa", &[], 3600)).await;
+    wa.next_of("welcome").await;
+    clock.set(seattle(10, 5));
+    let ann = hub.intake("Ann", "WA", None).await;
+    assert_eq!(ann.body["estimated_wait_secs"], 60, "a free provider: the prior pick-up delay");
+    clock.advance(chrono::Duration::seconds(20));
+    assert!(is_ack(&wa.request(&claim(&ann.str("visit_id"))).await));
+    // Learned 60 + 0.5 * (20 - 60) = 40. The provider is now in a visit: Bob waits a pick-up
+    // and half a visit.
+    let bob = hub.intake("Bob", "WA", None).await;
+    assert_eq!(bob.body["estimated_wait_secs"], 40 + 300);
+
+    // Ann's visit lasts 600 s and ends at 10:15:20. Bob has waited since 10:05:20, but the
+    // provider was free only from 10:15:20: the claim 10 s later is a pick-up of 10 s, not of
+    // Bob's 610.
+    for status in [VisitStatus::InVisit, VisitStatus::WrapUp, VisitStatus::Ended] {
+        if status == VisitStatus::WrapUp {
+            clock.advance(chrono::Duration::seconds(600));
+        }
+        assert!(is_ack(&wa.request(&to(&ann.str("visit_id"), status)).await));
+    }
+    clock.advance(chrono::Duration::seconds(10));
+    assert!(is_ack(&wa.request(&claim(&bob.str("visit_id"))).await));
+    // Pick-up 40 + 0.5 * (10 - 40) = 25; the visit's 600 s, learned from 600, stays 600.
+    // (Before claims taught it, the pick-up stayed at the prior: 60 + 300 here.)
+    let cy = hub.intake("Cy", "WA", None).await;
+    assert_eq!(cy.body["estimated_wait_secs"], 25 + 300);
+}

@@ -71,9 +71,7 @@ impl Hub {
     /// Reads a state's queue from live state into this node's lane and board.
     pub(super) async fn sync_lane(&self, state: UsState) -> anyhow::Result<()> {
         let load = self.live_state.queue_load(state).await?;
-        if let Some(mean) = load.mean_visit_secs {
-            self.adopt_mean_visit(state, mean);
-        }
+        self.adopt_means(state, load.learned);
         self.queues.lane(state).store(load.version, load.entries);
         self.refresh_board(state);
         Ok(())

@@ -13,6 +13,41 @@ pub struct Estimator {
     alpha: f64,
 }
 
+/// What a state's estimator learns from what happens, shared by every node (see
+/// [`crate::live::LiveState::learn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// How long a visit lasts, from `in_visit` to `wrap_up`.
+    VisitSecs,
+    /// How long a waiting patient waits once a provider is free to take them: from the later of
+    /// the patient's intake and the claiming provider becoming free (or their last claim) to
+    /// the claim.
+    PickupSecs,
+}
+
+/// The means a state learned so far; `None` before the first observation.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LearnedMeans {
+    pub visit_secs: Option<f64>,
+    pub pickup_secs: Option<f64>,
+}
+
+impl LearnedMeans {
+    pub fn get(&self, what: Learned) -> Option<f64> {
+        match what {
+            Learned::VisitSecs => self.visit_secs,
+            Learned::PickupSecs => self.pickup_secs,
+        }
+    }
+
+    pub fn set(&mut self, what: Learned, mean: f64) {
+        match what {
+            Learned::VisitSecs => self.visit_secs = Some(mean),
+            Learned::PickupSecs => self.pickup_secs = Some(mean),
+        }
+    }
+}
+
 /// Providers for one state: online (available or in a visit) and available now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Staffing {
@@ -38,22 +73,31 @@ impl Estimator {
         }
     }
 
-    pub fn record_visit_duration(&mut self, secs: u64) {
-        self.mean_visit_secs += self.alpha * (secs as f64 - self.mean_visit_secs);
+    fn mean_mut(&mut self, what: Learned) -> &mut f64 {
+        match what {
+            Learned::VisitSecs => &mut self.mean_visit_secs,
+            Learned::PickupSecs => &mut self.mean_pickup_secs,
+        }
     }
 
-    /// Takes the mean visit duration the cluster learned (see [`crate::live::LiveState::learn_visit_secs`]).
-    pub fn set_mean_visit_secs(&mut self, secs: f64) {
-        self.mean_visit_secs = secs;
+    /// Learns one observation on this node alone (when the shared means cannot be reached).
+    pub fn record(&mut self, what: Learned, secs: u64) {
+        let alpha = self.alpha;
+        let mean = self.mean_mut(what);
+        *mean += alpha * (secs as f64 - *mean);
+    }
+
+    /// Takes the means the cluster learned (see [`crate::live::LiveState::learn`]).
+    pub fn adopt(&mut self, means: LearnedMeans) {
+        for what in [Learned::VisitSecs, Learned::PickupSecs] {
+            if let Some(mean) = means.get(what) {
+                *self.mean_mut(what) = mean;
+            }
+        }
     }
 
     pub fn alpha(&self) -> f64 {
         self.alpha
-    }
-
-    /// Delay from a visit reaching the front (with a provider free) to its claim.
-    pub fn record_pickup(&mut self, secs: u64) {
-        self.mean_pickup_secs += self.alpha * (secs as f64 - self.mean_pickup_secs);
     }
 
     pub fn inputs(&self, staffing: Staffing) -> EstimateInputs {
@@ -126,14 +170,25 @@ mod tests {
     #[test]
     fn ewma_follows_observations() {
         let mut est = Estimator::new(600, 30, 0.5);
-        est.record_visit_duration(1200);
+        est.record(Learned::VisitSecs, 1200);
         assert_eq!(est.inputs(Staffing::default()).mean_visit_secs, 900);
         for _ in 0..20 {
-            est.record_visit_duration(300);
-            est.record_pickup(10);
+            est.record(Learned::VisitSecs, 300);
+            est.record(Learned::PickupSecs, 10);
         }
         let i = est.inputs(Staffing::default());
         assert_eq!(i.mean_visit_secs, 300);
         assert_eq!(i.mean_pickup_secs, 10);
+    }
+
+    #[test]
+    fn adopting_takes_only_the_means_learned() {
+        let mut est = Estimator::new(600, 30, 0.5);
+        est.adopt(LearnedMeans { visit_secs: None, pickup_secs: Some(12.4) });
+        let i = est.inputs(Staffing::default());
+        assert_eq!((i.mean_visit_secs, i.mean_pickup_secs), (600, 12));
+        est.adopt(LearnedMeans { visit_secs: Some(420.0), pickup_secs: None });
+        let i = est.inputs(Staffing::default());
+        assert_eq!((i.mean_visit_secs, i.mean_pickup_secs), (420, 12));
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::queues::QueuedVisit;
-use super::{Hub, Scope};
+use super::{Hub, Learned, LearnedMeans, Scope};
 use crate::auth::Principal;
 use crate::bus::{BusEvent, Topic};
 use crate::error::{ErrorCode, HubError, HubResult};
@@ -17,6 +17,10 @@ use crate::protocol::{Participant, VisitUpdated};
 use crate::store::ClaimOutcome;
 
 const HUB_ACTOR: &str = "visithub";
+
+/// A pick-up delay longer than this (a provider left online and free, away from the screen)
+/// is learned as this, so one such claim cannot swing the estimates for long.
+const MAX_PICKUP_SAMPLE_SECS: u64 = 3600;
 
 impl Hub {
     /// A provider licensed in the visit's state claims it. Of many concurrent claims exactly
@@ -55,6 +59,10 @@ impl Hub {
                 return Err(HubError::code(ErrorCode::VisitAlreadyClaimed));
             }
             self.audit_unless_recorded(record, recorded).await;
+            if let Some(free) = self.presence.picked_up(&who.subject, at) {
+                let pickup = waited.min((at - free).num_seconds().max(0) as u64).min(MAX_PICKUP_SAMPLE_SECS);
+                self.learn(visit.state, Learned::PickupSecs, pickup).await;
+            }
             // Noted under the claim lock: the provider's next claim counts this one.
             self.loads.note(&who.subject, &visit.id, true);
             // Counted under the claim lock, so the provider's load needs no second read.
@@ -225,19 +233,27 @@ impl Hub {
             }
         };
         if let Some(start) = start {
-            let secs = (at - start).num_seconds().max(0) as u64;
-            let alpha = self.new_estimator().alpha();
-            let prior = f64::from(self.options.prior_visit_secs);
-            match self.live_state.learn_visit_secs(visit.state, secs as f64, alpha, prior).await {
-                Ok(mean) => self.adopt_mean_visit(visit.state, mean),
-                Err(e) => {
-                    // Live state away: this node learns alone until the next queue read.
-                    tracing::warn!(error = %e, "a visit's duration was learned on this node only");
-                    self.estimators
-                        .entry(visit.state)
-                        .or_insert_with(|| self.new_estimator())
-                        .record_visit_duration(secs);
-                }
+            self.learn(visit.state, Learned::VisitSecs, (at - start).num_seconds().max(0) as u64).await;
+        }
+    }
+
+    /// Learns one observation into the state's shared mean and takes the result.
+    async fn learn(&self, state: UsState, what: Learned, secs: u64) {
+        let alpha = self.new_estimator().alpha();
+        let prior = f64::from(match what {
+            Learned::VisitSecs => self.options.prior_visit_secs,
+            Learned::PickupSecs => self.options.prior_pickup_secs,
+        });
+        match self.live_state.learn(state, what, secs as f64, alpha, prior).await {
+            Ok(mean) => {
+                let mut means = LearnedMeans::default();
+                means.set(what, mean);
+                self.adopt_means(state, means);
+            }
+            Err(e) => {
+                // Live state away: this node learns alone until the next queue read.
+                tracing::warn!(error = %e, "an estimate's observation was learned on this node only");
+                self.estimators.entry(state).or_insert_with(|| self.new_estimator()).record(what, secs);
             }
         }
     }

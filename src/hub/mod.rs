@@ -33,7 +33,7 @@ use dashmap::DashMap;
 pub use audit::Scope;
 pub use caregivers::{CaregiverPatch, MAX_SUBJECT_LEN, NewCaregiver};
 pub use chat::HistoryPage;
-pub use estimator::{EstimateInputs, Estimator, Staffing};
+pub use estimator::{EstimateInputs, Estimator, Learned, LearnedMeans, Staffing};
 pub use portal::{ConversationView, PortalSnapshot};
 pub use queues::QueueView;
 pub use router::SessionLink;
@@ -159,9 +159,9 @@ impl Hub {
             store,
             bus,
             keys,
+            presence: Presence::new(options.max_live_visits_per_provider, clock.clone()),
             clock,
             metrics,
-            presence: Presence::new(options.max_live_visits_per_provider),
             presence_feed: presence_feed::PresenceFeed::default(),
             router: Router::default(),
             settings: DashMap::new(),
@@ -279,8 +279,8 @@ impl Hub {
     }
 
     /// Takes the state's mean visit duration as the cluster learned it.
-    fn adopt_mean_visit(&self, state: UsState, mean_visit_secs: f64) {
-        self.estimators.entry(state).or_insert_with(|| self.new_estimator()).set_mean_visit_secs(mean_visit_secs);
+    fn adopt_means(&self, state: UsState, means: LearnedMeans) {
+        self.estimators.entry(state).or_insert_with(|| self.new_estimator()).adopt(means);
     }
 
     fn refresh_board(&self, state: UsState) {

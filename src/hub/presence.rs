@@ -4,9 +4,12 @@
 //! heartbeats and count as well; a caregiver on several nodes counts once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
 
 use super::estimator::Staffing;
+use crate::clock::Clock;
 use crate::live::PresenceRecord;
 use crate::model::{CaregiverKind, UsState};
 use crate::protocol::{PresenceStatus, ProviderPresence, ProviderStatus};
@@ -19,10 +22,28 @@ struct Entry {
     status: PresenceStatus,
     /// Live visits the provider holds.
     live: u32,
+    /// Since when the provider can take a visit (available, under the live-visit cap), or
+    /// since their last claim if later: where a pick-up delay starts. `None` while they cannot.
+    free_since: Option<DateTime<Utc>>,
+}
+
+impl Entry {
+    /// After any change: starts the pick-up clock when the provider becomes free, stops it
+    /// when they stop being free.
+    fn note_free(&mut self, max_live: u32, now: DateTime<Utc>) {
+        let free =
+            self.kind == CaregiverKind::Provider && self.status == PresenceStatus::Available && self.live < max_live;
+        match (free, self.free_since) {
+            (true, None) => self.free_since = Some(now),
+            (false, Some(_)) => self.free_since = None,
+            _ => {}
+        }
+    }
 }
 
 pub struct Presence {
     max_live: u32,
+    clock: Arc<dyn Clock>,
     caregivers: Mutex<HashMap<String, Entry>>,
     /// Caregivers online on other nodes, by subject, from their last heartbeats.
     remote: Mutex<HashMap<String, PresenceRecord>>,
@@ -38,8 +59,8 @@ pub struct Arrival<'a> {
 }
 
 impl Presence {
-    pub fn new(max_live: u32) -> Presence {
-        Presence { max_live, caregivers: Mutex::new(HashMap::new()), remote: Mutex::new(HashMap::new()) }
+    pub fn new(max_live: u32, clock: Arc<dyn Clock>) -> Presence {
+        Presence { max_live, clock, caregivers: Mutex::new(HashMap::new()), remote: Mutex::new(HashMap::new()) }
     }
 
     fn view(&self, subject: &str, e: &Entry) -> Option<ProviderPresence> {
@@ -92,10 +113,12 @@ impl Presence {
             sessions: 0,
             status: PresenceStatus::Available,
             live: a.live,
+            free_since: None,
         });
         entry.sessions += 1;
         entry.kind = a.kind;
         entry.states = a.states.to_vec();
+        entry.note_free(self.max_live, self.clock.now());
         let entry = &map[a.subject];
         self.view(a.subject, entry)
     }
@@ -124,7 +147,19 @@ impl Presence {
     fn update(&self, subject: &str, change: impl FnOnce(&mut Entry) -> bool) -> Option<ProviderPresence> {
         let mut map = self.caregivers.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map.get_mut(subject)?;
-        if change(entry) { self.view(subject, entry) } else { None }
+        let changed = change(entry);
+        entry.note_free(self.max_live, self.clock.now());
+        if changed { self.view(subject, entry) } else { None }
+    }
+
+    /// A provider on this node claimed a visit at `at`: when they became free to take it (or
+    /// claimed the one before), if they were. Their next pick-up counts from this claim.
+    pub fn picked_up(&self, subject: &str, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut map = self.caregivers.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.get_mut(subject)?;
+        let since = entry.free_since?;
+        entry.free_since = Some(at);
+        Some(since.min(at))
     }
 
     /// The name of a caregiver online on this node.
@@ -195,7 +230,14 @@ fn provider_view(
 
 #[cfg(test)]
 mod tests {
+    use chrono::TimeZone;
+
     use super::*;
+    use crate::clock::{ManualClock, SystemClock};
+
+    fn presence(max_live: u32) -> Presence {
+        Presence::new(max_live, Arc::new(SystemClock))
+    }
 
     fn arrive<'a>(
         p: &Presence,
@@ -208,7 +250,7 @@ mod tests {
 
     #[test]
     fn counts_providers_per_state_across_sessions() {
-        let p = Presence::new(1);
+        let p = presence(1);
         let wa = UsState::parse("WA").unwrap();
         let or = UsState::parse("OR").unwrap();
         assert_eq!(arrive(&p, "dr-1", CaregiverKind::Provider, &[wa, or]).unwrap().status, ProviderStatus::Available);
@@ -236,7 +278,7 @@ mod tests {
 
     #[test]
     fn providers_on_other_nodes_count_once() {
-        let p = Presence::new(1);
+        let p = presence(1);
         let wa = UsState::parse("WA").unwrap();
         let record = |subject: &str, live| PresenceRecord {
             subject: subject.into(),
@@ -254,5 +296,39 @@ mod tests {
         assert!(p.set_remote([record("dr-1", 0), record("dr-2", 0), record("dr-3", 1)]).is_empty());
         assert_eq!(p.set_remote([]), vec![wa]);
         assert_eq!(p.staffing(wa), Staffing { online: 1, available: 1 });
+    }
+
+    #[test]
+    fn a_pick_up_counts_from_when_the_provider_became_free_or_last_claimed() {
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 29, 10, 0, 0).unwrap();
+        let clock = Arc::new(ManualClock::new(t0));
+        let p = Presence::new(2, clock.clone());
+        let wa = UsState::parse("WA").unwrap();
+        arrive(&p, "dr-1", CaregiverKind::Provider, &[wa]);
+        arrive(&p, "sup-1", CaregiverKind::Support, &[wa]);
+        assert_eq!(p.picked_up("sup-1", t0), None, "support staff take no visits");
+        assert_eq!(p.picked_up("nobody", t0), None);
+
+        let t1 = t0 + chrono::Duration::seconds(40);
+        assert_eq!(p.picked_up("dr-1", t1), Some(t0), "free since coming online");
+        let t2 = t1 + chrono::Duration::seconds(15);
+        assert_eq!(p.picked_up("dr-1", t2), Some(t1), "the next pick-up counts from the last claim");
+
+        // Away: not free, no pick-up; back: free from then.
+        clock.set(t2 + chrono::Duration::seconds(5));
+        p.set_status("dr-1", PresenceStatus::Away);
+        assert_eq!(p.picked_up("dr-1", t2 + chrono::Duration::seconds(9)), None);
+        clock.set(t2 + chrono::Duration::seconds(60));
+        p.set_status("dr-1", PresenceStatus::Available);
+        assert_eq!(p.picked_up("dr-1", t2 + chrono::Duration::seconds(70)), Some(t2 + chrono::Duration::seconds(60)));
+
+        // At the live-visit cap: not free until a visit ends.
+        let t3 = t2 + chrono::Duration::seconds(100);
+        clock.set(t3);
+        p.set_live("dr-1", 2);
+        assert_eq!(p.picked_up("dr-1", t3), None);
+        clock.set(t3 + chrono::Duration::seconds(30));
+        p.set_live("dr-1", 1);
+        assert_eq!(p.picked_up("dr-1", t3 + chrono::Duration::seconds(45)), Some(t3 + chrono::Duration::seconds(30)));
     }
 }

@@ -10,6 +10,7 @@ use dashmap::DashMap;
 
 use super::{JournalOp, LiveState, LockGuard, NodeRecord, QueueLoad, Registry, Sealed, SessionMeta};
 use crate::hub::queues::QueuedVisit;
+use crate::hub::{Learned, LearnedMeans};
 use crate::model::UsState;
 
 #[derive(Default)]
@@ -18,7 +19,7 @@ struct StateQueue {
     version: u64,
     /// Admissions while busy (ms), oldest first.
     busy: VecDeque<i64>,
-    mean_visit_secs: Option<f64>,
+    learned: LearnedMeans,
 }
 
 const HOUR_MS: i64 = 3_600_000;
@@ -99,11 +100,11 @@ impl LiveState for MemoryLive {
         }))
     }
 
-    async fn learn_visit_secs(&self, state: UsState, secs: f64, alpha: f64, prior: f64) -> anyhow::Result<f64> {
+    async fn learn(&self, state: UsState, what: Learned, secs: f64, alpha: f64, prior: f64) -> anyhow::Result<f64> {
         Ok(self.with_queue(state, |q| {
-            let mean = q.mean_visit_secs.unwrap_or(prior);
+            let mean = q.learned.get(what).unwrap_or(prior);
             let learned = mean + alpha * (secs - mean);
-            q.mean_visit_secs = Some(learned);
+            q.learned.set(what, learned);
             learned
         }))
     }
@@ -142,11 +143,7 @@ impl LiveState for MemoryLive {
     }
 
     async fn queue_load(&self, state: UsState) -> anyhow::Result<QueueLoad> {
-        Ok(self.with_queue(state, |q| QueueLoad {
-            version: q.version,
-            entries: q.entries.clone(),
-            mean_visit_secs: q.mean_visit_secs,
-        }))
+        Ok(self.with_queue(state, |q| QueueLoad { version: q.version, entries: q.entries.clone(), learned: q.learned }))
     }
 
     async fn is_seeded(&self) -> anyhow::Result<bool> {

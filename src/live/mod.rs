@@ -22,6 +22,7 @@ pub use records::{NodeRecord, PresenceRecord};
 pub use redis::RedisLive;
 
 use crate::hub::queues::QueuedVisit;
+use crate::hub::{Learned, LearnedMeans};
 use crate::model::UsState;
 
 /// Held while a named lock is held; dropping it releases the lock.
@@ -37,8 +38,8 @@ impl LockGuard {
 pub struct QueueLoad {
     pub version: u64,
     pub entries: Vec<Arc<QueuedVisit>>,
-    /// The state's mean visit duration as the cluster learned it, once any visit ended.
-    pub mean_visit_secs: Option<f64>,
+    /// The state's means for wait estimates as the cluster learned them.
+    pub learned: LearnedMeans,
 }
 
 /// What the registry knows of the cluster at one heartbeat.
@@ -71,11 +72,11 @@ pub trait LiveState: Send + Sync {
 
     async fn queue_load(&self, state: UsState) -> anyhow::Result<QueueLoad>;
 
-    /// Learns one visit's duration into the state's mean, shared by every node (an
-    /// exponentially weighted mean with weight `alpha`, from `prior` before the first):
-    /// whichever node a visit ended on, every node's wait estimates follow. Returns the new
-    /// mean. Nodes read it with the queue ([`QueueLoad::mean_visit_secs`]).
-    async fn learn_visit_secs(&self, state: UsState, secs: f64, alpha: f64, prior: f64) -> anyhow::Result<f64>;
+    /// Learns one observation (a visit's duration, a pick-up delay) into the state's mean,
+    /// shared by every node (an exponentially weighted mean with weight `alpha`, from `prior`
+    /// before the first): whichever node saw it, every node's wait estimates follow. Returns
+    /// the new mean. Nodes read the means with the queue ([`QueueLoad::learned`]).
+    async fn learn(&self, state: UsState, what: Learned, secs: f64, alpha: f64, prior: f64) -> anyhow::Result<f64>;
 
     /// When `state` admitted visits while busy, in the hour up to `now_ms` (milliseconds of
     /// the hub's clock), oldest first. Shared by every node, so a busy state's reduced rate

@@ -7,6 +7,7 @@
 //! | `vh:{q:WA}:entries` | hash | visit id -> what the queue shows of it (JSON) |
 //! | `vh:{q:WA}:version` | string | counter bumped by every change of the queue |
 //! | `vh:{q:WA}:mean_visit` | string | the state's mean visit duration in seconds, as learned (exponentially weighted) |
+//! | `vh:{q:WA}:mean_pickup` | string | the state's mean pick-up delay in seconds (a free provider to a claim), learned the same way |
 //! | `vh:{q:WA}:busy` | sorted set | admissions while the state is busy, scored by the hub's clock (ms), the last hour's |
 //! | `vh:lock:<name>` | string | a lock's holder token, with a TTL |
 //! | `vh:seeded` | string | present once the queues were built from the store |
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{JournalOp, LiveState, LockGuard, NodeRecord, QueueLoad, Registry, Sealed, SessionMeta};
 use crate::hub::queues::QueuedVisit;
+use crate::hub::{Learned, LearnedMeans};
 use crate::metrics::Metrics;
 use crate::model::UsState;
 use crate::redis_link::{Commands, RedisLink, timed};
@@ -50,12 +52,12 @@ return next_version(KEYS[3], ARGV[2])";
 
 const BUMP: &str = r"return next_version(KEYS[1], ARGV[1])";
 
-/// Order, entries, version and the learned mean visit duration read together, so a load never
-/// mixes two versions.
+/// Order, entries, version and the learned means read together, so a load never mixes two
+/// versions.
 const LOAD: &str = r"
-return {redis.call('GET', KEYS[3]) or '0', redis.call('ZRANGE', KEYS[1], 0, -1), redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[4]) or ''}";
+return {redis.call('GET', KEYS[3]) or '0', redis.call('ZRANGE', KEYS[1], 0, -1), redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[4]) or '', redis.call('GET', KEYS[5]) or ''}";
 
-/// One duration learned into the mean, atomically: nodes learning at once each count.
+/// One observation learned into a mean, atomically: nodes learning at once each count.
 const LEARN: &str = r"
 local mean = tonumber(redis.call('GET', KEYS[1]) or ARGV[3])
 mean = mean + tonumber(ARGV[2]) * (tonumber(ARGV[1]) - mean)
@@ -81,6 +83,16 @@ struct QueueKeys {
     version: String,
     busy: String,
     mean_visit: String,
+    mean_pickup: String,
+}
+
+impl QueueKeys {
+    fn mean(&self, what: Learned) -> &str {
+        match what {
+            Learned::VisitSecs => &self.mean_visit,
+            Learned::PickupSecs => &self.mean_pickup,
+        }
+    }
 }
 
 fn queue_keys(state: UsState) -> QueueKeys {
@@ -91,6 +103,7 @@ fn queue_keys(state: UsState) -> QueueKeys {
         version: format!("{tag}:version"),
         busy: format!("{tag}:busy"),
         mean_visit: format!("{tag}:mean_visit"),
+        mean_pickup: format!("{tag}:mean_pickup"),
     }
 }
 
@@ -286,8 +299,9 @@ impl LiveState for RedisLive {
         let k = queue_keys(state);
         let mut conn = self.conn.clone();
         let mut call = self.load.key(&k.order);
-        call.key(&k.entries).key(&k.version).key(&k.mean_visit);
-        let (version, order, entries, mean): (u64, Vec<String>, std::collections::HashMap<String, String>, String) =
+        call.key(&k.entries).key(&k.version).key(&k.mean_visit).key(&k.mean_pickup);
+        type Loaded = (u64, Vec<String>, std::collections::HashMap<String, String>, String, String);
+        let (version, order, entries, visit_secs, pickup_secs): Loaded =
             timed(&self.metrics, "queue_load", call.invoke_async(&mut conn)).await?;
         let mut out = Vec::with_capacity(order.len());
         for id in order {
@@ -301,12 +315,13 @@ impl LiveState for RedisLive {
                 enqueued_at: e.enqueued_at,
             }));
         }
-        Ok(QueueLoad { version, entries: out, mean_visit_secs: mean.parse().ok() })
+        let learned = LearnedMeans { visit_secs: visit_secs.parse().ok(), pickup_secs: pickup_secs.parse().ok() };
+        Ok(QueueLoad { version, entries: out, learned })
     }
 
-    async fn learn_visit_secs(&self, state: UsState, secs: f64, alpha: f64, prior: f64) -> anyhow::Result<f64> {
+    async fn learn(&self, state: UsState, what: Learned, secs: f64, alpha: f64, prior: f64) -> anyhow::Result<f64> {
         let mut conn = self.conn.clone();
-        let mut call = self.learn.key(queue_keys(state).mean_visit);
+        let mut call = self.learn.key(queue_keys(state).mean(what));
         call.arg(secs).arg(alpha).arg(prior);
         let mean: String = timed(&self.metrics, "learn", call.invoke_async(&mut conn)).await?;
         Ok(mean.parse()?)
