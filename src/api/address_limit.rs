@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
@@ -21,6 +21,12 @@ use crate::gateway::read_ahead::ReadAheadListener;
 /// they are as good as new): the map holds at most the addresses seen in the last minute, plus
 /// these.
 const SWEEP_EVERY: u32 = 4096;
+
+/// The most addresses tracked at once (under 100 bytes each). Past it, intakes go through
+/// unchecked until a sweep makes room: a flood from that many addresses within a minute would
+/// otherwise grow the map without bound, and refusing instead would turn real patients away.
+/// The states' queue caps and busy rates still hold.
+const MAX_TRACKED: usize = 100_000;
 
 /// The peer address of a connection, as the listener accepted it.
 #[derive(Debug, Clone, Copy)]
@@ -41,15 +47,24 @@ pub struct AddressLimit {
     /// Lower-case name of the header a trusted load balancer appends the client's address to.
     header: Option<String>,
     checks: AtomicU32,
+    capacity: usize,
+    /// Set while the map is full, so the warning is logged once per episode.
+    full: AtomicBool,
 }
 
 impl AddressLimit {
     pub fn new(per_minute: u32, header: Option<&str>) -> AddressLimit {
+        AddressLimit::with_capacity(per_minute, header, MAX_TRACKED)
+    }
+
+    fn with_capacity(per_minute: u32, header: Option<&str>, capacity: usize) -> AddressLimit {
         let limiter = NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n)));
         AddressLimit {
             limiter,
             header: header.map(str::trim).filter(|h| !h.is_empty()).map(str::to_ascii_lowercase),
             checks: AtomicU32::new(0),
+            capacity,
+            full: AtomicBool::new(false),
         }
     }
 
@@ -61,6 +76,16 @@ impl AddressLimit {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             limiter.retain_recent();
             limiter.shrink_to_fit();
+        }
+        let full = limiter.len() >= self.capacity;
+        if self.full.swap(full, Ordering::Relaxed) != full {
+            match full {
+                true => tracing::warn!(tracked = self.capacity, "intake address limit full: intakes pass unchecked"),
+                false => tracing::info!("intake address limit has room again"),
+            }
+        }
+        if full {
+            return Ok(());
         }
         limiter.check_key(&bucket_of(client)).map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
@@ -165,6 +190,32 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         // The check that sweeps.
         assert!(limit.check(peer("198.51.100.7"), &none).is_ok());
+        assert!(limit.tracked() <= 1, "{} addresses still tracked after the sweep", limit.tracked());
+    }
+
+    #[test]
+    fn a_full_map_tracks_no_more_addresses_until_a_sweep_makes_room() {
+        let limit = AddressLimit::with_capacity(1, None, 8);
+        let none = HeaderMap::new();
+        let ip = |i: u32| Some(SocketAddr::new(IpAddr::from(std::net::Ipv4Addr::from(0x0a02_0000 + i)), 1));
+        for i in 0..7 {
+            assert!(limit.check(ip(i), &none).is_ok());
+        }
+        assert!(limit.check(ip(0), &none).is_err(), "tracked and spent");
+        assert!(limit.check(ip(7), &none).is_ok());
+        assert!(limit.check(ip(100), &none).is_ok(), "full: intakes pass unchecked");
+        assert!(limit.check(ip(0), &none).is_ok());
+        assert_eq!(limit.tracked(), 8, "nothing added past the capacity");
+
+        // Buckets refilled in the meantime are swept, and addresses are checked again.
+        let limit = AddressLimit::with_capacity(1_000_000, None, 8);
+        for i in 0..8 {
+            assert!(limit.check(ip(i), &none).is_ok());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        for _ in 8..SWEEP_EVERY {
+            assert!(limit.check(ip(100), &none).is_ok());
+        }
         assert!(limit.tracked() <= 1, "{} addresses still tracked after the sweep", limit.tracked());
     }
 }
