@@ -60,9 +60,9 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)?;
         }
         let options = options(SqliteConnectOptions::new().filename(path).create_if_missing(true));
-        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        let writer = pool_options(1).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
-        let reader = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
+        let reader = pool_options(READERS).connect_with(options.read_only(true)).await?;
         Ok(SqliteStore::new(writer, reader))
     }
 
@@ -70,7 +70,7 @@ impl SqliteStore {
     pub async fn in_memory() -> anyhow::Result<SqliteStore> {
         // One connection for both: each in-memory connection would be its own database.
         let options = options(SqliteConnectOptions::from_str("sqlite::memory:")?);
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+        let pool = pool_options(1).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(SqliteStore::new(pool.clone(), pool))
     }
@@ -80,6 +80,13 @@ impl SqliteStore {
         let commits = commit::Committer::start(writer.clone(), audit_head.clone());
         SqliteStore { writer, reader, audit_head, commits }
     }
+}
+
+/// No ping before handing out a pooled connection: a SQLite connection is a file in this
+/// process and cannot be cut off, and the ping was a trip to its thread (two context switches)
+/// before every query.
+fn pool_options(connections: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new().max_connections(connections).test_before_acquire(false)
 }
 
 fn options(options: SqliteConnectOptions) -> SqliteConnectOptions {
