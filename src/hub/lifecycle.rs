@@ -37,7 +37,7 @@ impl Hub {
             }));
         }
         let at = self.clock.now();
-        let live_now = {
+        let (live_now, pickup) = {
             // One claim at a time per provider, across nodes, so the live-visit cap holds.
             let _one_claim_at_a_time = self.hold(&format!("claim:{}", who.subject)).await?;
             let held = self.provider_live_count(&who.subject).await?;
@@ -59,15 +59,19 @@ impl Hub {
                 return Err(HubError::code(ErrorCode::VisitAlreadyClaimed));
             }
             self.audit_unless_recorded(record, recorded).await;
-            if let Some(free) = self.presence.picked_up(&who.subject, at) {
-                let pickup = waited.min((at - free).num_seconds().max(0) as u64).min(MAX_PICKUP_SAMPLE_SECS);
-                self.learn(visit.state, Learned::PickupSecs, pickup).await;
-            }
+            // Read before the claim's load makes the provider busy; learned once the lock is free.
+            let pickup = self
+                .presence
+                .picked_up(&who.subject, at)
+                .map(|free| waited.min((at - free).num_seconds().max(0) as u64).min(MAX_PICKUP_SAMPLE_SECS));
             // Noted under the claim lock: the provider's next claim counts this one.
             self.loads.note(&who.subject, &visit.id, true);
             // Counted under the claim lock, so the provider's load needs no second read.
-            held + 1
+            (held + 1, pickup)
         };
+        if let Some(pickup) = pickup {
+            self.learn(visit.state, Learned::PickupSecs, pickup).await;
+        }
         let waited = (at - visit.created_at).num_seconds().max(0) as u64;
         let state = visit.state.code();
         self.metrics.time_to_provider.with_label_values(&[state]).observe(waited as f64);
