@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures_util::future::{join_all, try_join_all};
+
 use super::Hub;
 use super::queues::QueuedVisit;
 use crate::bus::{BusEvent, Topic};
@@ -41,14 +43,12 @@ impl Hub {
     /// Listens to every queue and the cluster channel, builds live state if needed, loads
     /// every lane, and (in a cluster) starts beating.
     pub(super) async fn join_cluster(self: &Arc<Self>) -> anyhow::Result<()> {
+        // Each state's subscription and queue read sent at once: one round trip for all of
+        // them instead of one per state at every start.
         self.bus.subscribe(&Topic::Cluster).await?;
-        for state in UsState::all() {
-            self.bus.subscribe(&Topic::Queue(state)).await?;
-        }
+        try_join_all(UsState::all().map(|state| async move { self.bus.subscribe(&Topic::Queue(state)).await })).await?;
         self.ensure_seeded().await?;
-        for state in UsState::all() {
-            self.sync_lane(state).await?;
-        }
+        try_join_all(UsState::all().map(|state| self.sync_lane(state))).await?;
         if self.live_state.is_shared() {
             self.heartbeat().await?;
             let every = Duration::from_millis(self.options.heartbeat_ms.max(50));
@@ -146,8 +146,9 @@ impl Hub {
                     hub.settings.insert(s.state, s);
                 }
             }
-            for state in UsState::all() {
-                if let Err(e) = hub.sync_lane(state).await {
+            let synced = join_all(UsState::all().map(|state| hub.sync_lane(state))).await;
+            for (state, result) in UsState::all().zip(synced) {
+                if let Err(e) = result {
                     tracing::warn!(state = %state, error = %e, "queue not resynchronized");
                 }
             }

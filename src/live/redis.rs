@@ -368,21 +368,31 @@ impl LiveState for RedisLive {
     }
 
     async fn heartbeat(&self, record: &NodeRecord, ttl: Duration) -> anyhow::Result<()> {
-        let mut conn = self.conn.clone();
+        let (mut a, mut b) = (self.conn.clone(), self.conn.clone());
         let json = serde_json::to_string(record)?;
-        let () = timed(&self.metrics, "heartbeat", conn.pset_ex(node_key(&record.node), json, ttl.as_millis() as u64))
-            .await?;
-        let _: i64 = timed(&self.metrics, "heartbeat", conn.sadd(NODES, &record.node)).await?;
+        // Two keys on different cluster slots: sent together, one round trip.
+        let record_set = timed(
+            &self.metrics,
+            "heartbeat",
+            a.pset_ex::<_, _, ()>(node_key(&record.node), json, ttl.as_millis() as u64),
+        );
+        let listed = timed(&self.metrics, "heartbeat", b.sadd::<_, _, i64>(NODES, &record.node));
+        tokio::try_join!(record_set, listed)?;
         Ok(())
     }
 
     async fn registry(&self) -> anyhow::Result<Registry> {
         let mut conn = self.conn.clone();
         let nodes: Vec<String> = timed(&self.metrics, "registry", conn.smembers(NODES)).await?;
+        // One GET per node (the records live on different cluster slots), all sent at once:
+        // one round trip however many nodes there are.
+        let reads = nodes.iter().map(|node| {
+            let mut conn = self.conn.clone();
+            async move { timed(&self.metrics, "registry", conn.get::<_, Option<String>>(node_key(node))).await }
+        });
+        let records = futures_util::future::try_join_all(reads).await?;
         let mut registry = Registry { alive: Vec::new(), expired: Vec::new() };
-        // One GET per node: the records live on different cluster slots.
-        for node in nodes {
-            let raw: Option<String> = timed(&self.metrics, "registry", conn.get(node_key(&node))).await?;
+        for (node, raw) in nodes.into_iter().zip(records) {
             match raw.map(|r| serde_json::from_str::<NodeRecord>(&r)) {
                 Some(Ok(record)) => registry.alive.push(record),
                 Some(Err(e)) => tracing::warn!(node, error = %e, "unreadable node record"),
