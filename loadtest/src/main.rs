@@ -14,6 +14,14 @@ use visithub_loadtest::{Auth, Context};
     about = "Load generator for visithub: plays patients, support staff and providers"
 )]
 struct Cli {
+    #[command(flatten)]
+    options: Options,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug)]
+struct Options {
     /// Hub URL; repeat for each node of a cluster (clients spread over them).
     #[arg(long = "target", global = true, default_value = "http://127.0.0.1:8080")]
     targets: Vec<String>,
@@ -29,8 +37,6 @@ struct Cli {
     /// No live progress line.
     #[arg(long, global = true)]
     quiet: bool,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Subcommand, Debug)]
@@ -42,21 +48,29 @@ enum Command {
     Worker(WorkerArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let scenario = match cli.command {
-        Command::Worker(args) => return run_worker(args).await,
-        Command::Run(s) => s,
-    };
+    match cli.command {
+        // A worker drives its sockets from one thread: with a multi-threaded runtime every
+        // arrival woke a worker thread blocked on epoll, which then woke the thread driving the
+        // sockets, two context switches where one does.
+        Command::Worker(args) => {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run_worker(args))
+        }
+        Command::Run(scenario) => tokio::runtime::Runtime::new()?.block_on(run(cli.options, scenario)),
+    }
+}
+
+async fn run(options: Options, scenario: Scenario) -> anyhow::Result<()> {
+    let Options { targets, key_file, hub_pids, json, quiet } = options;
     let auth = match std::env::var("VISITHUB_SIGNING_KEY") {
         Ok(secret) => Auth::from_secret(secret.as_bytes())?,
-        Err(_) => Auth::from_key_file(&cli.key_file)?,
+        Err(_) => Auth::from_key_file(&key_file)?,
     };
-    let ctx = Arc::new(Context::new(&cli.targets, auth, cli.hub_pids, !cli.quiet).await?);
+    let ctx = Arc::new(Context::new(&targets, auth, hub_pids, !quiet).await?);
     let report = visithub_loadtest::run(&ctx, &scenario).await?;
     print!("{}", report.table());
-    let path = cli.json.unwrap_or_else(|| PathBuf::from(format!("loadtest-{}.json", scenario.name())));
+    let path = json.unwrap_or_else(|| PathBuf::from(format!("loadtest-{}.json", scenario.name())));
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     println!("JSON report: {}", path.display());
     if report.error_total > 0 || report.lost_events > 0 || report.duplicated_events > 0 {
