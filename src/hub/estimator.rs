@@ -73,6 +73,14 @@ impl Estimator {
         }
     }
 
+    /// The mean learned so far (the prior before any observation).
+    pub fn mean(&self, what: Learned) -> f64 {
+        match what {
+            Learned::VisitSecs => self.mean_visit_secs,
+            Learned::PickupSecs => self.mean_pickup_secs,
+        }
+    }
+
     fn mean_mut(&mut self, what: Learned) -> &mut f64 {
         match what {
             Learned::VisitSecs => &mut self.mean_visit_secs,

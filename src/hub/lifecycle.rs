@@ -243,12 +243,9 @@ impl Hub {
 
     /// Learns one observation into the state's shared mean and takes the result.
     async fn learn(&self, state: UsState, what: Learned, secs: u64) {
-        let alpha = self.new_estimator().alpha();
-        let prior = f64::from(match what {
-            Learned::VisitSecs => self.options.prior_visit_secs,
-            Learned::PickupSecs => self.options.prior_pickup_secs,
-        });
-        match self.live_state.learn(state, what, secs as f64, alpha, prior).await {
+        // A fresh estimator holds the configured weight (clamped) and priors.
+        let fresh = self.new_estimator();
+        match self.live_state.learn(state, what, secs as f64, fresh.alpha(), fresh.mean(what)).await {
             Ok(mean) => {
                 let mut means = LearnedMeans::default();
                 means.set(what, mean);
