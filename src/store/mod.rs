@@ -301,8 +301,22 @@ pub(crate) fn from_millis(ms: i64) -> StoreResult<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")))
 }
 
+/// An audit entry's columns, in the order [`push_entry`] binds them (a macro, so the lists
+/// below are built from it at compile time).
+macro_rules! entry_columns {
+    () => {
+        "at, subject, role, action, visit_id, target, outcome"
+    };
+}
+
+/// An audit entry's columns, as [`push_entry`] binds them and [`entry_from_row`] reads them.
+pub(crate) const ENTRY_COLUMNS: &str = entry_columns!();
+
 /// The audit log's columns in the order [`push_record`] binds them.
-pub(crate) const AUDIT_COLUMNS: &str = "at, subject, role, action, visit_id, target, outcome, prev_hash, hash";
+pub(crate) const AUDIT_COLUMNS: &str = concat!(entry_columns!(), ", prev_hash, hash");
+
+/// The audit log's columns with its id, as a record is read back.
+pub(crate) const AUDIT_ROW_COLUMNS: &str = concat!("id, ", entry_columns!(), ", prev_hash, hash");
 
 /// Binds a record's values into a `VALUES` row, in [`AUDIT_COLUMNS`] order, for either store.
 pub(crate) fn push_record<DB: sqlx::Database>(
@@ -317,7 +331,7 @@ pub(crate) fn push_record<DB: sqlx::Database>(
     row.push_bind(r.prev_hash.clone()).push_bind(r.hash.clone());
 }
 
-/// Binds an entry's values, the first seven of [`AUDIT_COLUMNS`].
+/// Binds an entry's values, in [`ENTRY_COLUMNS`] order.
 pub(crate) fn push_entry<DB: sqlx::Database>(
     row: &mut sqlx::query_builder::Separated<'_, DB, &'static str>,
     e: &AuditEntry,
@@ -335,7 +349,7 @@ pub(crate) fn push_entry<DB: sqlx::Database>(
         .push_bind(e.outcome.clone());
 }
 
-/// An entry from a row holding the first seven of [`AUDIT_COLUMNS`], for either store.
+/// An entry from a row holding [`ENTRY_COLUMNS`], for either store.
 pub(crate) fn entry_from_row<R: sqlx::Row>(row: &R) -> StoreResult<AuditEntry>
 where
     for<'c> &'c str: sqlx::ColumnIndex<R>,

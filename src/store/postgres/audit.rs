@@ -8,9 +8,9 @@ use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 use super::begin;
 use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
-use crate::store::{AUDIT_COLUMNS, StoreResult, entry_from_row, push_entry, push_record};
-
-const COLUMNS: &str = "id, at, subject, role, action, visit_id, target, outcome, prev_hash, hash";
+use crate::store::{
+    AUDIT_COLUMNS, AUDIT_ROW_COLUMNS, ENTRY_COLUMNS, StoreResult, entry_from_row, push_entry, push_record,
+};
 
 fn from_row(row: &PgRow) -> StoreResult<AuditRecord> {
     Ok(AuditRecord {
@@ -28,13 +28,11 @@ const ROWS_PER_INSERT: usize = 256;
 /// [`append`] chains it.
 pub async fn stage(tx: &mut Transaction<'_, Postgres>, entry: Option<&AuditEntry>) -> StoreResult<()> {
     let Some(entry) = entry else { return Ok(()) };
-    let mut insert = QueryBuilder::<Postgres>::new(format!("INSERT INTO audit_outbox ({STAGED_COLUMNS}) "));
+    let mut insert = QueryBuilder::<Postgres>::new(format!("INSERT INTO audit_outbox ({ENTRY_COLUMNS}) "));
     insert.push_values(std::iter::once(entry), |mut row, e| push_entry(&mut row, e));
     insert.build().execute(&mut **tx).await?;
     Ok(())
 }
-
-const STAGED_COLUMNS: &str = "at, subject, role, action, visit_id, target, outcome";
 
 /// Appends the staged records (oldest first), then `entries` in order, chained, in one
 /// transaction: one commit for a whole batch. Returns the records of `entries`.
@@ -52,7 +50,7 @@ pub async fn append(pool: &PgPool, entries: &[AuditEntry]) -> StoreResult<Vec<Au
     let mut tx = begin(pool).await?;
     sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE").execute(&mut *tx).await?;
     let staged_rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM audit_outbox WHERE id IN (SELECT id FROM audit_outbox ORDER BY id LIMIT {MAX_STAGED}) RETURNING id, {STAGED_COLUMNS}"
+        "DELETE FROM audit_outbox WHERE id IN (SELECT id FROM audit_outbox ORDER BY id LIMIT {MAX_STAGED}) RETURNING id, {ENTRY_COLUMNS}"
     )))
     .fetch_all(&mut *tx)
     .await?;
@@ -101,13 +99,13 @@ pub async fn chain_all_staged(pool: &PgPool) -> StoreResult<()> {
 }
 
 pub async fn trail(pool: &PgPool, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {
-    let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2");
+    let sql = format!("SELECT {AUDIT_ROW_COLUMNS} FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2");
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after_id).bind(limit as i64).fetch_all(pool).await?;
     rows.iter().map(from_row).collect()
 }
 
 pub async fn for_visit(pool: &PgPool, visit_id: &str) -> StoreResult<Vec<AuditRecord>> {
-    let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE visit_id = $1 ORDER BY id");
+    let sql = format!("SELECT {AUDIT_ROW_COLUMNS} FROM audit_log WHERE visit_id = $1 ORDER BY id");
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(visit_id).fetch_all(pool).await?;
     rows.iter().map(from_row).collect()
 }

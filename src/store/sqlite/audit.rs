@@ -9,9 +9,7 @@ use tokio::sync::Mutex;
 
 use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
-use crate::store::{AUDIT_COLUMNS, StoreResult, entry_from_row, push_record};
-
-const COLUMNS: &str = "id, at, subject, role, action, visit_id, target, outcome, prev_hash, hash";
+use crate::store::{AUDIT_COLUMNS, AUDIT_ROW_COLUMNS, StoreResult, entry_from_row, push_record};
 
 fn from_row(row: &SqliteRow) -> StoreResult<AuditRecord> {
     Ok(AuditRecord {
@@ -121,13 +119,13 @@ fn guarded_insert(records: &[AuditRecord]) -> QueryBuilder<Sqlite> {
 }
 
 pub async fn trail(pool: &SqlitePool, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {
-    let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE id > ? ORDER BY id LIMIT ?");
+    let sql = format!("SELECT {AUDIT_ROW_COLUMNS} FROM audit_log WHERE id > ? ORDER BY id LIMIT ?");
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after_id).bind(limit as i64).fetch_all(pool).await?;
     rows.iter().map(from_row).collect()
 }
 
 pub async fn for_visit(pool: &SqlitePool, visit_id: &str) -> StoreResult<Vec<AuditRecord>> {
-    let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE visit_id = ? ORDER BY id");
+    let sql = format!("SELECT {AUDIT_ROW_COLUMNS} FROM audit_log WHERE visit_id = ? ORDER BY id");
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(visit_id).fetch_all(pool).await?;
     rows.iter().map(from_row).collect()
 }
