@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use visithub_loadtest::scenarios::{Scenario, WorkerArgs, run_worker};
+use visithub_loadtest::scenarios::{Scenario, WorkerArgs, run_worker, serve_bare_relay};
 use visithub_loadtest::{Auth, Context};
 
 #[derive(Parser, Debug)]
@@ -46,6 +46,14 @@ enum Command {
     /// Internal: one worker process of `connections` or `storm`.
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// A bare tokio-tungstenite relay for the `baseline` scenario: the two sockets of a pair
+    /// (the same path) pass each other's text frames on. Prints its address, serves until
+    /// killed.
+    BareRelay {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:38090")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +66,11 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run_worker(args))
         }
         Command::Run(scenario) => tokio::runtime::Runtime::new()?.block_on(run(cli.options, scenario)),
+        Command::BareRelay { listen } => tokio::runtime::Runtime::new()?.block_on(async {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            println!("bare relay listening on {} (pid {})", listener.local_addr()?, std::process::id());
+            serve_bare_relay(listener).await
+        }),
     }
 }
 
@@ -65,7 +78,9 @@ async fn run(options: Options, scenario: Scenario) -> anyhow::Result<()> {
     let Options { targets, key_file, hub_pids, json, quiet } = options;
     let auth = match std::env::var("VISITHUB_SIGNING_KEY") {
         Ok(secret) => Auth::from_secret(secret.as_bytes())?,
-        Err(_) => Auth::from_key_file(&key_file)?,
+        Err(_) if scenario.signs_in() => Auth::from_key_file(&key_file)?,
+        // Tokens are never sent: any key does.
+        Err(_) => Auth::from_secret(&[0; 32])?,
     };
     let ctx = Arc::new(Context::new(&targets, auth, hub_pids, !quiet).await?);
     let report = visithub_loadtest::run(&ctx, &scenario).await?;

@@ -12,7 +12,9 @@ use visithub::clock::SystemClock;
 use visithub::config::Config;
 use visithub::live::MemoryLive;
 use visithub::store::SqliteStore;
-use visithub_loadtest::scenarios::{ChatArgs, ConnectionsArgs, FanoutArgs, Scenario, StormArgs, VisitsArgs};
+use visithub_loadtest::scenarios::{
+    BaselineArgs, ChatArgs, ConnectionsArgs, FanoutArgs, Scenario, StormArgs, VisitsArgs, serve_bare_relay,
+};
 use visithub_loadtest::workers::WorkerOpts;
 use visithub_loadtest::{Auth, Context, Report};
 
@@ -214,4 +216,26 @@ async fn runs_count_the_patients_earlier_runs_left_waiting() {
     assert_eq!((first.counts["positions"], second.counts["positions"]), (19 + 18, 19 + 18));
     let r = run_on(&hub, Scenario::Storm(storm(20, 1, 256))).await;
     assert_eq!(r.counts["resumed"], 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_relays_every_frame_through_a_bare_relay() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let relay = tokio::spawn(serve_bare_relay(listener));
+    let auth = Auth::from_secret(SECRET).unwrap();
+    let ctx = Arc::new(Context::new(&[url], auth, vec![std::process::id()], false).await.unwrap());
+    let args = BaselineArgs { pairs: 3, rate: 600.0, burst: 4, duration_secs: 1.0 };
+    let r = visithub_loadtest::run(&ctx, &Scenario::Baseline(args)).await.unwrap();
+    relay.abort();
+    println!("{}", r.table());
+    check_json(&r);
+    assert_eq!(r.errors, Default::default());
+    assert_eq!((r.lost_events, r.duplicated_events), (0, 0));
+    // 6 sockets, each sending a burst of 4 every 40 ms for a second: about 600 frames.
+    let relayed = r.counts["relayed"];
+    assert!((400..=800).contains(&relayed), "{relayed} relayed");
+    assert_eq!(relayed, r.messages_sent, "every frame sent arrived");
+    assert_eq!(latency(&r, "relay"), relayed);
+    assert!(r.hub.as_ref().unwrap().cpu_us_per_relayed_message.is_some());
 }

@@ -1,5 +1,6 @@
 //! The scenarios. Each is bounded in count and time, stops by itself, and returns a report.
 
+mod baseline;
 mod chat;
 mod connections;
 mod fanout;
@@ -11,6 +12,7 @@ mod visits;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use baseline::{BaselineArgs, serve_bare_relay};
 pub use chat::ChatArgs;
 pub use connections::ConnectionsArgs;
 pub use fanout::FanoutArgs;
@@ -37,6 +39,9 @@ pub enum Scenario {
     Chat(ChatArgs),
     /// Every client drops its socket at once and resumes its session.
     Storm(StormArgs),
+    /// The relay's floor on this machine: frames like `visits`' signaling through a bare
+    /// tokio-tungstenite relay (`bare-relay`) given as the target.
+    Baseline(BaselineArgs),
 }
 
 impl Scenario {
@@ -47,7 +52,13 @@ impl Scenario {
             Scenario::Connections(_) => "connections",
             Scenario::Chat(_) => "chat",
             Scenario::Storm(_) => "storm",
+            Scenario::Baseline(_) => "baseline",
         }
+    }
+
+    /// Whether the scenario signs in to a hub (the bare relay of `baseline` takes no token).
+    pub fn signs_in(&self) -> bool {
+        !matches!(self, Scenario::Baseline(_))
     }
 }
 
@@ -59,6 +70,7 @@ pub async fn run(ctx: &Arc<Context>, scenario: &Scenario) -> anyhow::Result<Repo
         Scenario::Connections(a) => connections::run(ctx, a).await,
         Scenario::Chat(a) => chat::run(ctx, a).await,
         Scenario::Storm(a) => storm::run(ctx, a).await,
+        Scenario::Baseline(a) => baseline::run(ctx, a).await,
     }
 }
 

@@ -1,0 +1,259 @@
+//! `baseline`: the relay figures' floor on this machine. A bare tokio-tungstenite relay (the
+//! hidden `bare-relay` command: no authentication, routing, ordering checks or sequence
+//! numbers; the two sockets of a pair pass each other's text frames on) is driven with the
+//! same ~600-byte frames, the same pacing and the same `TCP_NODELAY` sockets as the `visits`
+//! scenario's signaling. Its CPU per relayed frame, measured like the hub's from
+//! `/proc/<pid>/stat`, is what loopback TCP and the scheduler cost here before any work of the
+//! hub's: the hub's relay figures are read against it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::Phase;
+use crate::progress::Progress;
+use crate::report::Report;
+use crate::stats::{Latency, Stats};
+use crate::target::Context;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Frames sent by the clients, and of those received by their peers (counted here rather
+/// than in [`Stats`]' map, which takes a lock per count).
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    relayed: AtomicU64,
+}
+
+/// Frames a bare relay socket queues towards its peer before it stops reading.
+const PEER_QUEUE: usize = 1024;
+/// The payload's size, as a trickled candidate's frame through the hub.
+const FRAME_BYTES: usize = 600;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BaselineArgs {
+    /// Socket pairs relaying to each other.
+    #[arg(long, default_value_t = 10)]
+    pub pairs: usize,
+    /// Frames per second relayed in all (each socket sends rate / (2 x pairs)).
+    #[arg(long, default_value_t = 20_000.0)]
+    pub rate: f64,
+    /// Frames each socket writes back to back per tick (1: one at a time, as the hub is
+    /// measured; more: trickled candidates gathered together).
+    #[arg(long, default_value_t = 1)]
+    pub burst: usize,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+}
+
+/// The hidden `bare-relay` command's server: serves until the process ends.
+pub async fn serve_bare_relay(listener: TcpListener) -> anyhow::Result<()> {
+    let waiting: Arc<Mutex<HashMap<String, Parked>>> = Arc::default();
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        tokio::spawn(bare_socket(stream, waiting.clone()));
+    }
+}
+
+/// The first socket of a pair, waiting for the second: the channel towards it and the one it
+/// reads from.
+type Parked = (mpsc::Sender<Message>, mpsc::Sender<mpsc::Sender<Message>>);
+
+/// One bare relay socket: the path (`/<pair>`) names its pair; every text frame goes to the
+/// other socket of the pair, and what the other sends is written back.
+async fn bare_socket(stream: TcpStream, waiting: Arc<Mutex<HashMap<String, Parked>>>) {
+    let mut pair = String::new();
+    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
+    #[expect(clippy::result_large_err, reason = "the error type is tungstenite's handshake callback's")]
+    let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+        pair = req.uri().path().trim_start_matches('/').to_string();
+        Ok(resp)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await else {
+        return;
+    };
+    let (to_me, mut inbox) = mpsc::channel::<Message>(PEER_QUEUE);
+    let first = {
+        let mut waiting = waiting.lock().expect("pairs lock");
+        match waiting.remove(&pair) {
+            Some(first) => Ok(first),
+            None => {
+                let (hand_over, handed) = mpsc::channel(1);
+                waiting.insert(pair, (to_me.clone(), hand_over));
+                Err(handed)
+            }
+        }
+    };
+    match first {
+        Ok((first, hand_over)) => {
+            let _ = hand_over.try_send(to_me);
+            relay(ws, &mut inbox, first).await;
+        }
+        Err(handed) => {
+            // Only the peer holds the way in: its end closes the inbox.
+            drop(to_me);
+            wait_then_relay(ws, inbox, handed).await
+        }
+    }
+}
+
+async fn wait_then_relay(
+    ws: Ws,
+    mut inbox: mpsc::Receiver<Message>,
+    mut handed: mpsc::Receiver<mpsc::Sender<Message>>,
+) {
+    if let Some(peer) = handed.recv().await {
+        relay(ws, &mut inbox, peer).await;
+    }
+}
+
+async fn relay(mut ws: Ws, inbox: &mut mpsc::Receiver<Message>, peer: mpsc::Sender<Message>) {
+    loop {
+        tokio::select! {
+            frame = ws.next() => match frame {
+                Some(Ok(m @ Message::Text(_))) => {
+                    if peer.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            out = inbox.recv() => match out {
+                Some(m) => {
+                    if ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+/// Runs the clients against a bare relay at `ctx`'s first target.
+pub async fn run(ctx: &Arc<Context>, args: &BaselineArgs) -> anyhow::Result<Report> {
+    anyhow::ensure!(args.pairs > 0, "--pairs must be at least 1");
+    anyhow::ensure!(args.rate > 0.0 && args.burst > 0, "--rate and --burst must be positive");
+    anyhow::ensure!(args.duration_secs > 0.0, "--duration-secs must be positive");
+    let addr = ctx.targets.nodes[0].addr;
+    let mut sockets = Vec::with_capacity(args.pairs * 2);
+    for pair in 0..args.pairs {
+        for _ in 0..2 {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let url = format!("ws://{addr}/{}-{pair}", ctx.run_id);
+            let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+            ctx.stats.open.fetch_add(1, Ordering::Relaxed);
+            sockets.push(ws);
+        }
+    }
+    // No wait for the pairing: the first socket of a pair reads nothing until its peer comes.
+    let per_socket = args.rate / (2 * args.pairs) as f64;
+    let tick = Duration::from_secs_f64(args.burst as f64 / per_socket);
+    let tally = Arc::new(Tally::default());
+    let phase = Phase::start(ctx);
+    let progress = Progress::start(ctx.progress, "baseline", "relayed", ctx.stats.clone());
+    let stop_at = Instant::now() + Duration::from_secs_f64(args.duration_secs);
+    let mut tasks = JoinSet::new();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let (sink, stream) = ws.split();
+        let (me, peer) = if i % 2 == 0 { ('a', 'b') } else { ('b', 'a') };
+        tasks.spawn(send_paced(sink, me, tick, args.burst, stop_at, ctx.stats.clone(), tally.clone()));
+        tasks.spawn(receive(stream, peer, ctx.stats.clone(), tally.clone()));
+    }
+    // Senders stop at `stop_at`; then every frame sent must arrive.
+    let settle_by = stop_at + Duration::from_secs(10);
+    while Instant::now() < settle_by
+        && (Instant::now() < stop_at || tally.relayed.load(Ordering::Relaxed) < tally.sent.load(Ordering::Relaxed))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let relayed = tally.relayed.load(Ordering::Relaxed);
+    ctx.stats.count("relayed", relayed);
+    // A gap within a socket's frames shows here too: each frame is counted once it arrives.
+    ctx.stats.lose(tally.sent.load(Ordering::Relaxed).saturating_sub(relayed));
+    let mut report = phase.finish(ctx, "baseline", 0, relayed);
+    drop(progress);
+    tasks.abort_all();
+    report.note("pairs", args.pairs as u64);
+    report.note("rate_per_sec", args.rate);
+    report.note("burst", args.burst as u64);
+    Ok(report)
+}
+
+/// Sends `burst` frames back to back every `tick` until `stop_at`; each carries its send
+/// stamp, its number on this socket and the socket's side of the pair.
+async fn send_paced(
+    mut sink: SplitSink<Ws, Message>,
+    side: char,
+    tick: Duration,
+    burst: usize,
+    stop_at: Instant,
+    stats: Arc<Stats>,
+    tally: Arc<Tally>,
+) {
+    let mut n = 0u64;
+    let mut next = tokio::time::Instant::now();
+    while Instant::now() < stop_at {
+        for _ in 0..burst {
+            n += 1;
+            let head = format!("{} {n} {side} ", stats.stamp());
+            let frame = format!("{head}{}", "x".repeat(FRAME_BYTES - head.len()));
+            if sink.feed(Message::text(frame)).await.is_err() {
+                stats.error("send_failed");
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            stats.error("send_failed");
+            return;
+        }
+        stats.sent.fetch_add(burst as u64, Ordering::Relaxed);
+        tally.sent.fetch_add(burst as u64, Ordering::Relaxed);
+        next += tick;
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// Reads the peer's frames: latency from their stamps, repeats from their numbers, and that
+/// they came from the other side of the pair.
+async fn receive(mut stream: SplitStream<Ws>, peer: char, stats: Arc<Stats>, tally: Arc<Tally>) {
+    let mut last = 0u64;
+    while let Some(Ok(msg)) = stream.next().await {
+        let Message::Text(text) = msg else { continue };
+        let arrived = Instant::now();
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        let mut fields = text.split(' ');
+        let (Some(Ok(stamp)), Some(Ok(n)), Some(side)) =
+            (fields.next().map(str::parse::<u64>), fields.next().map(str::parse::<u64>), fields.next())
+        else {
+            stats.error("bad_frame");
+            continue;
+        };
+        if !side.starts_with(peer) {
+            stats.error("misrouted");
+            continue;
+        }
+        stats.record(Latency::Relay, stats.stamp_to(stamp, arrived));
+        if n <= last {
+            stats.duplicate(1);
+            continue;
+        }
+        last = n;
+        tally.relayed.fetch_add(1, Ordering::Relaxed);
+    }
+}
