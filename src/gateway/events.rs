@@ -160,20 +160,26 @@ impl Session {
             BusEvent::Participants(p) => ServerMessage::ChatParticipants(p.clone()),
             BusEvent::Presence(batch) => {
                 // A provider covering several of this caregiver's states is announced on each
-                // state's topic: pass each change on once.
-                let providers: Vec<_> = batch
-                    .providers
-                    .iter()
-                    .filter(|p| self.sent_presence.get(&p.subject) != Some(*p))
-                    .cloned()
-                    .collect();
-                if providers.is_empty() {
-                    return None;
+                // state's topic: pass each change on once. A caregiver of one state hears each
+                // change once already, and keeps no record (most sessions, and the comparisons
+                // cost every one of them CPU per batch).
+                if self.principal.states.len() < 2 {
+                    ServerMessage::PresenceUpdated(batch.clone())
+                } else {
+                    let providers: Vec<_> = batch
+                        .providers
+                        .iter()
+                        .filter(|p| self.sent_presence.get(&p.subject) != Some(*p))
+                        .cloned()
+                        .collect();
+                    if providers.is_empty() {
+                        return None;
+                    }
+                    for p in &providers {
+                        self.sent_presence.insert(p.subject.clone(), p.clone());
+                    }
+                    ServerMessage::PresenceUpdated(PresenceUpdated { providers })
                 }
-                for p in &providers {
-                    self.sent_presence.insert(p.subject.clone(), p.clone());
-                }
-                ServerMessage::PresenceUpdated(PresenceUpdated { providers })
             }
             BusEvent::ConversationAssigned { visit_id } => {
                 if let Err(e) = self.listen(Topic::Visit(visit_id.clone())).await {

@@ -71,7 +71,7 @@ pub(super) struct Session {
     pub sent_views: BTreeMap<UsState, Arc<QueueView>>,
     /// The last position sent to a patient (boxed: other roles carry only the pointer).
     pub sent_position: Option<Box<QueuePosition>>,
-    /// The last presence sent per provider (caregivers).
+    /// The last presence sent per provider, to a caregiver of several states (see `on_event`).
     pub sent_presence: BTreeMap<String, ProviderPresence>,
     pub topics: Vec<Topic>,
     pub link: SessionLink,
