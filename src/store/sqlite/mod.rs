@@ -52,6 +52,9 @@ use super::corrupt;
 
 /// Reader connections: more than the two cores rarely helps, and each is a thread.
 const READERS: u32 = 4;
+/// Prepared statements the writer keeps: every change kind alone and in pairs (see
+/// `commit::KEPT_BATCH`), under sqlx's default of 100 otherwise.
+const WRITER_STATEMENTS: usize = 256;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and runs migrations.
@@ -60,7 +63,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)?;
         }
         let options = options(SqliteConnectOptions::new().filename(path).create_if_missing(true));
-        let writer = pool_options(1).connect_with(options.clone()).await?;
+        let writer = pool_options(1).connect_with(options.clone().statement_cache_capacity(WRITER_STATEMENTS)).await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let reader = pool_options(READERS).connect_with(options.read_only(true)).await?;
         Ok(SqliteStore::new(writer, reader))
