@@ -68,8 +68,8 @@ pub async fn serve_bare_relay(listener: TcpListener) -> anyhow::Result<()> {
     }
 }
 
-/// The first socket of a pair, waiting for the second: the channel towards it and the one it
-/// reads from.
+/// The first socket of a pair, waiting for the second: the way into its inbox, and the way
+/// to hand it the second's.
 type Parked = (mpsc::Sender<Message>, mpsc::Sender<mpsc::Sender<Message>>);
 
 /// One bare relay socket: the path (`/<pair>`) names its pair; every text frame goes to the
