@@ -2,6 +2,7 @@
 //! `visithub_<area>_<name>`; labels are node, role, state, message type, reason or operation,
 //! never a patient, visit, session or caregiver id.
 
+use crate::protocol::{ClientMessage, ServerMessage};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -13,6 +14,23 @@ const LATENCY: &[f64] =
 /// Buckets for waits from 10 s to 4 h.
 const WAITS: &[f64] = &[10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0];
 
+/// A counter per message type (`type` label), looked up once: `with_label_values` hashes the
+/// label on each call, and these count every frame in and out.
+pub struct PerType(Vec<IntCounter>);
+
+impl PerType {
+    fn new(vec: IntCounterVec, types: &[&str]) -> PerType {
+        PerType(types.iter().map(|t| vec.with_label_values(&[*t])).collect())
+    }
+
+    /// Counts one message of the type at `index` of the `TYPES` the counters were made for.
+    pub fn inc(&self, index: usize) {
+        if let Some(counter) = self.0.get(index) {
+            counter.inc();
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub connections_open: IntGaugeVec,
@@ -20,8 +38,8 @@ pub struct Metrics {
     pub connections_accepted: IntCounterVec,
     pub handshake_refusals: IntCounterVec,
     pub disconnects: IntCounterVec,
-    pub messages_in: IntCounterVec,
-    pub messages_out: IntCounterVec,
+    pub messages_in: PerType,
+    pub messages_out: PerType,
     pub relay_latency: Histogram,
     pub outbound_queue: Histogram,
     pub rate_limited: IntCounterVec,
@@ -117,8 +135,14 @@ impl Metrics {
                 &["reason"],
             ),
             disconnects: counter(r, "visithub_ws_disconnects_total", "Closed WebSockets by close reason.", &["reason"]),
-            messages_in: counter(r, "visithub_ws_messages_in_total", "Client messages by type.", &["type"]),
-            messages_out: counter(r, "visithub_ws_messages_out_total", "Hub messages by type.", &["type"]),
+            messages_in: PerType::new(
+                counter(r, "visithub_ws_messages_in_total", "Client messages by type.", &["type"]),
+                ClientMessage::TYPES,
+            ),
+            messages_out: PerType::new(
+                counter(r, "visithub_ws_messages_out_total", "Hub messages by type.", &["type"]),
+                ServerMessage::TYPES,
+            ),
             relay_latency: histogram(
                 r,
                 "visithub_ws_relay_latency_seconds",

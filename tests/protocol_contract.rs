@@ -247,6 +247,9 @@ fn decode_frame(value: &Value) -> Result<Frame, String> {
             _ => return Err("`seq` must be a number starting at 1".into()),
         }
         let kind = frame.msg.kind();
+        if ServerMessage::TYPES.get(frame.msg.index()) != Some(&kind) {
+            return Err(format!("{kind}'s index does not name it (metrics would count it as another type)"));
+        }
         if frame.id.is_some() && !matches!(kind, "ack" | "error") {
             return Err(format!("only ack and error carry an `id`, not {kind}"));
         }
@@ -254,7 +257,11 @@ fn decode_frame(value: &Value) -> Result<Frame, String> {
         Ok(Frame::Hub { seq: frame.seq, id: frame.id, kind, data })
     } else {
         let frame = decode_client(&text).map_err(|e| format!("decode_client: {} ({})", e.code.as_str(), e.message))?;
-        Ok(Frame::Client { id: frame.id, kind: frame.msg.kind() })
+        let kind = frame.msg.kind();
+        if ClientMessage::TYPES.get(frame.msg.index()) != Some(&kind) {
+            return Err(format!("{kind}'s index does not name it (metrics would count it as another type)"));
+        }
+        Ok(Frame::Client { id: frame.id, kind })
     }
 }
 

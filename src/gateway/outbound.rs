@@ -115,7 +115,7 @@ impl Outbound {
         if let Some(journal) = &mut self.journal {
             journal.frame(self.seq, &text);
         }
-        self.metrics.messages_out.with_label_values(&[msg.kind()]).inc();
+        self.metrics.messages_out.inc(msg.index());
         self.metrics.outbound_queue.observe(self.queue.len() as f64);
         let frame = Message::Text(text.into());
         if !matches!(msg, ServerMessage::Welcome(_)) {

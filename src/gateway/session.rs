@@ -599,7 +599,7 @@ impl Session {
         match decode_client(text) {
             Ok(frame) => {
                 let kind = frame.msg.kind();
-                self.gw.hub.metrics().messages_in.with_label_values(&[kind]).inc();
+                self.gw.hub.metrics().messages_in.inc(frame.msg.index());
                 let scope = Scope {
                     visit_id: frame.msg.visit_id().map(str::to_string),
                     target: frame.msg.state().map(|s| s.code().to_string()),

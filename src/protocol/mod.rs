@@ -48,6 +48,12 @@ macro_rules! messages {
                 match self { $($name::$variant(_) => $kind,)* }
             }
 
+            /// Where [`Self::kind`] is in [`Self::TYPES`].
+            pub fn index(&self) -> usize {
+                enum Index { $($variant,)* }
+                match self { $($name::$variant(_) => Index::$variant as usize,)* }
+            }
+
             /// Decodes `data` of a message of type `kind`.
             pub fn from_parts(kind: &str, data: &str) -> Result<Self, $crate::protocol::PayloadError> {
                 match kind {
