@@ -5,6 +5,7 @@
 //! Every scenario is bounded in count and time and stops by itself. The wire types come from
 //! the `visithub` crate: there is one copy of the protocol.
 
+pub mod bare;
 pub mod conn;
 pub mod hubproc;
 pub mod progress;

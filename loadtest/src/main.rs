@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use visithub_loadtest::scenarios::{Scenario, WorkerArgs, run_worker, serve_bare_relay};
+use visithub_loadtest::scenarios::{Scenario, WorkerArgs, run_worker};
 use visithub_loadtest::{Auth, Context};
 
 #[derive(Parser, Debug)]
@@ -46,10 +46,10 @@ enum Command {
     /// Internal: one worker process of `connections` or `storm`.
     #[command(hide = true)]
     Worker(WorkerArgs),
-    /// A bare tokio-tungstenite relay for the `baseline` scenario: the two sockets of a pair
-    /// (the same path) pass each other's text frames on. Prints its address, serves until
-    /// killed.
-    BareRelay {
+    /// The bare tokio-tungstenite server of the `baseline` and `baseline-fanout` scenarios:
+    /// pairs of sockets relaying to each other, and a broadcast. Prints its address, serves
+    /// until killed.
+    BareServer {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:38090")]
         listen: std::net::SocketAddr,
@@ -66,10 +66,10 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run_worker(args))
         }
         Command::Run(scenario) => tokio::runtime::Runtime::new()?.block_on(run(cli.options, scenario)),
-        Command::BareRelay { listen } => tokio::runtime::Runtime::new()?.block_on(async {
+        Command::BareServer { listen } => tokio::runtime::Runtime::new()?.block_on(async {
             let listener = tokio::net::TcpListener::bind(listen).await?;
-            println!("bare relay listening on {} (pid {})", listener.local_addr()?, std::process::id());
-            serve_bare_relay(listener).await
+            println!("bare server listening on {} (pid {})", listener.local_addr()?, std::process::id());
+            visithub_loadtest::bare::serve(listener).await
         }),
     }
 }

@@ -13,7 +13,7 @@ use visithub::config::Config;
 use visithub::live::MemoryLive;
 use visithub::store::SqliteStore;
 use visithub_loadtest::scenarios::{
-    BaselineArgs, ChatArgs, ConnectionsArgs, FanoutArgs, Scenario, StormArgs, VisitsArgs, serve_bare_relay,
+    BaselineArgs, BaselineFanoutArgs, ChatArgs, ConnectionsArgs, FanoutArgs, Scenario, StormArgs, VisitsArgs,
 };
 use visithub_loadtest::workers::WorkerOpts;
 use visithub_loadtest::{Auth, Context, Report};
@@ -218,24 +218,41 @@ async fn runs_count_the_patients_earlier_runs_left_waiting() {
     assert_eq!(r.counts["resumed"], 20);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn baseline_relays_every_frame_through_a_bare_relay() {
+/// Runs a baseline scenario against the bare server, in-process.
+async fn run_bare(scenario: Scenario) -> Report {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let relay = tokio::spawn(serve_bare_relay(listener));
+    let server = tokio::spawn(visithub_loadtest::bare::serve(listener));
     let auth = Auth::from_secret(SECRET).unwrap();
     let ctx = Arc::new(Context::new(&[url], auth, vec![std::process::id()], false).await.unwrap());
-    let args = BaselineArgs { pairs: 3, rate: 600.0, burst: 4, duration_secs: 1.0 };
-    let r = visithub_loadtest::run(&ctx, &Scenario::Baseline(args)).await.unwrap();
-    relay.abort();
+    let r = visithub_loadtest::run(&ctx, &scenario).await.unwrap();
+    server.abort();
     println!("{}", r.table());
     check_json(&r);
     assert_eq!(r.errors, Default::default());
     assert_eq!((r.lost_events, r.duplicated_events), (0, 0));
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_relays_every_frame_through_a_bare_relay() {
+    let args = BaselineArgs { pairs: 3, rate: 600.0, burst: 4, duration_secs: 1.0 };
+    let r = run_bare(Scenario::Baseline(args)).await;
     // 6 sockets, each sending a burst of 4 every 40 ms for a second: about 600 frames.
     let relayed = r.counts["relayed"];
     assert!((400..=800).contains(&relayed), "{relayed} relayed");
     assert_eq!(relayed, r.messages_sent, "every frame sent arrived");
     assert_eq!(latency(&r, "relay"), relayed);
     assert!(r.hub.as_ref().unwrap().cpu_us_per_relayed_message.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_fanout_reaches_every_listener_with_every_announcement() {
+    let args = BaselineFanoutArgs { listeners: 50, changes: 3, change_timeout_secs: 10 };
+    let r = run_bare(Scenario::BaselineFanout(args)).await;
+    assert_eq!(r.counts["changes"], 3);
+    assert_eq!(r.counts["positions"], 150);
+    assert_eq!(latency(&r, "fanout"), 150);
+    assert_eq!(r.messages_received, 150);
+    assert!(r.hub.as_ref().unwrap().cpu_us_per_message.is_some());
 }

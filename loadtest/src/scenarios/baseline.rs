@@ -1,32 +1,25 @@
-//! `baseline`: the relay figures' floor on this machine. A bare tokio-tungstenite relay (the
-//! hidden `bare-relay` command: no authentication, routing, ordering checks or sequence
-//! numbers; the two sockets of a pair pass each other's text frames on) is driven with the
-//! same ~600-byte frames, the same pacing and the same `TCP_NODELAY` sockets as the `visits`
-//! scenario's signaling. Its CPU per relayed frame, measured like the hub's from
+//! `baseline`: the relay figures' floor on this machine. The bare server (`bare-server`, see
+//! [`crate::bare`]) is driven with the same ~600-byte frames, the same pacing and the same
+//! `TCP_NODELAY` sockets as the `visits` scenario's signaling; the two sockets of a pair pass
+//! each other's frames on. Its CPU per relayed frame, measured like the hub's from
 //! `/proc/<pid>/stat`, is what loopback TCP and the scheduler cost here before any work of the
 //! hub's: the hub's relay figures are read against it.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::Phase;
+use crate::bare::{Ws, dial};
 use crate::progress::Progress;
 use crate::report::Report;
 use crate::stats::{Latency, Stats};
 use crate::target::Context;
-
-type Ws = WebSocketStream<TcpStream>;
 
 /// Frames sent by the clients, and of those received by their peers (counted here rather
 /// than in [`Stats`]' map, which takes a lock per count).
@@ -36,8 +29,6 @@ struct Tally {
     relayed: AtomicU64,
 }
 
-/// Frames a bare relay socket queues towards its peer before it stops reading.
-const PEER_QUEUE: usize = 1024;
 /// The payload's size, as a trickled candidate's frame through the hub.
 const FRAME_BYTES: usize = 600;
 
@@ -58,93 +49,7 @@ pub struct BaselineArgs {
     pub duration_secs: f64,
 }
 
-/// The hidden `bare-relay` command's server: serves until the process ends.
-pub async fn serve_bare_relay(listener: TcpListener) -> anyhow::Result<()> {
-    let waiting: Arc<Mutex<HashMap<String, Parked>>> = Arc::default();
-    loop {
-        let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
-        tokio::spawn(bare_socket(stream, waiting.clone()));
-    }
-}
-
-/// The first socket of a pair, waiting for the second: the way into its inbox, and the way
-/// to hand it the second's.
-type Parked = (mpsc::Sender<Message>, mpsc::Sender<mpsc::Sender<Message>>);
-
-/// One bare relay socket: the path (`/<pair>`) names its pair; every text frame goes to the
-/// other socket of the pair, and what the other sends is written back.
-async fn bare_socket(stream: TcpStream, waiting: Arc<Mutex<HashMap<String, Parked>>>) {
-    let mut pair = String::new();
-    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
-    #[expect(clippy::result_large_err, reason = "the error type is tungstenite's handshake callback's")]
-    let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
-        pair = req.uri().path().trim_start_matches('/').to_string();
-        Ok(resp)
-    };
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await else {
-        return;
-    };
-    let (to_me, mut inbox) = mpsc::channel::<Message>(PEER_QUEUE);
-    let first = {
-        let mut waiting = waiting.lock().expect("pairs lock");
-        match waiting.remove(&pair) {
-            Some(first) => Ok(first),
-            None => {
-                let (hand_over, handed) = mpsc::channel(1);
-                waiting.insert(pair, (to_me.clone(), hand_over));
-                Err(handed)
-            }
-        }
-    };
-    match first {
-        Ok((first, hand_over)) => {
-            let _ = hand_over.try_send(to_me);
-            relay(ws, &mut inbox, first).await;
-        }
-        Err(handed) => {
-            // Only the peer holds the way in: its end closes the inbox.
-            drop(to_me);
-            wait_then_relay(ws, inbox, handed).await
-        }
-    }
-}
-
-async fn wait_then_relay(
-    ws: Ws,
-    mut inbox: mpsc::Receiver<Message>,
-    mut handed: mpsc::Receiver<mpsc::Sender<Message>>,
-) {
-    if let Some(peer) = handed.recv().await {
-        relay(ws, &mut inbox, peer).await;
-    }
-}
-
-async fn relay(mut ws: Ws, inbox: &mut mpsc::Receiver<Message>, peer: mpsc::Sender<Message>) {
-    loop {
-        tokio::select! {
-            frame = ws.next() => match frame {
-                Some(Ok(m @ Message::Text(_))) => {
-                    if peer.send(m).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                Some(Ok(_)) => {}
-            },
-            out = inbox.recv() => match out {
-                Some(m) => {
-                    if ws.send(m).await.is_err() {
-                        return;
-                    }
-                }
-                None => return,
-            },
-        }
-    }
-}
-
-/// Runs the clients against a bare relay at `ctx`'s first target.
+/// Runs the clients against the bare server at `ctx`'s first target.
 pub async fn run(ctx: &Arc<Context>, args: &BaselineArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.pairs > 0, "--pairs must be at least 1");
     anyhow::ensure!(args.rate > 0.0 && args.burst > 0, "--rate and --burst must be positive");
@@ -153,12 +58,8 @@ pub async fn run(ctx: &Arc<Context>, args: &BaselineArgs) -> anyhow::Result<Repo
     let mut sockets = Vec::with_capacity(args.pairs * 2);
     for pair in 0..args.pairs {
         for _ in 0..2 {
-            let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let url = format!("ws://{addr}/{}-{pair}", ctx.run_id);
-            let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+            sockets.push(dial(addr, &format!("/pair/{}-{pair}", ctx.run_id)).await?);
             ctx.stats.open.fetch_add(1, Ordering::Relaxed);
-            sockets.push(ws);
         }
     }
     // No wait for the pairing: the first socket of a pair reads nothing until its peer comes.

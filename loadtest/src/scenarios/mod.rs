@@ -1,6 +1,7 @@
 //! The scenarios. Each is bounded in count and time, stops by itself, and returns a report.
 
 mod baseline;
+mod baseline_fanout;
 mod chat;
 mod connections;
 mod fanout;
@@ -12,7 +13,8 @@ mod visits;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use baseline::{BaselineArgs, serve_bare_relay};
+pub use baseline::BaselineArgs;
+pub use baseline_fanout::BaselineFanoutArgs;
 pub use chat::ChatArgs;
 pub use connections::ConnectionsArgs;
 pub use fanout::FanoutArgs;
@@ -39,9 +41,12 @@ pub enum Scenario {
     Chat(ChatArgs),
     /// Every client drops its socket at once and resumes its session.
     Storm(StormArgs),
-    /// The relay's floor on this machine: frames like `visits`' signaling through a bare
-    /// tokio-tungstenite relay (`bare-relay`) given as the target.
+    /// The relay's floor on this machine: frames like `visits`' signaling through the bare
+    /// tokio-tungstenite server (`bare-server`) given as the target.
     Baseline(BaselineArgs),
+    /// The fan-out's floor on this machine: one frame from the bare server (`bare-server`,
+    /// the target) to many idle sockets.
+    BaselineFanout(BaselineFanoutArgs),
 }
 
 impl Scenario {
@@ -53,12 +58,13 @@ impl Scenario {
             Scenario::Chat(_) => "chat",
             Scenario::Storm(_) => "storm",
             Scenario::Baseline(_) => "baseline",
+            Scenario::BaselineFanout(_) => "baseline-fanout",
         }
     }
 
-    /// Whether the scenario signs in to a hub (the bare relay of `baseline` takes no token).
+    /// Whether the scenario signs in to a hub (the bare server of the baselines takes no token).
     pub fn signs_in(&self) -> bool {
-        !matches!(self, Scenario::Baseline(_))
+        !matches!(self, Scenario::Baseline(_) | Scenario::BaselineFanout(_))
     }
 }
 
@@ -71,6 +77,7 @@ pub async fn run(ctx: &Arc<Context>, scenario: &Scenario) -> anyhow::Result<Repo
         Scenario::Chat(a) => chat::run(ctx, a).await,
         Scenario::Storm(a) => storm::run(ctx, a).await,
         Scenario::Baseline(a) => baseline::run(ctx, a).await,
+        Scenario::BaselineFanout(a) => baseline_fanout::run(ctx, a).await,
     }
 }
 
