@@ -8,7 +8,9 @@
 //! - `/announce`: each text frame it sends goes to every listener.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,6 +19,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::Request;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::stats::Stats;
 
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -154,4 +158,45 @@ pub async fn dial(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Ws> 
     stream.set_nodelay(true)?;
     let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), stream).await?;
     Ok(ws)
+}
+
+/// A text frame of `size` bytes (or just its head, if that is longer) that starts with its
+/// send stamp ([`crate::stats::Stats::stamp`]), its number and a tag: `<stamp> <n> <tag> xxx...`.
+pub fn stamped(stamp: u64, n: u64, tag: char, size: usize) -> Message {
+    let mut text = format!("{stamp} {n} {tag} ");
+    let pad = size.saturating_sub(text.len());
+    text.extend(std::iter::repeat_n('x', pad));
+    Message::text(text)
+}
+
+/// One [`stamped`] frame as read: its stamp, number and tag, and when it arrived.
+pub struct Stamped {
+    pub stamp: u64,
+    pub n: u64,
+    pub tag: char,
+    pub arrived: Instant,
+}
+
+/// Reads [`stamped`] frames until the socket ends, counting each as received and handing it
+/// to `each`; text that is not one is a `bad_frame` error.
+pub async fn read_each<S>(mut stream: S, stats: &Stats, mut each: impl FnMut(Stamped))
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    while let Some(Ok(msg)) = stream.next().await {
+        let Message::Text(text) = msg else { continue };
+        let arrived = Instant::now();
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        let mut fields = text.split(' ');
+        let mut number = || fields.next().and_then(|f| f.parse().ok());
+        let (Some(stamp), Some(n)) = (number(), number()) else {
+            stats.error("bad_frame");
+            continue;
+        };
+        let Some(tag) = fields.next().and_then(|f| f.chars().next()) else {
+            stats.error("bad_frame");
+            continue;
+        };
+        each(Stamped { stamp, n, tag, arrived });
+    }
 }

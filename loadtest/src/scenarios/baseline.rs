@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Phase;
-use crate::bare::{Ws, dial};
+use crate::bare::{Ws, dial, read_each, stamped};
 use crate::progress::Progress;
 use crate::report::Report;
 use crate::stats::{Latency, Stats};
@@ -112,9 +112,7 @@ async fn send_paced(
     while Instant::now() < stop_at {
         for _ in 0..burst {
             n += 1;
-            let head = format!("{} {n} {side} ", stats.stamp());
-            let frame = format!("{head}{}", "x".repeat(FRAME_BYTES - head.len()));
-            if sink.feed(Message::text(frame)).await.is_err() {
+            if sink.feed(stamped(stats.stamp(), n, side, FRAME_BYTES)).await.is_err() {
                 stats.error("send_failed");
                 return;
             }
@@ -132,29 +130,18 @@ async fn send_paced(
 
 /// Reads the peer's frames: latency from their stamps, repeats from their numbers, and that
 /// they came from the other side of the pair.
-async fn receive(mut stream: SplitStream<Ws>, peer: char, stats: Arc<Stats>, tally: Arc<Tally>) {
+async fn receive(stream: SplitStream<Ws>, peer: char, stats: Arc<Stats>, tally: Arc<Tally>) {
     let mut last = 0u64;
-    while let Some(Ok(msg)) = stream.next().await {
-        let Message::Text(text) = msg else { continue };
-        let arrived = Instant::now();
-        stats.received.fetch_add(1, Ordering::Relaxed);
-        let mut fields = text.split(' ');
-        let (Some(Ok(stamp)), Some(Ok(n)), Some(side)) =
-            (fields.next().map(str::parse::<u64>), fields.next().map(str::parse::<u64>), fields.next())
-        else {
-            stats.error("bad_frame");
-            continue;
-        };
-        if !side.starts_with(peer) {
+    read_each(stream, &stats, |f| {
+        if f.tag != peer {
             stats.error("misrouted");
-            continue;
-        }
-        stats.record(Latency::Relay, stats.stamp_to(stamp, arrived));
-        if n <= last {
+        } else if f.n <= last {
             stats.duplicate(1);
-            continue;
+        } else {
+            last = f.n;
+            stats.record(Latency::Relay, stats.stamp_to(f.stamp, f.arrived));
+            tally.relayed.fetch_add(1, Ordering::Relaxed);
         }
-        last = n;
-        tally.relayed.fetch_add(1, Ordering::Relaxed);
-    }
+    })
+    .await;
 }

@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt, stream};
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::Phase;
-use crate::bare::{Ws, dial};
+use crate::bare::{Ws, dial, read_each, stamped};
 use crate::conn::CONNECT_CONCURRENCY;
 use crate::progress::Progress;
 use crate::report::Report;
@@ -61,8 +60,7 @@ pub async fn run(ctx: &Arc<Context>, args: &BaselineFanoutArgs) -> anyhow::Resul
     let progress = Progress::start(ctx.progress, "baseline-fanout", "positions", ctx.stats.clone());
     let everyone = args.listeners as u64;
     for change in 1..=args.changes {
-        let head = format!("{} {change} ", ctx.stats.stamp());
-        announcer.send(Message::text(format!("{head}{}", "x".repeat(FRAME_BYTES - head.len())))).await?;
+        announcer.send(stamped(ctx.stats.stamp(), change as u64, 'f', FRAME_BYTES)).await?;
         ctx.stats.sent.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(args.change_timeout_secs);
         while reached[change].load(Ordering::Relaxed) < everyone && Instant::now() < deadline {
@@ -84,25 +82,15 @@ pub async fn run(ctx: &Arc<Context>, args: &BaselineFanoutArgs) -> anyhow::Resul
 
 /// Reads announcements: the time from each one's stamp to its arrival; one seen twice, or
 /// older than the last, is a repeat.
-async fn listen(mut ws: Ws, stats: Arc<Stats>, reached: Arc<Vec<AtomicU64>>) {
-    let mut last = 0usize;
-    while let Some(Ok(msg)) = ws.next().await {
-        let Message::Text(text) = msg else { continue };
-        let arrived = Instant::now();
-        stats.received.fetch_add(1, Ordering::Relaxed);
-        let mut fields = text.split(' ');
-        let (Some(Ok(stamp)), Some(Ok(n))) =
-            (fields.next().map(str::parse::<u64>), fields.next().map(str::parse::<usize>))
-        else {
-            stats.error("bad_frame");
-            continue;
-        };
-        if n <= last || n >= reached.len() {
-            stats.duplicate(1);
-            continue;
+async fn listen(ws: Ws, stats: Arc<Stats>, reached: Arc<Vec<AtomicU64>>) {
+    let mut last = 0u64;
+    read_each(ws, &stats, |f| match reached.get(f.n as usize) {
+        Some(count) if f.n > last => {
+            last = f.n;
+            stats.record(Latency::Fanout, stats.stamp_to(f.stamp, f.arrived));
+            count.fetch_add(1, Ordering::Relaxed);
         }
-        last = n;
-        stats.record(Latency::Fanout, stats.stamp_to(stamp, arrived));
-        reached[n].fetch_add(1, Ordering::Relaxed);
-    }
+        _ => stats.duplicate(1),
+    })
+    .await;
 }
