@@ -2,7 +2,8 @@
 //! the bare server (`bare-server`, see [`crate::bare`]); one announcer sends a frame of a
 //! `queue.position`'s size, and the server writes it to every listener, each from its own task,
 //! as a plain broadcast does. Measures, as `fanout` does for the hub, how long until every
-//! listener has it, and the server's CPU per frame written.
+//! listener has it, and the server's CPU per update (per frame the clients sent and received,
+//! as `fanout` reports the hub's).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use crate::progress::Progress;
 use crate::report::Report;
 use crate::stats::{Latency, Stats};
 use crate::target::Context;
+use crate::workers::MAX_PER_WORKER;
 
 /// About a `queue.position` frame's size.
 const FRAME_BYTES: usize = 200;
@@ -39,7 +41,10 @@ pub struct BaselineFanoutArgs {
 
 pub async fn run(ctx: &Arc<Context>, args: &BaselineFanoutArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.listeners > 0 && args.changes > 0, "--listeners and --changes must be positive");
-    anyhow::ensure!(args.listeners <= 18_000, "at most 18,000 listeners: one process holds under 20,000 files");
+    anyhow::ensure!(
+        args.listeners <= MAX_PER_WORKER,
+        "at most {MAX_PER_WORKER} listeners: one process holds under 20,000 files"
+    );
     let addr = ctx.targets.nodes[0].addr;
     let opened: Vec<anyhow::Result<Ws>> = stream::iter(0..args.listeners)
         .map(|_| dial(addr, "/listen"))
