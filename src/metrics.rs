@@ -2,11 +2,12 @@
 //! `visithub_<area>_<name>`; labels are node, role, state, message type, reason or operation,
 //! never a patient, visit, session or caregiver id.
 
-use crate::protocol::{ClientMessage, ServerMessage};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+
+use crate::protocol::{ClientMessage, ServerMessage};
 
 /// Buckets for latencies from 50 µs to 10 s.
 const LATENCY: &[f64] =

@@ -188,15 +188,11 @@ where
         let arrived = Instant::now();
         stats.received.fetch_add(1, Ordering::Relaxed);
         let mut fields = text.split(' ');
-        let mut number = || fields.next().and_then(|f| f.parse().ok());
-        let (Some(stamp), Some(n)) = (number(), number()) else {
-            stats.error("bad_frame");
-            continue;
-        };
-        let Some(tag) = fields.next().and_then(|f| f.chars().next()) else {
-            stats.error("bad_frame");
-            continue;
-        };
-        each(Stamped { stamp, n, tag, arrived });
+        let mut head =
+            || Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?, fields.next()?.chars().next()?));
+        match head() {
+            Some((stamp, n, tag)) => each(Stamped { stamp, n, tag, arrived }),
+            None => stats.error("bad_frame"),
+        }
     }
 }

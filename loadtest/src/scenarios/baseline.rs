@@ -20,17 +20,12 @@ use crate::progress::Progress;
 use crate::report::Report;
 use crate::stats::{Latency, Stats};
 use crate::target::Context;
-
-/// Frames sent by the clients, and of those received by their peers (counted here rather
-/// than in [`Stats`]' map, which takes a lock per count).
-#[derive(Default)]
-struct Tally {
-    sent: AtomicU64,
-    relayed: AtomicU64,
-}
+use crate::workers::MAX_PER_WORKER;
 
 /// The payload's size, as a trickled candidate's frame through the hub.
 const FRAME_BYTES: usize = 600;
+/// The most frames one socket writes back to back.
+const MAX_BURST: usize = 1024;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BaselineArgs {
@@ -51,8 +46,13 @@ pub struct BaselineArgs {
 
 /// Runs the clients against the bare server at `ctx`'s first target.
 pub async fn run(ctx: &Arc<Context>, args: &BaselineArgs) -> anyhow::Result<Report> {
-    anyhow::ensure!(args.pairs > 0, "--pairs must be at least 1");
-    anyhow::ensure!(args.rate > 0.0 && args.burst > 0, "--rate and --burst must be positive");
+    anyhow::ensure!(
+        (1..=MAX_PER_WORKER / 2).contains(&args.pairs),
+        "--pairs must be 1 to {}: one process holds under 20,000 files",
+        MAX_PER_WORKER / 2
+    );
+    anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
+    anyhow::ensure!((1..=MAX_BURST).contains(&args.burst), "--burst must be 1 to {MAX_BURST}");
     anyhow::ensure!(args.duration_secs > 0.0, "--duration-secs must be positive");
     let addr = ctx.targets.nodes[0].addr;
     let mut sockets = Vec::with_capacity(args.pairs * 2);
@@ -65,7 +65,9 @@ pub async fn run(ctx: &Arc<Context>, args: &BaselineArgs) -> anyhow::Result<Repo
     // No wait for the pairing: the first socket of a pair reads nothing until its peer comes.
     let per_socket = args.rate / (2 * args.pairs) as f64;
     let tick = Duration::from_secs_f64(args.burst as f64 / per_socket);
-    let tally = Arc::new(Tally::default());
+    // Frames that reached the other socket of their pair (an atomic, not [`Stats`]' map, which
+    // takes a lock per count). Those sent are `Stats::sent`: nothing else sends in this run.
+    let relayed = Arc::new(AtomicU64::new(0));
     let phase = Phase::start(ctx);
     let progress = Progress::start(ctx.progress, "baseline", "relayed", ctx.stats.clone());
     let stop_at = Instant::now() + Duration::from_secs_f64(args.duration_secs);
@@ -73,20 +75,20 @@ pub async fn run(ctx: &Arc<Context>, args: &BaselineArgs) -> anyhow::Result<Repo
     for (i, ws) in sockets.into_iter().enumerate() {
         let (sink, stream) = ws.split();
         let (me, peer) = if i % 2 == 0 { ('a', 'b') } else { ('b', 'a') };
-        tasks.spawn(send_paced(sink, me, tick, args.burst, stop_at, ctx.stats.clone(), tally.clone()));
-        tasks.spawn(receive(stream, peer, ctx.stats.clone(), tally.clone()));
+        tasks.spawn(send_paced(sink, me, tick, args.burst, stop_at, ctx.stats.clone()));
+        tasks.spawn(receive(stream, peer, ctx.stats.clone(), relayed.clone()));
     }
     // Senders stop at `stop_at`; then every frame sent must arrive.
     let settle_by = stop_at + Duration::from_secs(10);
     while Instant::now() < settle_by
-        && (Instant::now() < stop_at || tally.relayed.load(Ordering::Relaxed) < tally.sent.load(Ordering::Relaxed))
+        && (Instant::now() < stop_at || relayed.load(Ordering::Relaxed) < ctx.stats.sent.load(Ordering::Relaxed))
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let relayed = tally.relayed.load(Ordering::Relaxed);
+    let relayed = relayed.load(Ordering::Relaxed);
     ctx.stats.count("relayed", relayed);
     // A gap within a socket's frames shows here too: each frame is counted once it arrives.
-    ctx.stats.lose(tally.sent.load(Ordering::Relaxed).saturating_sub(relayed));
+    ctx.stats.lose(ctx.stats.sent.load(Ordering::Relaxed).saturating_sub(relayed));
     let mut report = phase.finish(ctx, "baseline", 0, relayed);
     drop(progress);
     tasks.abort_all();
@@ -105,7 +107,6 @@ async fn send_paced(
     burst: usize,
     stop_at: Instant,
     stats: Arc<Stats>,
-    tally: Arc<Tally>,
 ) {
     let mut n = 0u64;
     let mut next = tokio::time::Instant::now();
@@ -122,7 +123,6 @@ async fn send_paced(
             return;
         }
         stats.sent.fetch_add(burst as u64, Ordering::Relaxed);
-        tally.sent.fetch_add(burst as u64, Ordering::Relaxed);
         next += tick;
         tokio::time::sleep_until(next).await;
     }
@@ -130,7 +130,7 @@ async fn send_paced(
 
 /// Reads the peer's frames: latency from their stamps, repeats from their numbers, and that
 /// they came from the other side of the pair.
-async fn receive(stream: SplitStream<Ws>, peer: char, stats: Arc<Stats>, tally: Arc<Tally>) {
+async fn receive(stream: SplitStream<Ws>, peer: char, stats: Arc<Stats>, relayed: Arc<AtomicU64>) {
     let mut last = 0u64;
     read_each(stream, &stats, |f| {
         if f.tag != peer {
@@ -140,7 +140,7 @@ async fn receive(stream: SplitStream<Ws>, peer: char, stats: Arc<Stats>, tally: 
         } else {
             last = f.n;
             stats.record(Latency::Relay, stats.stamp_to(f.stamp, f.arrived));
-            tally.relayed.fetch_add(1, Ordering::Relaxed);
+            relayed.fetch_add(1, Ordering::Relaxed);
         }
     })
     .await;
