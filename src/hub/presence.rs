@@ -41,12 +41,19 @@ impl Entry {
     }
 }
 
+/// Staffing by `UsState::index`.
+type StaffingTable = [Staffing; UsState::COUNT];
+
 pub struct Presence {
     max_live: u32,
     clock: Arc<dyn Clock>,
     caregivers: Mutex<HashMap<String, Entry>>,
     /// Caregivers online on other nodes, by subject, from their last heartbeats.
     remote: Mutex<HashMap<String, PresenceRecord>>,
+    /// Every state's staffing, counted in one pass and kept until presence changes: the
+    /// estimator asks at every queue change, and counting anew each time walked all
+    /// caregivers of the cluster per ask. Locked after `caregivers`, never before.
+    staffing: Mutex<Option<StaffingTable>>,
 }
 
 /// A caregiver coming online.
@@ -60,7 +67,13 @@ pub struct Arrival<'a> {
 
 impl Presence {
     pub fn new(max_live: u32, clock: Arc<dyn Clock>) -> Presence {
-        Presence { max_live, clock, caregivers: Mutex::new(HashMap::new()), remote: Mutex::new(HashMap::new()) }
+        Presence {
+            max_live,
+            clock,
+            caregivers: Mutex::new(HashMap::new()),
+            remote: Mutex::new(HashMap::new()),
+            staffing: Mutex::new(None),
+        }
     }
 
     fn view(&self, subject: &str, e: &Entry) -> Option<ProviderPresence> {
@@ -86,7 +99,7 @@ impl Presence {
 
     /// Replaces what other nodes hold; returns the states whose staffing changed.
     pub fn set_remote(&self, records: impl IntoIterator<Item = PresenceRecord>) -> Vec<UsState> {
-        let before: Vec<(UsState, Staffing)> = UsState::all().map(|s| (s, self.staffing(s))).collect();
+        let before = self.staffing_table();
         {
             let mut remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
             remote.clear();
@@ -94,7 +107,14 @@ impl Presence {
                 remote.entry(r.subject.clone()).or_insert(r);
             }
         }
-        before.into_iter().filter(|(s, was)| self.staffing(*s) != *was).map(|(s, _)| s).collect()
+        self.changed();
+        let after = self.staffing_table();
+        UsState::all().filter(|s| before[s.index()] != after[s.index()]).collect()
+    }
+
+    /// Presence changed: the staffing table is counted again at the next ask.
+    fn changed(&self) {
+        *self.staffing.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Calls `f` with each provider held only by other nodes.
@@ -119,6 +139,7 @@ impl Presence {
         entry.kind = a.kind;
         entry.states = a.states.to_vec();
         entry.note_free(self.max_live, self.clock.now());
+        self.changed();
         let entry = &map[a.subject];
         self.view(a.subject, entry)
     }
@@ -131,6 +152,7 @@ impl Presence {
         let view = self.view(subject, entry);
         if entry.sessions == 0 {
             map.remove(subject);
+            self.changed();
         }
         view
     }
@@ -149,7 +171,11 @@ impl Presence {
         let entry = map.get_mut(subject)?;
         let changed = change(entry);
         entry.note_free(self.max_live, self.clock.now());
-        if changed { self.view(subject, entry) } else { None }
+        if !changed {
+            return None;
+        }
+        self.changed();
+        self.view(subject, entry)
     }
 
     /// A provider on this node claimed a visit at `at`: when they became free to take it (or
@@ -170,23 +196,33 @@ impl Presence {
 
     /// Providers online for `state`, and how many can take a visit now.
     pub fn staffing(&self, state: UsState) -> Staffing {
+        self.staffing_table()[state.index()]
+    }
+
+    fn staffing_table(&self) -> StaffingTable {
         let map = self.caregivers.lock().unwrap_or_else(|e| e.into_inner());
-        let mut staffing = Staffing::default();
-        for e in map.values().filter(|e| e.kind == CaregiverKind::Provider && e.states.contains(&state)) {
-            staffing.online += 1;
-            if e.status == PresenceStatus::Available && e.live < self.max_live {
-                staffing.available += 1;
-            }
-        }
-        self.each_remote_provider(&map, |r| {
-            if r.states.contains(&state) {
-                staffing.online += 1;
-                if r.status == PresenceStatus::Available && r.live < self.max_live {
-                    staffing.available += 1;
+        let mut cached = self.staffing.lock().unwrap_or_else(|e| e.into_inner());
+        *cached.get_or_insert_with(|| self.count_staffing(&map))
+    }
+
+    fn count_staffing(&self, local: &HashMap<String, Entry>) -> StaffingTable {
+        let mut table = [Staffing::default(); UsState::COUNT];
+        let mut add = |states: &[UsState], status: PresenceStatus, live: u32| {
+            let available = status == PresenceStatus::Available && live < self.max_live;
+            for (i, state) in states.iter().enumerate() {
+                if states[..i].contains(state) {
+                    continue; // a state listed twice counts once
                 }
+                let t = &mut table[state.index()];
+                t.online += 1;
+                t.available += u32::from(available);
             }
-        });
-        staffing
+        };
+        for e in local.values().filter(|e| e.kind == CaregiverKind::Provider) {
+            add(&e.states, e.status, e.live);
+        }
+        self.each_remote_provider(local, |r| add(&r.states, r.status, r.live));
+        table
     }
 
     /// Online providers covering any of `states`.
@@ -274,6 +310,10 @@ mod tests {
         assert_eq!(p.name_of("dr-1"), None, "offline: the store has the name");
         assert_eq!(p.staffing(wa), Staffing { online: 0, available: 0 });
         assert!(p.providers(&[wa]).is_empty());
+
+        arrive(&p, "dr-3", CaregiverKind::Provider, &[wa, wa]);
+        assert_eq!(p.staffing(wa), Staffing { online: 1, available: 1 }, "a state listed twice counts once");
+        assert_eq!(p.staffing(or), Staffing { online: 1, available: 0 }, "dr-2 is still away");
     }
 
     #[test]

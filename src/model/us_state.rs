@@ -72,6 +72,9 @@ const STATES: &[(&str, &str)] = &[
 pub struct UsState(u8);
 
 impl UsState {
+    /// How many states and territories there are; `index` is below it.
+    pub const COUNT: usize = STATES.len();
+
     /// Accepts the code in either case; anything else is `invalid_state_code`.
     pub fn parse(code: &str) -> Result<UsState, HubError> {
         let upper = code.trim().to_ascii_uppercase();
@@ -86,6 +89,11 @@ impl UsState {
 
     pub fn default_time_zone(self) -> chrono_tz::Tz {
         STATES[self.0 as usize].1.parse().expect("table holds valid IANA zone names")
+    }
+
+    /// A dense number from 0 to `COUNT - 1`, for tables indexed by state.
+    pub fn index(self) -> usize {
+        self.0 as usize
     }
 
     pub fn all() -> impl Iterator<Item = UsState> {
