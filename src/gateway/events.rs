@@ -1,5 +1,6 @@
 //! What a session listens to, and how bus events and queue views become frames for it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use crate::bus::{BusEvent, Signal, Topic};
 use crate::error::ErrorCode;
 use crate::hub::QueueView;
 use crate::model::{Role, UsState, VisitStatus};
-use crate::protocol::{CloseCode, PresenceUpdated, ServerMessage, VisitStillThere};
+use crate::protocol::{CloseCode, PresenceUpdated, ProviderPresence, ServerMessage, VisitStillThere};
 
 impl Session {
     /// The subscriptions every session of this role has from the start, and what it must
@@ -161,24 +162,17 @@ impl Session {
             BusEvent::Presence(batch) => {
                 // A provider covering several of this caregiver's states is announced on each
                 // state's topic: pass each change on once. A caregiver of one state hears each
-                // change once already, and keeps no record (most sessions, and the comparisons
-                // cost every one of them CPU per batch).
+                // change once already, and so does every caregiver for a provider of one
+                // state: neither needs the record of what was sent (most sessions and most
+                // providers; comparing and copying each entry cost every session CPU per batch).
                 if self.principal.states.len() < 2 {
                     ServerMessage::PresenceUpdated(batch.clone())
                 } else {
-                    let providers: Vec<_> = batch
-                        .providers
-                        .iter()
-                        .filter(|p| self.sent_presence.get(&p.subject) != Some(*p))
-                        .cloned()
-                        .collect();
-                    if providers.is_empty() {
-                        return None;
+                    match self.unsent_presence(batch) {
+                        None => ServerMessage::PresenceUpdated(batch.clone()),
+                        Some(providers) if providers.is_empty() => return None,
+                        Some(providers) => ServerMessage::PresenceUpdated(PresenceUpdated { providers }),
                     }
-                    for p in &providers {
-                        self.sent_presence.insert(p.subject.clone(), p.clone());
-                    }
-                    ServerMessage::PresenceUpdated(PresenceUpdated { providers })
                 }
             }
             BusEvent::ConversationAssigned { visit_id } => {
@@ -190,6 +184,27 @@ impl Session {
         };
         self.send(None, &msg);
         None
+    }
+
+    /// For a caregiver of several states: the batch's entries not sent yet, or `None` when
+    /// that is all of them. Records what it passes of providers of several states (the ones
+    /// that arrive twice) and forgets a provider that no longer covers several.
+    fn unsent_presence(&mut self, batch: &PresenceUpdated) -> Option<Vec<ProviderPresence>> {
+        let repeatable = |p: &ProviderPresence| p.states.len() > 1;
+        let fresh = |sent: &BTreeMap<String, ProviderPresence>, p: &ProviderPresence| {
+            !repeatable(p) || sent.get(&p.subject) != Some(p)
+        };
+        let all_fresh = batch.providers.iter().all(|p| fresh(&self.sent_presence, p));
+        let providers = (!all_fresh)
+            .then(|| batch.providers.iter().filter(|p| fresh(&self.sent_presence, p)).cloned().collect::<Vec<_>>());
+        for p in providers.as_ref().unwrap_or(&batch.providers) {
+            if repeatable(p) {
+                self.sent_presence.insert(p.subject.clone(), p.clone());
+            } else if !self.sent_presence.is_empty() {
+                self.sent_presence.remove(&p.subject);
+            }
+        }
+        providers
     }
 
     pub(super) fn on_view(&mut self, state: UsState, view: Arc<QueueView>) {
