@@ -65,9 +65,10 @@ pub struct Conn {
     stats: Arc<Stats>,
 }
 
-/// Client sockets hold many idle connections: small buffers, as the hub uses.
+/// Client sockets hold many idle connections: small buffers, as the hub uses. Frames fed
+/// back to back (`feed_now`) wait in up to 8 KiB until `flush`, and leave in one write.
 fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0)
+    WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(8 * 1024)
 }
 
 /// One clock for every pacer: making one runs CPUID and a calibration, which cost a sixth of
@@ -257,13 +258,27 @@ impl Conn {
 
     /// Sends a request without waiting for the pacer; returns its id.
     pub async fn send_now(&mut self, msg: &ClientMessage) -> Result<String, ConnError> {
+        let id = self.feed_now(msg).await?;
+        self.flush().await?;
+        Ok(id)
+    }
+
+    /// Like `send_now`, but the frame waits in the socket's write buffer until `flush` (or
+    /// until 8 KiB are waiting), as a client batching its messages; returns its id.
+    pub async fn feed_now(&mut self, msg: &ClientMessage) -> Result<String, ConnError> {
         self.next_id += 1;
         let id = format!("r{}", self.next_id);
         let text = encode_client(&id, msg);
         let ws = self.ws.as_mut().ok_or_else(|| ConnError("socket_closed".into()))?;
-        ws.send(Message::Text(text.into())).await.map_err(|_| self.ended("send_failed"))?;
+        ws.feed(Message::Text(text.into())).await.map_err(|_| self.ended("send_failed"))?;
         self.stats.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(id)
+    }
+
+    /// Writes what `feed_now` left waiting.
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        let ws = self.ws.as_mut().ok_or_else(|| ConnError("socket_closed".into()))?;
+        ws.flush().await.map_err(|_| self.ended("send_failed"))
     }
 
     /// Sends a request and waits for its reply; events read meanwhile are kept for `next`.

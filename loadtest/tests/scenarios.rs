@@ -128,6 +128,7 @@ async fn visits_run_end_to_end() {
         states: "WA,OR".into(),
         hold_secs: 0.5,
         signal_rate: 4.0,
+        signal_burst: 1,
         candidates: 2,
         providers: 0,
         support: 0,
@@ -150,6 +151,7 @@ async fn visits_that_all_hold_at_once_report_the_relays_own_cost() {
         states: "WA".into(),
         hold_secs: 4.0,
         signal_rate: 5.0,
+        signal_burst: 1,
         candidates: 1,
         providers: 0,
         support: 0,
@@ -160,6 +162,30 @@ async fn visits_that_all_hold_at_once_report_the_relays_own_cost() {
     assert!(held > 0 && held < r.counts["relayed"], "{held} of {:?}", r.counts);
     assert!(r.notes["held_secs"].as_f64().unwrap() >= 1.0);
     assert!(r.notes["held_cpu_us_per_relayed_message"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visits_with_signaling_in_bursts_relay_each_whole_burst() {
+    let args = VisitsArgs {
+        rate: 4.0,
+        duration_secs: 1,
+        states: "WA".into(),
+        hold_secs: 2.0,
+        signal_rate: 8.0,
+        signal_burst: 4,
+        candidates: 2,
+        providers: 0,
+        support: 0,
+    };
+    let r = run(Scenario::Visits(args)).await;
+    assert_eq!(r.counts["visits_completed"], 4);
+    assert_eq!(r.notes["signal_burst"], 4);
+    // Offer or answer, 2 candidates and end-of-candidates each way (8 per visit), then the
+    // hold's candidates, four at a time: every burst arrives whole.
+    let held = r.counts["relayed"] - 4 * 8;
+    assert!(held >= 4 * 2 * 4, "at least one burst each way per visit: {:?}", r.counts);
+    assert_eq!(held % 4, 0, "{held} candidates relayed from the hold: a burst came apart");
+    assert_eq!(latency(&r, "relay"), r.counts["relayed"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

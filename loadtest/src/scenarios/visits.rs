@@ -28,6 +28,9 @@ use crate::target::{Context, parse_states};
 const MAX_VISITS: usize = 200_000;
 /// How long a patient waits for each step (support's greeting, a claim, the end).
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Frames in one burst: 64 candidates of ~600 bytes stay within the hub's per-socket rate
+/// burst when it is raised for relay runs, and within a few of the client's 8 KiB writes.
+const MAX_SIGNAL_BURST: u32 = 64;
 /// Conversations one support person is given at once (the hub's default cap is 20).
 const CONVERSATIONS_PER_SUPPORT: f64 = 15.0;
 
@@ -49,6 +52,10 @@ pub struct VisitsArgs {
     /// candidates, ~600-byte frames). Paced under the hub's per-socket rate limit.
     #[arg(long, default_value_t = 0.0)]
     pub signal_rate: f64,
+    /// Signaling messages written back to back in one `write` while in the visit, as a
+    /// client that batches (the rate stays `--signal-rate` messages per second).
+    #[arg(long, default_value_t = 1)]
+    pub signal_burst: u32,
     /// Candidates each side trickles after its offer or answer.
     #[arg(long, default_value_t = 4)]
     pub candidates: u32,
@@ -106,6 +113,10 @@ struct Shared {
 
 pub async fn run(ctx: &Arc<Context>, args: &VisitsArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
+    anyhow::ensure!(
+        (1..=MAX_SIGNAL_BURST).contains(&args.signal_burst),
+        "--signal-burst must be 1 to {MAX_SIGNAL_BURST}"
+    );
     let states = parse_states(&args.states)?;
     let total = ((args.rate * args.duration_secs as f64).round() as usize).clamp(1, MAX_VISITS);
     let lifecycle = args.hold_secs + 3.0;
@@ -192,6 +203,7 @@ pub async fn run(ctx: &Arc<Context>, args: &VisitsArgs) -> anyhow::Result<Report
     report.note("visits_started", total as u64);
     report.note("hold_secs", args.hold_secs);
     report.note("signal_rate_per_side", args.signal_rate);
+    report.note("signal_burst", u64::from(args.signal_burst));
     report.note("providers", providers as u64);
     report.note("support", support as u64);
     report.note("states", args.states.clone());
@@ -200,10 +212,16 @@ pub async fn run(ctx: &Arc<Context>, args: &VisitsArgs) -> anyhow::Result<Report
 
 /// Sends one signaling message, noting when it left for the peer's relay latency.
 async fn signal(conn: &mut Conn, v: &Visit, side: Side, msg: ClientMessage) -> Result<(), ConnError> {
+    feed_signal(conn, v, side, msg).await?;
+    conn.flush().await
+}
+
+/// Paces and writes a signaling message into the socket's buffer; `Conn::flush` sends it.
+async fn feed_signal(conn: &mut Conn, v: &Visit, side: Side, msg: ClientMessage) -> Result<(), ConnError> {
     conn.pace().await?;
     // Noted before it leaves: the peer may read it before this task runs again.
     v.outbox(side).lock().expect("relay lock").push_back((conn.next_request_id(), Instant::now()));
-    conn.send_now(&msg).await?;
+    conn.feed_now(&msg).await?;
     Ok(())
 }
 
@@ -269,10 +287,12 @@ async fn pump(
     }
 }
 
-/// Until `deadline`, reads frames and sends a candidate every 1/`signal_rate` seconds.
+/// Until `deadline`, reads frames and sends `signal_burst` candidates back to back every
+/// `signal_burst`/`signal_rate` seconds.
 async fn hold(sh: &Shared, conn: &mut Conn, v: &Visit, side: Side, deadline: Instant) -> Result<(), ConnError> {
     let answer = side == Side::Patient;
-    let interval = (sh.args.signal_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / sh.args.signal_rate));
+    let burst = sh.args.signal_burst;
+    let interval = (sh.args.signal_rate > 0.0).then(|| Duration::from_secs_f64(f64::from(burst) / sh.args.signal_rate));
     let mut next_send = Instant::now();
     let mut n = 1000;
     // Counted as holding until this returns, however it returns.
@@ -291,9 +311,12 @@ async fn hold(sh: &Shared, conn: &mut Conn, v: &Visit, side: Side, deadline: Ins
             },
             _ = tokio::time::sleep_until(wake.into()) => {
                 if let Some(interval) = interval && Instant::now() >= next_send && Instant::now() < deadline {
-                    n += 1;
-                    let msg = ClientMessage::SignalCandidate(payloads::candidate(&v.visit_id, answer, n));
-                    signal(conn, v, side, msg).await?;
+                    for _ in 0..burst {
+                        n += 1;
+                        let msg = ClientMessage::SignalCandidate(payloads::candidate(&v.visit_id, answer, n));
+                        feed_signal(conn, v, side, msg).await?;
+                    }
+                    conn.flush().await?;
                     next_send += interval;
                 }
             }
