@@ -116,23 +116,29 @@ fn storm(clients: usize, processes: usize, handshakes: usize) -> StormArgs {
     }
 }
 
+/// A `visits` run: arrivals per second for `duration_secs`, visits held `hold_secs` with
+/// `signal_rate` candidates per second each way, two trickled candidates each before.
+fn visits(rate: f64, duration_secs: u64, states: &str, hold_secs: f64, signal_rate: f64) -> VisitsArgs {
+    VisitsArgs {
+        rate,
+        duration_secs,
+        states: states.into(),
+        hold_secs,
+        signal_rate,
+        signal_burst: 1,
+        candidates: 2,
+        providers: 0,
+        support: 0,
+    }
+}
+
 fn latency(report: &Report, name: &str) -> u64 {
     report.latency_ms.get(name).map_or(0, |p| p.count)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visits_run_end_to_end() {
-    let args = VisitsArgs {
-        rate: 8.0,
-        duration_secs: 2,
-        states: "WA,OR".into(),
-        hold_secs: 0.5,
-        signal_rate: 4.0,
-        signal_burst: 1,
-        candidates: 2,
-        providers: 0,
-        support: 0,
-    };
+    let args = visits(8.0, 2, "WA,OR", 0.5, 4.0);
     let r = run(Scenario::Visits(args)).await;
     assert_eq!(r.counts["visits_completed"], 16);
     assert_eq!(latency(&r, "intake"), 16);
@@ -145,17 +151,7 @@ async fn visits_run_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visits_that_all_hold_at_once_report_the_relays_own_cost() {
-    let args = VisitsArgs {
-        rate: 6.0,
-        duration_secs: 1,
-        states: "WA".into(),
-        hold_secs: 4.0,
-        signal_rate: 5.0,
-        signal_burst: 1,
-        candidates: 1,
-        providers: 0,
-        support: 0,
-    };
+    let args = VisitsArgs { candidates: 1, ..visits(6.0, 1, "WA", 4.0, 5.0) };
     let r = run(Scenario::Visits(args)).await;
     assert_eq!(r.counts["visits_completed"], 6);
     let held = r.notes["held_relayed"].as_u64().expect("a steady phase was measured");
@@ -166,17 +162,7 @@ async fn visits_that_all_hold_at_once_report_the_relays_own_cost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visits_with_signaling_in_bursts_relay_each_whole_burst() {
-    let args = VisitsArgs {
-        rate: 4.0,
-        duration_secs: 1,
-        states: "WA".into(),
-        hold_secs: 2.0,
-        signal_rate: 8.0,
-        signal_burst: 4,
-        candidates: 2,
-        providers: 0,
-        support: 0,
-    };
+    let args = VisitsArgs { signal_burst: 4, ..visits(4.0, 1, "WA", 2.0, 8.0) };
     let r = run(Scenario::Visits(args)).await;
     assert_eq!(r.counts["visits_completed"], 4);
     assert_eq!(r.notes["signal_burst"], 4);
