@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use visithub_loadtest::scenarios::{Scenario, WorkerArgs, run_worker};
 use visithub_loadtest::{Auth, Context};
 
+// The load generator shares the hub's cores: the same allocator as the hub (`src/main.rs`)
+// leaves it more of them.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "visithub-loadtest",
