@@ -92,9 +92,9 @@ pub fn check_candidate(candidate: &str) -> HubResult<()> {
     let body = candidate.trim_ascii_start();
     let body = body.strip_prefix("candidate:").unwrap_or(body);
     // Browsers separate the fields with single spaces and write only visible ASCII. Checked
-    // for the whole text at once (a loop without early exit, which the compiler vectorizes),
-    // the fields are then found with `split(' ')` (a `memchr` search) and extension values
-    // need no second look. Anything else takes the byte-by-byte path, with the same result.
+    // for the whole text at once (a fold without early exit, open to vectorizing), the fields
+    // are then found with `split(' ')` (a `memchr` search) and extension values need no second
+    // look. Anything else takes the byte-by-byte path, with the same result.
     let plain = body.bytes().fold(true, |plain, b| plain & (b' '..=b'~').contains(&b));
     if plain {
         check_fields(body.split(' ').filter(|f| !f.is_empty()), true)

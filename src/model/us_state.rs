@@ -97,7 +97,7 @@ impl UsState {
     }
 
     pub fn all() -> impl Iterator<Item = UsState> {
-        (0..STATES.len()).map(|i| UsState(i as u8))
+        (0..Self::COUNT).map(|i| UsState(i as u8))
     }
 }
 
