@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::handshake::server::Request;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use crate::reference::{self, Incoming};
 use crate::stats::Stats;
 
 pub type Ws = WebSocketStream<TcpStream>;
@@ -163,10 +164,15 @@ pub async fn dial(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Ws> 
 /// A text frame of `size` bytes (or just its head, if that is longer) that starts with its
 /// send stamp ([`crate::stats::Stats::stamp`]), its number and a tag: `<stamp> <n> <tag> xxx...`.
 pub fn stamped(stamp: u64, n: u64, tag: char, size: usize) -> Message {
+    Message::text(stamped_text(stamp, n, tag, size))
+}
+
+/// [`stamped`]'s text.
+pub fn stamped_text(stamp: u64, n: u64, tag: char, size: usize) -> String {
     let mut text = format!("{stamp} {n} {tag} ");
     let pad = size.saturating_sub(text.len());
     text.extend(std::iter::repeat_n('x', pad));
-    Message::text(text)
+    text
 }
 
 /// One [`stamped`] frame as read: its stamp, number and tag, and when it arrived.
@@ -177,8 +183,9 @@ pub struct Stamped {
     pub arrived: Instant,
 }
 
-/// Reads [`stamped`] frames until the socket ends, counting each as received and handing it
-/// to `each`; text that is not one is a `bad_frame` error.
+/// Reads [`stamped`] frames, as any of the [`reference`] servers relays them, until the socket
+/// ends, counting each as received and handing it to `each`; a server's refusal is a
+/// `server_refused` error, a stamp that does not read a `bad_frame` error.
 pub async fn read_each<S>(mut stream: S, stats: &Stats, mut each: impl FnMut(Stamped))
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
@@ -186,6 +193,14 @@ where
     while let Some(Ok(msg)) = stream.next().await {
         let Message::Text(text) = msg else { continue };
         let arrived = Instant::now();
+        let text = match reference::incoming(&text) {
+            Incoming::Stamped(text) => text,
+            Incoming::Notice => continue,
+            Incoming::Refusal => {
+                stats.error("server_refused");
+                continue;
+            }
+        };
         stats.received.fetch_add(1, Ordering::Relaxed);
         let mut fields = text.split(' ');
         let mut head =

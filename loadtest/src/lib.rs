@@ -9,6 +9,7 @@ pub mod bare;
 pub mod conn;
 pub mod hubproc;
 pub mod progress;
+pub mod reference;
 pub mod report;
 pub mod rest;
 pub mod scenarios;

@@ -12,8 +12,10 @@ use visithub::clock::SystemClock;
 use visithub::config::Config;
 use visithub::live::MemoryLive;
 use visithub::store::SqliteStore;
+use visithub_loadtest::reference::Server;
 use visithub_loadtest::scenarios::{
-    BaselineArgs, BaselineFanoutArgs, ChatArgs, ConnectionsArgs, FanoutArgs, Scenario, StormArgs, VisitsArgs,
+    BaselineArgs, BaselineConnectionsArgs, BaselineFanoutArgs, ChatArgs, ConnectionsArgs, FanoutArgs, Scenario,
+    StormArgs, VisitsArgs,
 };
 use visithub_loadtest::workers::WorkerOpts;
 use visithub_loadtest::{Auth, Context, Report};
@@ -248,7 +250,7 @@ async fn run_bare(scenario: Scenario) -> Report {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baseline_relays_every_frame_through_a_bare_relay() {
-    let args = BaselineArgs { pairs: 3, rate: 600.0, burst: 4, duration_secs: 1.0 };
+    let args = BaselineArgs { pairs: 3, rate: 600.0, burst: 4, duration_secs: 1.0, server: Server::Bare };
     let r = run_bare(Scenario::Baseline(args)).await;
     // 6 sockets, each sending a burst of 4 every 40 ms for a second: about 600 frames.
     let relayed = r.counts["relayed"];
@@ -267,4 +269,15 @@ async fn baseline_fanout_reaches_every_listener_with_every_announcement() {
     assert_eq!(latency(&r, "fanout"), 150);
     assert_eq!(r.messages_received, 150);
     assert!(r.hub.as_ref().unwrap().cpu_us_per_message.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_connections_hold_idle_sockets_on_the_bare_server() {
+    let args = BaselineConnectionsArgs { count: 40, hold_secs: 0, server: Server::Bare };
+    let r = run_bare(Scenario::BaselineConnections(args)).await;
+    assert_eq!(r.counts["connected"], 40);
+    assert_eq!(r.notes["connections"], 40);
+    assert!(r.notes["accepted_per_sec"].as_f64().unwrap() > 0.0);
+    let hub = r.hub.as_ref().unwrap();
+    assert!(hub.rss_per_connection_bytes.is_some() && hub.cpu_us_per_connection.is_some());
 }

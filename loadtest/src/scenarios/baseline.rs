@@ -3,7 +3,8 @@
 //! `TCP_NODELAY` sockets as the `visits` scenario's signaling; the two sockets of a pair pass
 //! each other's frames on. Its CPU per relayed frame, measured like the hub's from
 //! `/proc/<pid>/stat`, is what loopback TCP and the scheduler cost here before any work of the
-//! hub's: the hub's relay figures are read against it.
+//! hub's: the hub's relay figures are read against it. With `--server matchbox` or `peerjs`
+//! the same run drives those servers instead (see [`crate::reference`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +16,9 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Phase;
-use crate::bare::{Ws, dial, read_each, stamped};
+use crate::bare::{Ws, read_each};
 use crate::progress::Progress;
+use crate::reference::Server;
 use crate::report::Report;
 use crate::stats::{Latency, Stats};
 use crate::target::Context;
@@ -42,6 +44,9 @@ pub struct BaselineArgs {
     /// Seconds of sending.
     #[arg(long, default_value_t = 10.0)]
     pub duration_secs: f64,
+    /// Which server the target is.
+    #[arg(long, value_enum, default_value_t = Server::Bare)]
+    pub server: Server,
 }
 
 /// Runs the clients against the bare server at `ctx`'s first target.
@@ -57,10 +62,8 @@ pub async fn run(ctx: &Arc<Context>, args: &BaselineArgs) -> anyhow::Result<Repo
     let addr = ctx.targets.nodes[0].addr;
     let mut sockets = Vec::with_capacity(args.pairs * 2);
     for pair in 0..args.pairs {
-        for _ in 0..2 {
-            sockets.push(dial(addr, &format!("/pair/{}-{pair}", ctx.run_id)).await?);
-            ctx.stats.open.fetch_add(1, Ordering::Relaxed);
-        }
+        sockets.extend(args.server.open_pair(addr, &format!("{}-{pair}", ctx.run_id)).await?);
+        ctx.stats.open.fetch_add(2, Ordering::Relaxed);
     }
     // No wait for the pairing: the first socket of a pair reads nothing until its peer comes.
     let per_socket = args.rate / (2 * args.pairs) as f64;
@@ -72,10 +75,11 @@ pub async fn run(ctx: &Arc<Context>, args: &BaselineArgs) -> anyhow::Result<Repo
     let progress = Progress::start(ctx.progress, "baseline", "relayed", ctx.stats.clone());
     let stop_at = Instant::now() + Duration::from_secs_f64(args.duration_secs);
     let mut tasks = JoinSet::new();
-    for (i, ws) in sockets.into_iter().enumerate() {
-        let (sink, stream) = ws.split();
+    for (i, end) in sockets.into_iter().enumerate() {
+        let (sink, stream) = end.ws.split();
         let (me, peer) = if i % 2 == 0 { ('a', 'b') } else { ('b', 'a') };
-        tasks.spawn(send_paced(sink, me, tick, args.burst, stop_at, ctx.stats.clone()));
+        let to = Addressed { server: args.server, peer: end.peer, side: me };
+        tasks.spawn(send_paced(sink, to, tick, args.burst, stop_at, ctx.stats.clone()));
         tasks.spawn(receive(stream, peer, ctx.stats.clone(), relayed.clone()));
     }
     // Senders stop at `stop_at`; then every frame sent must arrive.
@@ -95,14 +99,22 @@ pub async fn run(ctx: &Arc<Context>, args: &BaselineArgs) -> anyhow::Result<Repo
     report.note("pairs", args.pairs as u64);
     report.note("rate_per_sec", args.rate);
     report.note("burst", args.burst as u64);
+    report.note("server", args.server.name());
     Ok(report)
+}
+
+/// Where one socket's frames go, and which side of its pair it is.
+struct Addressed {
+    server: Server,
+    peer: String,
+    side: char,
 }
 
 /// Sends `burst` frames back to back every `tick` until `stop_at`; each carries its send
 /// stamp, its number on this socket and the socket's side of the pair.
 async fn send_paced(
     mut sink: SplitSink<Ws, Message>,
-    side: char,
+    to: Addressed,
     tick: Duration,
     burst: usize,
     stop_at: Instant,
@@ -113,7 +125,7 @@ async fn send_paced(
     while Instant::now() < stop_at {
         for _ in 0..burst {
             n += 1;
-            if sink.feed(stamped(stats.stamp(), n, side, FRAME_BYTES)).await.is_err() {
+            if sink.feed(to.server.frame(&to.peer, stats.stamp(), n, to.side, FRAME_BYTES)).await.is_err() {
                 stats.error("send_failed");
                 return;
             }

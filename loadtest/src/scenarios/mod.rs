@@ -1,6 +1,7 @@
 //! The scenarios. Each is bounded in count and time, stops by itself, and returns a report.
 
 mod baseline;
+mod baseline_connections;
 mod baseline_fanout;
 mod chat;
 mod connections;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use baseline::BaselineArgs;
+pub use baseline_connections::BaselineConnectionsArgs;
 pub use baseline_fanout::BaselineFanoutArgs;
 pub use chat::ChatArgs;
 pub use connections::ConnectionsArgs;
@@ -42,8 +44,12 @@ pub enum Scenario {
     /// Every client drops its socket at once and resumes its session.
     Storm(StormArgs),
     /// The relay's floor on this machine: frames like `visits`' signaling through the bare
-    /// tokio-tungstenite server (`bare-server`) given as the target.
+    /// tokio-tungstenite server (`bare-server`) given as the target, or through matchbox_server
+    /// or the PeerJS server (`--server`).
     Baseline(BaselineArgs),
+    /// `connections` for the bare server, matchbox_server or the PeerJS server (`--server`):
+    /// idle sockets, the accept rate and the server's memory per connection.
+    BaselineConnections(BaselineConnectionsArgs),
     /// The fan-out's floor on this machine: one frame from the bare server (`bare-server`,
     /// the target) to many idle sockets.
     BaselineFanout(BaselineFanoutArgs),
@@ -58,13 +64,14 @@ impl Scenario {
             Scenario::Chat(_) => "chat",
             Scenario::Storm(_) => "storm",
             Scenario::Baseline(_) => "baseline",
+            Scenario::BaselineConnections(_) => "baseline-connections",
             Scenario::BaselineFanout(_) => "baseline-fanout",
         }
     }
 
-    /// Whether the scenario signs in to a hub (the bare server of the baselines takes no token).
+    /// Whether the scenario signs in to a hub (the servers of the baselines take no token).
     pub fn signs_in(&self) -> bool {
-        !matches!(self, Scenario::Baseline(_) | Scenario::BaselineFanout(_))
+        !matches!(self, Scenario::Baseline(_) | Scenario::BaselineConnections(_) | Scenario::BaselineFanout(_))
     }
 }
 
@@ -77,6 +84,7 @@ pub async fn run(ctx: &Arc<Context>, scenario: &Scenario) -> anyhow::Result<Repo
         Scenario::Chat(a) => chat::run(ctx, a).await,
         Scenario::Storm(a) => storm::run(ctx, a).await,
         Scenario::Baseline(a) => baseline::run(ctx, a).await,
+        Scenario::BaselineConnections(a) => baseline_connections::run(ctx, a).await,
         Scenario::BaselineFanout(a) => baseline_fanout::run(ctx, a).await,
     }
 }
