@@ -38,10 +38,6 @@ fn channel(topic: &Topic) -> String {
     format!("{CHANNEL_PREFIX}{topic}")
 }
 
-fn now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
-}
-
 struct Shared {
     node: String,
     handler: OnceLock<Weak<dyn BusHandler>>,
@@ -73,7 +69,7 @@ impl Shared {
                 return;
             }
         };
-        let lag = (now_us() - envelope.sent_at_us).max(0) as f64 / 1e6;
+        let lag = (crate::clock::unix_micros() - envelope.sent_at_us).max(0) as f64 / 1e6;
         self.metrics.bus_lag.observe(lag);
         if let Some(handler) = self.handler() {
             handler.deliver(&topic, Arc::new(envelope.event));
@@ -158,7 +154,7 @@ impl Bus for RedisBus {
     }
 
     async fn publish(&self, topic: &Topic, event: BusEvent) -> anyhow::Result<()> {
-        let envelope = Envelope { node: self.shared.node.clone(), sent_at_us: now_us(), event };
+        let envelope = Envelope { node: self.shared.node.clone(), sent_at_us: crate::clock::unix_micros(), event };
         let payload = serde_json::to_vec(&envelope)?;
         let mut conn = self.publisher.clone();
         let _: i64 = timed(&self.shared.metrics, "publish", conn.publish(channel(topic), payload)).await?;

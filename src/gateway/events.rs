@@ -143,7 +143,7 @@ impl Session {
             }
             // The router does not hand a user their own signals and typing.
             BusEvent::Signal { signal, received_at_us, .. } => {
-                let lag_us = chrono::Utc::now().timestamp_micros().saturating_sub(*received_at_us).max(0);
+                let lag_us = crate::clock::unix_micros().saturating_sub(*received_at_us).max(0);
                 self.gw.hub.metrics().relay_latency.observe(lag_us as f64 / 1e6);
                 match signal.clone() {
                     Signal::Offer(s) => ServerMessage::SignalOffer(s),

@@ -46,7 +46,7 @@ impl Hub {
     }
 
     pub async fn relay_signal(&self, who: &Principal, mut signal: Signal) -> HubResult<()> {
-        let received_at_us = chrono::Utc::now().timestamp_micros();
+        let received_at_us = crate::clock::unix_micros();
         let visit = self.require_participant(who, signal.visit_id()).await?;
         if visit.status != VisitStatus::InVisit {
             return Err(HubError::new(ErrorCode::VisitNotActive, "signaling is open while the visit is in_visit"));

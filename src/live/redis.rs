@@ -113,10 +113,6 @@ const SEEDED: &str = "vh:seeded";
 const NODES: &str = "vh:nodes";
 const ORPHANS: &str = "vh:orphans";
 
-fn now_us() -> i64 {
-    Utc::now().timestamp_micros()
-}
-
 fn meta_key(session_id: &str) -> String {
     format!("vh:{{s:{session_id}}}:meta")
 }
@@ -271,7 +267,7 @@ impl LiveState for RedisLive {
             .arg(entry.enqueued_at.timestamp_millis())
             .arg(&*entry.visit_id)
             .arg(serde_json::to_string(&stored)?)
-            .arg(now_us());
+            .arg(crate::clock::unix_micros());
         timed(&self.metrics, "queue_push", call.invoke_async(&mut conn)).await
     }
 
@@ -279,14 +275,14 @@ impl LiveState for RedisLive {
         let k = queue_keys(state);
         let mut conn = self.conn.clone();
         let mut call = self.remove.key(&k.order);
-        call.key(&k.entries).key(&k.version).arg(visit_id).arg(now_us());
+        call.key(&k.entries).key(&k.version).arg(visit_id).arg(crate::clock::unix_micros());
         timed(&self.metrics, "queue_remove", call.invoke_async(&mut conn)).await
     }
 
     async fn queue_bump(&self, state: UsState) -> anyhow::Result<u64> {
         let mut conn = self.conn.clone();
         let mut call = self.bump.key(queue_keys(state).version);
-        call.arg(now_us());
+        call.arg(crate::clock::unix_micros());
         timed(&self.metrics, "queue_bump", call.invoke_async(&mut conn)).await
     }
 
