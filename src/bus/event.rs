@@ -1,12 +1,14 @@
 //! What travels on the bus. Events are small notifications: a node that needs the full queue
 //! reads it from live state, so a queue of thousands is never copied into every message.
 
+use std::sync::OnceLock;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::{UsState, VisitId};
 use crate::protocol::{
-    ChatMessage, ChatParticipants, Participant, PresenceUpdated, ReadEvent, SignalCandidate, SignalEnd, SignalSdp,
-    TypingEvent, VisitUpdated,
+    ChatMessage, ChatParticipants, Participant, PresenceUpdated, ReadEvent, ServerMessage, SharedFrame,
+    SignalCandidate, SignalEnd, SignalSdp, TypingEvent, VisitUpdated,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +43,7 @@ pub enum BusEvent {
     Read(ReadEvent),
     Participants(ChatParticipants),
     /// Providers' presence changed (for caregivers covering their states), a batch at a time.
-    Presence(PresenceUpdated),
+    Presence(PresenceBatch),
     /// A conversation was handed to this subject: their sessions join it.
     ConversationAssigned {
         visit_id: VisitId,
@@ -80,4 +82,83 @@ pub enum Signal {
     Answer(SignalSdp),
     Candidate(SignalCandidate),
     EndOfCandidates(SignalEnd),
+}
+
+/// A presence batch, with its `presence.updated` frame encoded once for every session on this
+/// node that passes it on whole: a batch goes to every caregiver of its state, and
+/// serializing (and first copying) it per session was most of what a batch cost. On the bus
+/// it is the batch alone; the frame is not carried.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PresenceBatch {
+    pub updated: PresenceUpdated,
+    #[serde(skip)]
+    frame: OnceLock<SharedFrame>,
+}
+
+impl PresenceBatch {
+    pub fn new(updated: PresenceUpdated) -> PresenceBatch {
+        PresenceBatch { updated, frame: OnceLock::new() }
+    }
+
+    /// The batch's frame, encoded by the first session that asks.
+    pub fn frame(&self) -> &SharedFrame {
+        self.frame.get_or_init(|| SharedFrame::new(&ServerMessage::PresenceUpdated(self.updated.clone())))
+    }
+}
+
+/// The batch is what it says; whether its frame was encoded yet is no part of it.
+impl PartialEq for PresenceBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.updated == other.updated
+    }
+}
+
+impl Eq for PresenceBatch {}
+
+impl std::fmt::Debug for PresenceBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.updated.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ProviderPresence, ProviderStatus};
+
+    fn batch() -> PresenceUpdated {
+        PresenceUpdated {
+            providers: vec![ProviderPresence {
+                subject: "dr-1".into(),
+                name: "Dr. One".into(),
+                status: ProviderStatus::InVisit,
+                states: vec![UsState::parse("WA").unwrap()],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_presence_batch_travels_as_the_batch_alone() {
+        let event = BusEvent::Presence(PresenceBatch::new(batch()));
+        // Encoded once here: the frame stays on this node.
+        let _ = match &event {
+            BusEvent::Presence(b) => b.frame(),
+            _ => unreachable!(),
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        let mut expected = serde_json::to_value(batch()).unwrap();
+        expected["kind"] = "presence".into();
+        assert_eq!(json, expected);
+        let back: BusEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn a_presence_batchs_shared_frame_is_its_own_encoding() {
+        let shared = PresenceBatch::new(batch());
+        let msg = ServerMessage::PresenceUpdated(batch());
+        assert_eq!(shared.frame().with_seq(42), crate::protocol::encode_server(42, None, &msg));
+        assert_eq!(shared.frame().index(), msg.index());
+    }
 }

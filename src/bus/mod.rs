@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 
-pub use event::{BusEvent, Signal};
+pub use event::{BusEvent, PresenceBatch, Signal};
 pub use memory::MemoryBus;
 pub use redis::RedisBus;
 

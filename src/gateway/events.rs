@@ -165,15 +165,19 @@ impl Session {
                 // change once already, and so does every caregiver for a provider of one
                 // state: neither needs the record of what was sent (most sessions and most
                 // providers; comparing and copying each entry cost every session CPU per batch).
-                if self.principal.states.len() < 2 {
-                    ServerMessage::PresenceUpdated(batch.clone())
-                } else {
-                    match self.unsent_presence(batch) {
-                        None => ServerMessage::PresenceUpdated(batch.clone()),
+                if self.principal.states.len() > 1 {
+                    match self.unsent_presence(&batch.updated) {
+                        None => {}
                         Some(providers) if providers.is_empty() => return None,
-                        Some(providers) => ServerMessage::PresenceUpdated(PresenceUpdated { providers }),
+                        Some(providers) => {
+                            self.send(None, &ServerMessage::PresenceUpdated(PresenceUpdated { providers }));
+                            return None;
+                        }
                     }
                 }
+                // Passed on whole: the frame is encoded once for every session on this node.
+                self.send_shared(batch.frame());
+                return None;
             }
             BusEvent::ConversationAssigned { visit_id } => {
                 if let Err(e) = self.listen(Topic::Visit(visit_id.clone())).await {

@@ -13,7 +13,7 @@ use futures_util::{Sink, SinkExt};
 
 use super::journal::SessionJournal;
 use crate::metrics::Metrics;
-use crate::protocol::{ServerMessage, encode_server};
+use crate::protocol::{ServerMessage, SharedFrame, encode_server};
 
 pub struct Outbound {
     metrics: Arc<Metrics>,
@@ -112,13 +112,26 @@ impl Outbound {
     pub fn push(&mut self, id: Option<&str>, msg: &ServerMessage) -> Result<(), Overflow> {
         self.seq += 1;
         let text = encode_server(self.seq, id, msg);
+        self.push_numbered(msg.index(), text, !matches!(msg, ServerMessage::Welcome(_)))
+    }
+
+    /// Queues an event encoded once for many sessions, numbered for this one: the same frame
+    /// [`Outbound::push`] makes of its message, without serializing it again.
+    pub fn push_shared(&mut self, frame: &SharedFrame) -> Result<(), Overflow> {
+        self.seq += 1;
+        let text = frame.with_seq(self.seq);
+        self.push_numbered(frame.index(), text, true)
+    }
+
+    /// Journals, counts and (when `keep`) remembers a frame numbered `self.seq`, and queues it.
+    fn push_numbered(&mut self, index: usize, text: String, keep: bool) -> Result<(), Overflow> {
         if let Some(journal) = &mut self.journal {
             journal.frame(self.seq, &text);
         }
-        self.metrics.messages_out.inc(msg.index());
+        self.metrics.messages_out.inc(index);
         self.metrics.outbound_queue.observe(self.queue.len() as f64);
         let frame = Message::Text(text.into());
-        if !matches!(msg, ServerMessage::Welcome(_)) {
+        if keep {
             self.remember(self.seq, &frame);
         }
         self.push_raw(frame)
@@ -260,6 +273,31 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, [3, 4]);
+    }
+
+    #[test]
+    fn a_shared_frame_is_numbered_counted_and_kept_like_its_message() {
+        let error = ServerMessage::Error(crate::protocol::ErrorBody {
+            code: "rate_limited".into(),
+            message: "slow down".into(),
+            retry_after_secs: None,
+        });
+        let mut pushed = outbound();
+        let mut shared = outbound();
+        for out in [&mut pushed, &mut shared] {
+            out.push(None, &welcome()).unwrap();
+            out.push(None, &ack()).unwrap();
+        }
+        pushed.push(None, &error).unwrap();
+        shared.push_shared(&SharedFrame::new(&error)).unwrap();
+        let texts = |out: &mut Outbound| -> Vec<Message> { std::iter::from_fn(|| out.take_next()).collect() };
+        assert_eq!(texts(&mut shared), texts(&mut pushed));
+        assert_eq!(shared.seq(), 3);
+        // Kept for a resume, as the pushed frame is.
+        assert!(shared.replay_after(2));
+        assert!(pushed.replay_after(2));
+        assert_eq!(texts(&mut shared), texts(&mut pushed));
+        assert_eq!(shared.len(), 0);
     }
 
     #[test]

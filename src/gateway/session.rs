@@ -32,7 +32,7 @@ use crate::hub::{QueueView, Scope, SessionLink};
 use crate::model::{Role, UsState};
 use crate::protocol::{
     CloseCode, ErrorBody, PROTOCOL_VERSION, ProviderPresence, QueuePosition, ServerMessage, SessionLimits,
-    SessionResumed, Welcome, decode_client,
+    SessionResumed, SharedFrame, Welcome, decode_client,
 };
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -633,6 +633,13 @@ impl Session {
     pub(super) fn send(&mut self, id: Option<&str>, msg: &ServerMessage) {
         // An overflow is caught by the loop's length check, which closes the session.
         if self.out.push(id, msg).is_err() {
+            self.link.alarm.raise(OVERFLOW);
+        }
+    }
+
+    /// [`Session::send`] for an event encoded once for many sessions.
+    pub(super) fn send_shared(&mut self, frame: &SharedFrame) {
+        if self.out.push_shared(frame).is_err() {
             self.link.alarm.raise(OVERFLOW);
         }
     }

@@ -12,7 +12,7 @@ use futures_util::future::{join_all, try_join_all};
 
 use super::Hub;
 use super::queues::QueuedVisit;
-use crate::bus::{BusEvent, Topic};
+use crate::bus::{BusEvent, PresenceBatch, Topic};
 use crate::live::NodeRecord;
 use crate::model::{CaregiverKind, UsState, Visit, VisitStatus};
 use crate::protocol::{PresenceUpdated, ProviderPresence, ProviderStatus};
@@ -264,7 +264,8 @@ impl Hub {
             }
         }
         for (state, providers) in by_state {
-            self.publish(Topic::Staff(state), BusEvent::Presence(PresenceUpdated { providers })).await;
+            self.publish(Topic::Staff(state), BusEvent::Presence(PresenceBatch::new(PresenceUpdated { providers })))
+                .await;
         }
     }
 

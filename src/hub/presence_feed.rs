@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Hub;
-use crate::bus::{BusEvent, Topic};
+use crate::bus::{BusEvent, PresenceBatch, Topic};
 use crate::model::UsState;
 use crate::protocol::{PresenceUpdated, ProviderPresence};
 
@@ -95,7 +95,7 @@ impl Hub {
         if providers.is_empty() {
             return;
         }
-        self.publish(Topic::Staff(state), BusEvent::Presence(PresenceUpdated { providers })).await;
+        self.publish(Topic::Staff(state), BusEvent::Presence(PresenceBatch::new(PresenceUpdated { providers }))).await;
         self.staffing_changed(vec![state]).await;
     }
 

@@ -107,13 +107,20 @@ fn into_text(mut out: Vec<u8>) -> String {
 pub struct SharedFrame {
     /// Everything after the sequence number: `,"type":"...","data":{...}}`.
     tail: Vec<u8>,
+    /// The message's [`ServerMessage::index`], for counting it per type.
+    index: usize,
 }
 
 impl SharedFrame {
     pub fn new(msg: &ServerMessage) -> SharedFrame {
         let mut tail = Vec::with_capacity(128);
         write_tail(&mut tail, None, msg.kind(), |o| msg.write_data(o));
-        SharedFrame { tail }
+        SharedFrame { tail, index: msg.index() }
+    }
+
+    /// The message's [`ServerMessage::index`].
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// The frame for one session: the same bytes `encode_server(seq, None, msg)` gives.
