@@ -12,7 +12,7 @@ use visithub::model::Role;
 
 // jemalloc instead of glibc's malloc: over a visits run glibc's malloc and free took ~14 % of
 // the hub's CPU; with jemalloc the hub spends ~6 % less CPU per visit and holds 3.6 KiB per idle
-// connection instead of 3.9 (BENCHMARKS.md, "Latest round").
+// connection instead of 3.9 (BENCHMARKS.md, round `97317c2` against `b9cc15a`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
