@@ -1,7 +1,7 @@
 //! What travels on the bus. Events are small notifications: a node that needs the full queue
 //! reads it from live state, so a queue of thousands is never copied into every message.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -86,14 +86,15 @@ pub enum Signal {
 
 /// A presence batch, with its `presence.updated` frame encoded once for every session on this
 /// node that passes it on whole: a batch goes to every caregiver of its state, and
-/// serializing (and first copying) it per session was most of what a batch cost. On the bus
-/// it is the batch alone; the frame is not carried.
+/// serializing (and first copying) it per session was most of what a batch cost. The
+/// sessions' replay windows keep that one frame too. On the bus it is the batch alone; the
+/// frame is not carried.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct PresenceBatch {
     pub updated: PresenceUpdated,
     #[serde(skip)]
-    frame: OnceLock<SharedFrame>,
+    frame: OnceLock<Arc<SharedFrame>>,
 }
 
 impl PresenceBatch {
@@ -102,8 +103,8 @@ impl PresenceBatch {
     }
 
     /// The batch's frame, encoded by the first session that asks.
-    pub fn frame(&self) -> &SharedFrame {
-        self.frame.get_or_init(|| SharedFrame::new(&ServerMessage::PresenceUpdated(self.updated.clone())))
+    pub fn frame(&self) -> &Arc<SharedFrame> {
+        self.frame.get_or_init(|| Arc::new(SharedFrame::new(&ServerMessage::PresenceUpdated(self.updated.clone()))))
     }
 }
 

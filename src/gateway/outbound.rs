@@ -23,7 +23,7 @@ pub struct Outbound {
     /// The last sequenced frames, kept for a client that resumes after losing its socket.
     /// The `welcome` is not among them (see [`Outbound::push`]), so a session that has sent
     /// nothing else holds no window at all.
-    window: VecDeque<(u64, Message)>,
+    window: VecDeque<Kept>,
     window_bytes: usize,
     window_limits: (usize, usize),
     capacity: usize,
@@ -37,6 +37,38 @@ pub struct Outbound {
     /// Cluster mode: every sequenced frame is journaled in live state too. Boxed: a single
     /// node's sessions carry only the empty pointer, not the journal's ~100 bytes each.
     pub journal: Option<Box<SessionJournal>>,
+}
+
+/// A frame kept for a resume, with its sequence number and its size as sent.
+struct Kept {
+    seq: u64,
+    len: usize,
+    frame: KeptFrame,
+}
+
+enum KeptFrame {
+    Own(Message),
+    /// An event encoded once for many sessions (a presence batch goes to every caregiver of a
+    /// state): kept once for all of them and numbered again on replay, instead of a copy in
+    /// every session's window.
+    Shared(Arc<SharedFrame>),
+}
+
+impl Kept {
+    fn message(&self) -> Message {
+        match &self.frame {
+            KeptFrame::Own(m) => m.clone(),
+            KeptFrame::Shared(f) => Message::Text(f.with_seq(self.seq).into()),
+        }
+    }
+}
+
+/// A frame's size as the window counts it (sequenced frames are text).
+fn text_len(msg: &Message) -> usize {
+    match msg {
+        Message::Text(t) => t.len(),
+        _ => 0,
+    }
 }
 
 /// The queue would pass its capacity: the client is not keeping up.
@@ -66,7 +98,7 @@ impl Outbound {
         self.seq = last_seq;
         for (seq, text) in missed {
             let msg = Message::Text(text.into());
-            self.remember(seq, &msg);
+            self.remember(seq, text_len(&msg), KeptFrame::Own(msg.clone()));
             self.queue.push_back(msg);
         }
     }
@@ -81,25 +113,23 @@ impl Outbound {
     /// held: nothing is replayed then.
     pub fn replay_after(&mut self, last_seq: u64) -> bool {
         self.queue = VecDeque::new();
-        let first_held = self.window.front().map_or(self.seq + 1, |(seq, _)| *seq);
+        let first_held = self.window.front().map_or(self.seq + 1, |kept| kept.seq);
         if last_seq > self.seq || last_seq + 1 < first_held {
             return false;
         }
-        self.queue.extend(self.window.iter().filter(|(seq, _)| *seq > last_seq).map(|(_, m)| m.clone()));
+        self.queue.extend(self.window.iter().filter(|kept| kept.seq > last_seq).map(Kept::message));
         true
     }
 
-    fn remember(&mut self, seq: u64, msg: &Message) {
-        let len = match msg {
-            Message::Text(t) => t.len(),
-            _ => 0,
-        };
-        self.window.push_back((seq, msg.clone()));
+    /// Keeps frame `seq` of `len` bytes, dropping the oldest past the window's limits. The
+    /// limits count every frame's bytes as sent, shared or not.
+    fn remember(&mut self, seq: u64, len: usize, frame: KeptFrame) {
+        self.window.push_back(Kept { seq, len, frame });
         self.window_bytes += len;
         let (max_frames, max_bytes) = self.window_limits;
         while self.window.len() > max_frames || self.window_bytes > max_bytes {
-            let Some((_, Message::Text(t))) = self.window.pop_front() else { break };
-            self.window_bytes -= t.len();
+            let Some(oldest) = self.window.pop_front() else { break };
+            self.window_bytes -= oldest.len;
         }
     }
 
@@ -111,30 +141,31 @@ impl Outbound {
     /// it (`last_seq` 0) is answered `recovered: false`, as for any frame no longer held.
     pub fn push(&mut self, id: Option<&str>, msg: &ServerMessage) -> Result<(), Overflow> {
         self.seq += 1;
-        let text = encode_server(self.seq, id, msg);
-        self.push_numbered(msg.index(), text, !matches!(msg, ServerMessage::Welcome(_)))
+        let frame = self.numbered(msg.index(), encode_server(self.seq, id, msg));
+        if !matches!(msg, ServerMessage::Welcome(_)) {
+            self.remember(self.seq, text_len(&frame), KeptFrame::Own(frame.clone()));
+        }
+        self.push_raw(frame)
     }
 
     /// Queues an event encoded once for many sessions, numbered for this one: the same frame
-    /// [`Outbound::push`] makes of its message, without serializing it again.
-    pub fn push_shared(&mut self, frame: &SharedFrame) -> Result<(), Overflow> {
+    /// [`Outbound::push`] makes of its message, without serializing it again, and kept for a
+    /// resume as the shared frame rather than a copy.
+    pub fn push_shared(&mut self, shared: &Arc<SharedFrame>) -> Result<(), Overflow> {
         self.seq += 1;
-        let text = frame.with_seq(self.seq);
-        self.push_numbered(frame.index(), text, true)
+        let frame = self.numbered(shared.index(), shared.with_seq(self.seq));
+        self.remember(self.seq, text_len(&frame), KeptFrame::Shared(shared.clone()));
+        self.push_raw(frame)
     }
 
-    /// Journals, counts and (when `keep`) remembers a frame numbered `self.seq`, and queues it.
-    fn push_numbered(&mut self, index: usize, text: String, keep: bool) -> Result<(), Overflow> {
+    /// Frame `self.seq`, journaled and counted.
+    fn numbered(&mut self, index: usize, text: String) -> Message {
         if let Some(journal) = &mut self.journal {
             journal.frame(self.seq, &text);
         }
         self.metrics.messages_out.inc(index);
         self.metrics.outbound_queue.observe(self.queue.len() as f64);
-        let frame = Message::Text(text.into());
-        if keep {
-            self.remember(self.seq, &frame);
-        }
-        self.push_raw(frame)
+        Message::Text(text.into())
     }
 
     /// Queues a control frame (ping, close), which carries no sequence number.
@@ -289,7 +320,9 @@ mod tests {
             out.push(None, &ack()).unwrap();
         }
         pushed.push(None, &error).unwrap();
-        shared.push_shared(&SharedFrame::new(&error)).unwrap();
+        let frame = Arc::new(SharedFrame::new(&error));
+        shared.push_shared(&frame).unwrap();
+        assert_eq!(Arc::strong_count(&frame), 2, "kept as the shared frame, not a copy");
         let texts = |out: &mut Outbound| -> Vec<Message> { std::iter::from_fn(|| out.take_next()).collect() };
         assert_eq!(texts(&mut shared), texts(&mut pushed));
         assert_eq!(shared.seq(), 3);
@@ -298,6 +331,12 @@ mod tests {
         assert!(pushed.replay_after(2));
         assert_eq!(texts(&mut shared), texts(&mut pushed));
         assert_eq!(shared.len(), 0);
+        // Gone from the window with the frames after it: the window holds 8 at most.
+        for _ in 0..8 {
+            shared.push(None, &ack()).unwrap();
+        }
+        assert_eq!(Arc::strong_count(&frame), 1);
+        assert!(!shared.replay_after(2), "frame 3 is no longer held");
     }
 
     #[test]

@@ -638,7 +638,7 @@ impl Session {
     }
 
     /// [`Session::send`] for an event encoded once for many sessions.
-    pub(super) fn send_shared(&mut self, frame: &SharedFrame) {
+    pub(super) fn send_shared(&mut self, frame: &Arc<SharedFrame>) {
         if self.out.push_shared(frame).is_err() {
             self.link.alarm.raise(OVERFLOW);
         }
