@@ -112,11 +112,15 @@ impl Server {
         let wrap = |text: &str| {
             let payload = format!(r#"{{"candidate":"{text}","sdpMid":"0","sdpMLineIndex":0}}"#);
             match self {
-                Server::Bare => text.to_string(),
                 Server::Matchbox => format!(r#"{{"Signal":{{"receiver":"{peer}","data":{payload}}}}}"#),
-                Server::Peerjs => format!(r#"{{"type":"CANDIDATE","dst":"{peer}","payload":{payload}}}"#),
+                _ => format!(r#"{{"type":"CANDIDATE","dst":"{peer}","payload":{payload}}}"#),
             }
         };
+        // The bare server's frame is the stamped text as is: no wrapping work in the load
+        // generator, which shares the cores with the server measured.
+        if self == Server::Bare {
+            return Message::text(stamped_text(stamp, n, tag, size));
+        }
         let envelope = wrap("").len();
         Message::text(wrap(&stamped_text(stamp, n, tag, size.saturating_sub(envelope))))
     }
