@@ -76,6 +76,8 @@ const REDIS_OPS: &[&str] = &[
     "queue_bump",
     "queue_len",
     "queue_load",
+    "intake_reserve",
+    "intake_withdraw",
     "seeded",
     "heartbeat",
     "registry",

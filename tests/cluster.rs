@@ -592,7 +592,7 @@ async fn a_busy_states_reduced_rate_holds_across_nodes() {
     let set = a.settings("OR", json!({ "busy": true, "busy_intake_per_hour": 1 })).await;
     assert_eq!(set.body["busy"], true, "{}", set.body);
     // Settings reach the other node over the bus.
-    sees_busy(&b, true).await;
+    sees_setting(&b, "busy", json!(true)).await;
     assert_eq!(a.intake("Ann", "OR", None).await.status, 201);
     let r = b.intake("Bob", "OR", None).await;
     assert_eq!((r.status.as_u16(), r.code()), (429, "state_busy"), "{:?}", r.body);
@@ -601,23 +601,52 @@ async fn a_busy_states_reduced_rate_holds_across_nodes() {
     assert_eq!(r.code(), "state_busy");
     // Lifted (on b) and set again (on a): the rate counts afresh from then, on both nodes.
     assert_eq!(b.settings("OR", json!({ "busy": false })).await.body["busy"], false);
-    sees_busy(&a, false).await;
+    sees_setting(&a, "busy", json!(false)).await;
     assert_eq!(a.settings("OR", json!({ "busy": true })).await.body["busy"], true);
-    sees_busy(&b, true).await;
+    sees_setting(&b, "busy", json!(true)).await;
     assert_eq!(b.intake("Dee", "OR", None).await.status, 201);
     assert_eq!(a.intake("Eve", "OR", None).await.code(), "state_busy");
 }
 
-/// Waits until `node` shows OR's busy flag as `busy`.
-async fn sees_busy(node: &HubProcess, busy: bool) {
+/// Intakes of one state arriving at once on two nodes are stored outside the state's intake
+/// lock (shared commits), yet the cap holds across the cluster and every receipt's place is
+/// its own: intakes in flight are counted in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_states_cap_holds_for_intakes_at_once_on_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let cluster = Cluster::new(redis.url(), false).await;
+    let (a, b) = (cluster.node("a").await, cluster.node("b").await);
+    let set = a.settings("OR", json!({ "queue_cap": 6 })).await;
+    assert_eq!(set.body["queue_cap"], 6, "{}", set.body);
+    sees_setting(&b, "queue_cap", json!(6)).await;
+    let names: Vec<String> = (0..20).map(|i| format!("Patient {i}")).collect();
+    let intakes = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| if i % 2 == 0 { a.intake(n, "OR", None) } else { b.intake(n, "OR", None) });
+    let replies = futures_util::future::join_all(intakes).await;
+    let mut places = Vec::new();
+    for r in &replies {
+        match r.status.as_u16() {
+            201 => places.push(r.body["position"].as_u64().expect("a place in line")),
+            _ => assert_eq!(r.code(), "queue_full", "{:?}", r.body),
+        }
+    }
+    places.sort_unstable();
+    assert_eq!(places, (1..=6).collect::<Vec<u64>>(), "six admitted across both nodes, each its own place");
+}
+
+/// Waits until `node` shows OR's setting `key` as `value` (settings reach nodes over the bus).
+async fn sees_setting(node: &HubProcess, key: &str, value: Value) {
     for _ in 0..100 {
         let r = node.call("GET", "/v1/states/OR/settings", Some(&node.admin()), None).await;
-        if r.body["busy"] == busy {
+        if r.body[key] == value {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{} never showed busy = {busy}", node.name);
+    panic!("{} never showed {key} = {value}", node.name);
 }
 
 /// The wait estimates follow what any node learns: a claim and a visit's end on C move the

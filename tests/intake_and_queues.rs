@@ -201,6 +201,30 @@ async fn intake_refusals_each_have_their_code_and_store_nothing() {
     assert_eq!(r.code(), "forbidden");
 }
 
+/// Intakes of one state arriving at once are stored outside the state's intake lock, yet the
+/// cap holds exactly and each receipt's place counts the intakes ahead still being stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intakes_of_one_state_at_once_hold_the_cap_and_get_distinct_places() {
+    let clock = Arc::new(ManualClock::new(seattle(10, 0)));
+    let hub = TestHub::start_with(|_| {}, Some(clock)).await;
+    let set = hub.settings("WA", json!({ "queue_cap": 8 })).await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.body);
+    let names: Vec<String> = (0..24).map(|i| format!("Patient {i}")).collect();
+    let replies = futures_util::future::join_all(names.iter().map(|n| hub.intake(n, "WA", None))).await;
+    let mut places = Vec::new();
+    for r in &replies {
+        match r.status {
+            StatusCode::CREATED => places.push(r.body["position"].as_u64().expect("a place in line")),
+            _ => assert_eq!(r.code(), "queue_full", "{}", r.body),
+        }
+    }
+    places.sort_unstable();
+    assert_eq!(places, (1..=8).collect::<Vec<u64>>(), "eight admitted, each told its own place");
+    assert_eq!(hub.visits_stored().await, 8);
+    let view = hub.app_hub.watch_queue(UsState::parse("WA").unwrap()).borrow().clone();
+    assert_eq!(view.len(), 8);
+}
+
 #[tokio::test]
 async fn queues_are_rebuilt_from_the_store_on_restart() {
     let dir = tempfile::tempdir().unwrap();

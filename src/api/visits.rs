@@ -41,13 +41,18 @@ pub async fn intake(
         return Err(refusal.retry_after(wait.as_secs().max(1)).into());
     }
     let key = match headers.get("idempotency-key") {
-        Some(v) => {
-            Some(v.to_str().map_err(|_| HubError::new(ErrorCode::ValidationFailed, "Idempotency-Key must be ASCII"))?)
-        }
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| HubError::new(ErrorCode::ValidationFailed, "Idempotency-Key must be ASCII"))?
+                .to_string(),
+        ),
         None => None,
     };
     let req = IntakeRequest { display_name: body.display_name, state, reason: body.reason };
-    let receipt = hub.intake(req, key).await?;
+    // Its own task: a client that hangs up mid-intake does not stop it between storing the
+    // visit and queueing it.
+    let intake = tokio::spawn(async move { hub.intake(req, key.as_deref()).await });
+    let receipt = intake.await.map_err(|_| HubError::code(ErrorCode::Internal))??;
     let status = if receipt.replayed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(receipt)).into_response())
 }

@@ -1,6 +1,6 @@
 //! Whether a state's queue takes one more visit now, and if not, the refusal and when to retry.
-//! Pure: the caller holds the state's queue lock, so the answer cannot go stale before the
-//! visit is stored.
+//! Pure: the caller holds the state's intake lock and counts intakes in flight as waiting, so
+//! the answer cannot go stale before the visit is stored.
 
 use std::collections::VecDeque;
 

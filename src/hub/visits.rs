@@ -47,6 +47,14 @@ pub struct VisitView {
     pub current_estimated_wait_secs: Option<u64>,
 }
 
+/// What the intake lock's part of an intake gives.
+enum Reserved {
+    /// A new visit, checked and holding its place, to be stored.
+    Visit(Visit),
+    /// A retried idempotency key's earlier answer.
+    Replay(IntakeReceipt),
+}
+
 fn request_hash(req: &IntakeRequest) -> String {
     let mut h = Sha256::new();
     for part in [req.state.code(), &req.display_name, &req.reason] {
@@ -98,97 +106,53 @@ impl Hub {
             .transpose()?
             .map(|key| IdempotencyKey { key, request_hash: request_hash(&req) });
 
-        let lane = self.queues.lane(req.state);
-        let gate_and_version = {
-            let _cluster_gate = self.intake_lock(req.state).await?;
-            let settings = self.state_settings(req.state);
-            let now = self.clock.now();
-            let mut busy_window = self.busy_window(&settings, now).await?;
-            let estimate = self.estimate(req.state);
-            let waiting = self.live_state.queue_len(req.state).await.map_err(HubError::unavailable)?;
-            let projected = estimate.wait_for(waiting + 1);
-            let ctx = IntakeContext {
-                settings: &settings,
-                now,
-                waiting,
-                projected_wait_secs: projected,
-                slot_free_secs: estimate
-                    .wait_for(1)
-                    .max(estimate.mean_visit_secs as u64 / estimate.staffing.online.max(1) as u64),
-            };
-            // A retry of an intake that went through must not be refused by today's rules.
-            if let Some(key) = &key
-                && let Some(receipt) = self.replay_intake(key).await?
-            {
-                return Ok((receipt, false));
+        let visit = match self.reserve_intake(req, key.as_ref()).await? {
+            Reserved::Visit(visit) => visit,
+            Reserved::Replay(receipt) => return Ok((receipt, false)),
+        };
+        // The lock is let go: the visit is stored while later intakes of its state are checked,
+        // and commits together with them. Its reservation keeps its place until it is queued.
+        let recorded = match self.store_intake(&visit, key.as_ref()).await {
+            Ok(Some(recorded)) => recorded,
+            Ok(None) => {
+                self.withdraw_intake(&visit).await;
+                let key = key.as_ref().ok_or_else(|| HubError::code(ErrorCode::Internal))?;
+                let replay = self.replay_intake(key).await?.ok_or_else(|| HubError::code(ErrorCode::Internal))?;
+                return Ok((replay, false));
             }
-            check_intake(&ctx, &mut busy_window)?;
-
-            let visit = Visit {
-                id: new_visit_id(),
-                state: req.state,
-                display_name: req.display_name,
-                reason: req.reason,
-                status: VisitStatus::Waiting,
-                created_at: now,
-                estimated_wait_secs: Some(projected),
-                waited_secs: None,
-                provider: None,
-                reported_state: None,
-            };
-            let actor = Actor { subject: patient_subject(&visit.id), role: Role::Patient.as_str() };
-            let recorded = match &key {
-                // Without a key, the visit and the record of its intake go in one commit.
-                None => {
-                    let scope = Scope::visit(&visit.id);
-                    let record = self.audit_entry(&actor.subject, Role::Patient, "visit.create", scope, Ok(()));
-                    self.store.insert_visit_recorded(&visit, &actor, &record).await.map_err(HubError::internal)?
-                }
-                Some(key) => {
-                    match self.store.insert_visit(&visit, &actor, Some(key)).await.map_err(HubError::internal)? {
-                        InsertOutcome::Inserted => false,
-                        InsertOutcome::Replayed { .. } => {
-                            let replay =
-                                self.replay_intake(key).await?.ok_or_else(|| HubError::code(ErrorCode::Internal))?;
-                            return Ok((replay, false));
-                        }
-                    }
-                }
-            };
-            if settings.busy {
-                let noted =
-                    self.live_state.busy_admit(req.state, now.timestamp_millis(), settings.busy_intake_per_hour);
-                if let Err(e) = noted.await {
-                    // The visit is stored: it goes on; the reduced rate undercounts by one.
-                    tracing::warn!(error = %e, "a busy state's admission was not noted");
-                }
-            }
-            // Before it is queued, where staff can see it and join its conversation.
-            self.members.opened(&visit.id);
-            match self.live_state.queue_push(visit.state, &QueuedVisit::of(&visit)).await {
-                Ok(version) => (self.live.put(visit), version, recorded),
-                Err(e) => {
-                    // Stored but not queued: withdraw it, so nothing waits unseen. (The trail
-                    // shows the intake stored, then refused: both happened.)
-                    let system = Actor { subject: "visithub".into(), role: "system" };
-                    let withdrawn = self.store.transition_visit(
-                        &visit.id,
-                        VisitStatus::Waiting,
-                        VisitStatus::Cancelled,
-                        &system,
-                        now,
-                    );
-                    self.members.closed(&visit.id).await;
-                    if let Err(e) = withdrawn.await {
-                        tracing::error!(error = %e, "an intake that failed half-way was not withdrawn");
-                    }
-                    return Err(HubError::unavailable(e));
-                }
+            Err(e) => {
+                self.withdraw_intake(&visit).await;
+                return Err(e);
             }
         };
-        let (visit, version, recorded) = gate_and_version;
-        self.queue_changed(visit.state, version).await;
-        let position = lane.board.borrow().position_of(&visit.id);
+        // Before it is queued, where staff can see it and join its conversation.
+        self.members.opened(&visit.id);
+        let pushed = match self.live_state.queue_push(visit.state, &QueuedVisit::of(&visit)).await {
+            Ok(pushed) => pushed,
+            Err(e) => {
+                // Stored but not queued: withdraw it, so nothing waits unseen. (The trail
+                // shows the intake stored, then refused: both happened.)
+                let system = Actor { subject: "visithub".into(), role: "system" };
+                let withdrawn = self.store.transition_visit(
+                    &visit.id,
+                    VisitStatus::Waiting,
+                    VisitStatus::Cancelled,
+                    &system,
+                    visit.created_at,
+                );
+                self.members.closed(&visit.id).await;
+                if let Err(e) = withdrawn.await {
+                    tracing::error!(error = %e, "an intake that failed half-way was not withdrawn");
+                }
+                self.withdraw_intake(&visit).await;
+                return Err(HubError::unavailable(e));
+            }
+        };
+        let visit = self.live.put(visit);
+        self.queue_changed(visit.state, pushed.version).await;
+        // Intakes that arrived first and are still being stored take their places ahead.
+        let position =
+            self.queues.lane(visit.state).board.borrow().position_of(&visit.id).map(|p| p + pushed.ahead_in_flight);
         let receipt = IntakeReceipt {
             patient_token: self.patient_token(&visit.id),
             visit_id: visit.id.clone(),
@@ -199,6 +163,88 @@ impl Hub {
             replayed: false,
         };
         Ok((receipt, recorded))
+    }
+
+    /// Under the state's intake lock: checks the intake against the state's rules and the
+    /// visits waiting or in flight, and reserves its place, or answers a retried key's visit.
+    async fn reserve_intake(&self, req: IntakeRequest, key: Option<&IdempotencyKey>) -> HubResult<Reserved> {
+        let _cluster_gate = self.intake_lock(req.state).await?;
+        let settings = self.state_settings(req.state);
+        let now = self.clock.now();
+        let mut busy_window = self.busy_window(&settings, now).await?;
+        let estimate = self.estimate(req.state);
+        let live_state = &self.live_state;
+        let waiting = live_state.queue_len(req.state, now.timestamp_millis()).await.map_err(HubError::unavailable)?;
+        let projected = estimate.wait_for(waiting + 1);
+        let ctx = IntakeContext {
+            settings: &settings,
+            now,
+            waiting,
+            projected_wait_secs: projected,
+            slot_free_secs: estimate
+                .wait_for(1)
+                .max(estimate.mean_visit_secs as u64 / estimate.staffing.online.max(1) as u64),
+        };
+        // A retry of an intake that went through must not be refused by today's rules.
+        if let Some(key) = key
+            && let Some(receipt) = self.replay_intake(key).await?
+        {
+            return Ok(Reserved::Replay(receipt));
+        }
+        check_intake(&ctx, &mut busy_window)?;
+
+        let visit = Visit {
+            id: new_visit_id(),
+            state: req.state,
+            display_name: req.display_name,
+            reason: req.reason,
+            status: VisitStatus::Waiting,
+            created_at: now,
+            estimated_wait_secs: Some(projected),
+            waited_secs: None,
+            provider: None,
+            reported_state: None,
+        };
+        live_state
+            .intake_reserve(visit.state, &visit.id, now.timestamp_millis())
+            .await
+            .map_err(HubError::unavailable)?;
+        if settings.busy {
+            // Counted now, so intakes in flight count against the reduced rate; one whose
+            // store then fails stays counted, erring toward fewer admissions.
+            let noted = live_state.busy_admit(req.state, now.timestamp_millis(), settings.busy_intake_per_hour);
+            if let Err(e) = noted.await {
+                tracing::warn!(error = %e, "a busy state's admission was not noted");
+            }
+        }
+        Ok(Reserved::Visit(visit))
+    }
+
+    /// Stores a reserved visit with its intake's audit record (without a key: one commit), or
+    /// with its idempotency key; `Some(recorded)`, or `None` when the key's first intake was
+    /// stored meanwhile.
+    async fn store_intake(&self, visit: &Visit, key: Option<&IdempotencyKey>) -> HubResult<Option<bool>> {
+        let actor = Actor { subject: patient_subject(&visit.id), role: Role::Patient.as_str() };
+        match key {
+            None => {
+                let scope = Scope::visit(&visit.id);
+                let record = self.audit_entry(&actor.subject, Role::Patient, "visit.create", scope, Ok(()));
+                let recorded = self.store.insert_visit_recorded(visit, &actor, &record).await;
+                recorded.map(Some).map_err(HubError::internal)
+            }
+            Some(key) => match self.store.insert_visit(visit, &actor, Some(key)).await.map_err(HubError::internal)? {
+                InsertOutcome::Inserted => Ok(Some(false)),
+                InsertOutcome::Replayed { .. } => Ok(None),
+            },
+        }
+    }
+
+    /// Ends a reservation whose intake was refused after it; if live state cannot be
+    /// reached, the reservation lapses on its own.
+    async fn withdraw_intake(&self, visit: &Visit) {
+        if let Err(e) = self.live_state.intake_withdraw(visit.state, &visit.id).await {
+            tracing::warn!(error = %e, "an intake in flight was not withdrawn; it lapses");
+        }
     }
 
     /// The admissions a busy state made in the last hour, as live state (every node's) holds

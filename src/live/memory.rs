@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dashmap::DashMap;
 
-use super::{JournalOp, LiveState, LockGuard, NodeRecord, QueueLoad, Registry, Sealed, SessionMeta};
+use super::{
+    INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, LockGuard, NodeRecord, Pushed, QueueLoad, Registry, Sealed, SessionMeta,
+};
 use crate::hub::queues::QueuedVisit;
 use crate::hub::{Learned, LearnedMeans};
 use crate::model::UsState;
@@ -20,6 +22,17 @@ struct StateQueue {
     /// Admissions while busy (ms), oldest first.
     busy: VecDeque<i64>,
     learned: LearnedMeans,
+    /// Intakes in flight: (arrival ms, visit id), in the order they were reserved.
+    in_flight: Vec<(i64, String)>,
+}
+
+impl StateQueue {
+    /// Ends `visit_id`'s intake in flight; how many in flight arrived before it.
+    fn land(&mut self, visit_id: &str) -> u32 {
+        let Some(i) = self.in_flight.iter().position(|(_, id)| id == visit_id) else { return 0 };
+        let (at_ms, id) = self.in_flight.remove(i);
+        self.in_flight.iter().filter(|(t, other)| (*t, other.as_str()) < (at_ms, id.as_str())).count() as u32
+    }
 }
 
 const HOUR_MS: i64 = 3_600_000;
@@ -77,7 +90,7 @@ impl LiveState for MemoryLive {
         Ok(LockGuard::new(MemoryLock { guard: Some(guard), name: name.to_string(), locks: self.locks.clone() }))
     }
 
-    async fn queue_push(&self, state: UsState, entry: &QueuedVisit) -> anyhow::Result<u64> {
+    async fn queue_push(&self, state: UsState, entry: &QueuedVisit) -> anyhow::Result<Pushed> {
         Ok(self.with_queue(state, |q| {
             if !q.entries.iter().any(|e| e.visit_id == entry.visit_id) {
                 let key = (entry.enqueued_at, &*entry.visit_id);
@@ -85,8 +98,18 @@ impl LiveState for MemoryLive {
                 q.entries.insert(at, Arc::new(entry.clone()));
             }
             q.version += 1;
-            q.version
+            Pushed { version: q.version, ahead_in_flight: q.land(&entry.visit_id) }
         }))
+    }
+
+    async fn intake_reserve(&self, state: UsState, visit_id: &str, at_ms: i64) -> anyhow::Result<()> {
+        self.with_queue(state, |q| q.in_flight.push((at_ms, visit_id.to_string())));
+        Ok(())
+    }
+
+    async fn intake_withdraw(&self, state: UsState, visit_id: &str) -> anyhow::Result<()> {
+        self.with_queue(state, |q| q.land(visit_id));
+        Ok(())
     }
 
     async fn queue_remove(&self, state: UsState, visit_id: &str) -> anyhow::Result<Option<u64>> {
@@ -138,8 +161,11 @@ impl LiveState for MemoryLive {
         }))
     }
 
-    async fn queue_len(&self, state: UsState) -> anyhow::Result<u32> {
-        Ok(self.with_queue(state, |q| q.entries.len() as u32))
+    async fn queue_len(&self, state: UsState, now_ms: i64) -> anyhow::Result<u32> {
+        Ok(self.with_queue(state, |q| {
+            q.in_flight.retain(|(at_ms, _)| *at_ms > now_ms - INTAKE_IN_FLIGHT_MS);
+            (q.entries.len() + q.in_flight.len()) as u32
+        }))
     }
 
     async fn queue_load(&self, state: UsState) -> anyhow::Result<QueueLoad> {

@@ -42,6 +42,20 @@ pub struct QueueLoad {
     pub learned: LearnedMeans,
 }
 
+/// How long an intake in flight counts as waiting without being pushed or withdrawn: far
+/// longer than an intake takes, short enough that one lost with its node frees its place soon.
+pub const INTAKE_IN_FLIGHT_MS: i64 = 30_000;
+
+/// A visit added to its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// The queue's new version.
+    pub version: u64,
+    /// Intakes still in flight that arrived before it: they take their places ahead of it
+    /// when stored, so its place in line counts them already.
+    pub ahead_in_flight: u32,
+}
+
 /// What the registry knows of the cluster at one heartbeat.
 pub struct Registry {
     /// Records of nodes alive now (this one included).
@@ -59,8 +73,8 @@ pub trait LiveState: Send + Sync {
     /// it loses it after `ttl`.
     async fn lock(&self, name: &str, ttl: Duration, wait: Duration) -> anyhow::Result<LockGuard>;
 
-    /// Adds a visit at its place by arrival; returns the queue's new version.
-    async fn queue_push(&self, state: UsState, entry: &QueuedVisit) -> anyhow::Result<u64>;
+    /// Adds a visit at its place by arrival, ending its intake in flight if it had one.
+    async fn queue_push(&self, state: UsState, entry: &QueuedVisit) -> anyhow::Result<Pushed>;
 
     /// Removes a visit; the new version, or `None` when it was not queued.
     async fn queue_remove(&self, state: UsState, visit_id: &str) -> anyhow::Result<Option<u64>>;
@@ -68,7 +82,19 @@ pub trait LiveState: Send + Sync {
     /// Marks a change that is not in the order (staffing, busy flag) with a new version.
     async fn queue_bump(&self, state: UsState) -> anyhow::Result<u64>;
 
-    async fn queue_len(&self, state: UsState) -> anyhow::Result<u32>;
+    /// Visits waiting plus intakes in flight (reserved in the last [`INTAKE_IN_FLIGHT_MS`]
+    /// before `now_ms`): what one more intake is checked against.
+    async fn queue_len(&self, state: UsState, now_ms: i64) -> anyhow::Result<u32>;
+
+    /// Counts an intake checked under the state's intake lock as waiting while its visit is
+    /// stored after the lock is let go, so intakes of one state share commits yet the cap
+    /// holds. `at_ms` is the visit's arrival (its place in line); [`LiveState::queue_push`]
+    /// or [`LiveState::intake_withdraw`] ends it, and a node that dies between loses it after
+    /// [`INTAKE_IN_FLIGHT_MS`].
+    async fn intake_reserve(&self, state: UsState, visit_id: &str, at_ms: i64) -> anyhow::Result<()>;
+
+    /// Ends an intake in flight that was refused after its reservation (the store failed).
+    async fn intake_withdraw(&self, state: UsState, visit_id: &str) -> anyhow::Result<()>;
 
     async fn queue_load(&self, state: UsState) -> anyhow::Result<QueueLoad>;
 

@@ -25,7 +25,9 @@ use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
-use super::{JournalOp, LiveState, LockGuard, NodeRecord, QueueLoad, Registry, Sealed, SessionMeta};
+use super::{
+    INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, LockGuard, NodeRecord, Pushed, QueueLoad, Registry, Sealed, SessionMeta,
+};
 use crate::hub::queues::QueuedVisit;
 use crate::hub::{Learned, LearnedMeans};
 use crate::metrics::Metrics;
@@ -40,10 +42,19 @@ local function next_version(key, now_us)
   return redis.call('INCR', key)
 end";
 
+/// Adds the visit and ends its intake in flight, answering the version and how many intakes
+/// in flight arrived before it (its rank among them: same order as the queue's).
 const PUSH: &str = r"
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-return next_version(KEYS[3], ARGV[4])";
+local ahead = redis.call('ZRANK', KEYS[4], ARGV[2])
+if ahead then redis.call('ZREM', KEYS[4], ARGV[2]) else ahead = 0 end
+return {next_version(KEYS[3], ARGV[4]), ahead}";
+
+/// Visits waiting plus intakes in flight, once those older than ARGV[1] are let go.
+const LEN: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+return redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])";
 
 const REMOVE: &str = r"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
@@ -84,6 +95,8 @@ struct QueueKeys {
     busy: String,
     mean_visit: String,
     mean_pickup: String,
+    /// Intakes in flight: visit ids scored by arrival (ms).
+    in_flight: String,
 }
 
 impl QueueKeys {
@@ -104,6 +117,7 @@ fn queue_keys(state: UsState) -> QueueKeys {
         busy: format!("{tag}:busy"),
         mean_visit: format!("{tag}:mean_visit"),
         mean_pickup: format!("{tag}:mean_pickup"),
+        in_flight: format!("{tag}:in_flight"),
     }
 }
 
@@ -183,6 +197,7 @@ pub struct RedisLive {
     push: Script,
     remove: Script,
     bump: Script,
+    len: Script,
     load: Script,
     learn: Script,
     unlock: Script,
@@ -196,6 +211,7 @@ impl RedisLive {
             push: Script::new(&format!("{NEXT_VERSION}\n{PUSH}")),
             remove: Script::new(&format!("{NEXT_VERSION}\n{REMOVE}")),
             bump: Script::new(&format!("{NEXT_VERSION}\n{BUMP}")),
+            len: Script::new(LEN),
             load: Script::new(LOAD),
             learn: Script::new(LEARN),
             unlock: Script::new(UNLOCK),
@@ -253,7 +269,7 @@ impl LiveState for RedisLive {
         }
     }
 
-    async fn queue_push(&self, state: UsState, entry: &QueuedVisit) -> anyhow::Result<u64> {
+    async fn queue_push(&self, state: UsState, entry: &QueuedVisit) -> anyhow::Result<Pushed> {
         let k = queue_keys(state);
         let stored = StoredEntry {
             display_name: entry.display_name.clone(),
@@ -264,11 +280,23 @@ impl LiveState for RedisLive {
         let mut call = self.push.key(&k.order);
         call.key(&k.entries)
             .key(&k.version)
+            .key(&k.in_flight)
             .arg(entry.enqueued_at.timestamp_millis())
             .arg(&*entry.visit_id)
             .arg(serde_json::to_string(&stored)?)
             .arg(crate::clock::unix_micros());
-        timed(&self.metrics, "queue_push", call.invoke_async(&mut conn)).await
+        let (version, ahead_in_flight) = timed(&self.metrics, "queue_push", call.invoke_async(&mut conn)).await?;
+        Ok(Pushed { version, ahead_in_flight })
+    }
+
+    async fn intake_reserve(&self, state: UsState, visit_id: &str, at_ms: i64) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        timed(&self.metrics, "intake_reserve", conn.zadd(queue_keys(state).in_flight, visit_id, at_ms)).await
+    }
+
+    async fn intake_withdraw(&self, state: UsState, visit_id: &str) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        timed(&self.metrics, "intake_withdraw", conn.zrem(queue_keys(state).in_flight, visit_id)).await
     }
 
     async fn queue_remove(&self, state: UsState, visit_id: &str) -> anyhow::Result<Option<u64>> {
@@ -286,9 +314,12 @@ impl LiveState for RedisLive {
         timed(&self.metrics, "queue_bump", call.invoke_async(&mut conn)).await
     }
 
-    async fn queue_len(&self, state: UsState) -> anyhow::Result<u32> {
+    async fn queue_len(&self, state: UsState, now_ms: i64) -> anyhow::Result<u32> {
+        let k = queue_keys(state);
         let mut conn = self.conn.clone();
-        timed(&self.metrics, "queue_len", conn.zcard(queue_keys(state).order)).await
+        let mut call = self.len.key(&k.order);
+        call.key(&k.in_flight).arg(now_ms - INTAKE_IN_FLIGHT_MS);
+        timed(&self.metrics, "queue_len", call.invoke_async(&mut conn)).await
     }
 
     async fn queue_load(&self, state: UsState) -> anyhow::Result<QueueLoad> {
