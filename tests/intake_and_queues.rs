@@ -146,6 +146,27 @@ async fn idempotent_intake_returns_the_same_visit() {
     assert_eq!(hub.visits_stored().await, 1);
 }
 
+/// Retries of one key sent at once (a client that lost its answers) make one visit, and the
+/// places they reserved while checked are given back: the cap counts the one visit only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_of_one_key_at_once_make_one_visit_and_free_their_places() {
+    let hub = TestHub::start().await;
+    assert_eq!(hub.settings("WA", json!({ "queue_cap": 2 })).await.status, StatusCode::OK);
+    let tries = (0..8).map(|_| hub.intake("Ann", "WA", Some("intake-at-once")));
+    let replies = futures_util::future::join_all(tries).await;
+    let created = replies.iter().filter(|r| r.status == StatusCode::CREATED).count();
+    assert_eq!(created, 1, "one visit made");
+    for r in &replies {
+        assert!(r.status == StatusCode::CREATED || r.body["replayed"] == true, "{}", r.body);
+        assert_eq!(r.str("visit_id"), replies[0].str("visit_id"));
+        assert_eq!(r.body["position"], 1);
+    }
+    assert_eq!(hub.visits_stored().await, 1);
+    // One place left under the cap of 2, whatever the retries reserved on the way.
+    assert_eq!(hub.intake("Bob", "WA", None).await.status, StatusCode::CREATED);
+    assert_eq!(hub.intake("Cy", "WA", None).await.code(), "queue_full");
+}
+
 #[tokio::test]
 async fn intake_refusals_each_have_their_code_and_store_nothing() {
     let clock = Arc::new(ManualClock::new(seattle(10, 0)));

@@ -106,6 +106,13 @@ impl Hub {
             .transpose()?
             .map(|key| IdempotencyKey { key, request_hash: request_hash(&req) });
 
+        // Tries of one key (a client that lost its answer and retried) go one at a time, on
+        // any node: a retry then finds the visit its first try stored instead of being checked
+        // against the queue as a new patient while that try is still being stored.
+        let _same_key = match &key {
+            Some(k) => Some(self.hold(&format!("intake-key:{}", k.key)).await?),
+            None => None,
+        };
         let visit = match self.reserve_intake(req, key.as_ref()).await? {
             Reserved::Visit(visit) => visit,
             Reserved::Replay(receipt) => return Ok((receipt, false)),
@@ -168,6 +175,12 @@ impl Hub {
     /// Under the state's intake lock: checks the intake against the state's rules and the
     /// visits waiting or in flight, and reserves its place, or answers a retried key's visit.
     async fn reserve_intake(&self, req: IntakeRequest, key: Option<&IdempotencyKey>) -> HubResult<Reserved> {
+        // A retry of an intake that went through must not be refused by today's rules.
+        if let Some(key) = key
+            && let Some(receipt) = self.replay_intake(key).await?
+        {
+            return Ok(Reserved::Replay(receipt));
+        }
         let _cluster_gate = self.intake_lock(req.state).await?;
         let settings = self.state_settings(req.state);
         let now = self.clock.now();
@@ -185,12 +198,6 @@ impl Hub {
                 .wait_for(1)
                 .max(estimate.mean_visit_secs as u64 / estimate.staffing.online.max(1) as u64),
         };
-        // A retry of an intake that went through must not be refused by today's rules.
-        if let Some(key) = key
-            && let Some(receipt) = self.replay_intake(key).await?
-        {
-            return Ok(Reserved::Replay(receipt));
-        }
         check_intake(&ctx, &mut busy_window)?;
 
         let visit = Visit {
