@@ -626,14 +626,7 @@ async fn a_states_cap_holds_for_intakes_at_once_on_two_nodes() {
         .enumerate()
         .map(|(i, n)| if i % 2 == 0 { a.intake(n, "OR", None) } else { b.intake(n, "OR", None) });
     let replies = futures_util::future::join_all(intakes).await;
-    let mut places = Vec::new();
-    for r in &replies {
-        match r.status.as_u16() {
-            201 => places.push(r.body["position"].as_u64().expect("a place in line")),
-            _ => assert_eq!(r.code(), "queue_full", "{:?}", r.body),
-        }
-    }
-    places.sort_unstable();
+    let places = places_of_admitted(&replies);
     assert_eq!(places, (1..=6).collect::<Vec<u64>>(), "six admitted across both nodes, each its own place");
 }
 

@@ -232,14 +232,7 @@ async fn intakes_of_one_state_at_once_hold_the_cap_and_get_distinct_places() {
     assert_eq!(set.status, StatusCode::OK, "{}", set.body);
     let names: Vec<String> = (0..24).map(|i| format!("Patient {i}")).collect();
     let replies = futures_util::future::join_all(names.iter().map(|n| hub.intake(n, "WA", None))).await;
-    let mut places = Vec::new();
-    for r in &replies {
-        match r.status {
-            StatusCode::CREATED => places.push(r.body["position"].as_u64().expect("a place in line")),
-            _ => assert_eq!(r.code(), "queue_full", "{}", r.body),
-        }
-    }
-    places.sort_unstable();
+    let places = places_of_admitted(&replies);
     assert_eq!(places, (1..=8).collect::<Vec<u64>>(), "eight admitted, each told its own place");
     assert_eq!(hub.visits_stored().await, 8);
     let view = hub.app_hub.watch_queue(UsState::parse("WA").unwrap()).borrow().clone();

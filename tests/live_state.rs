@@ -1,6 +1,6 @@
 //! Intakes in flight in live state, the same in one node's memory, on one Redis server and on a
 //! three-master Redis Cluster: counted as waiting, ended by their visit's push or a withdrawal,
-//! lapsed when their node went away, and counted ahead of later arrivals stored first.
+//! lapsed when their node went away, and counted in the places of later arrivals stored first.
 //! Without redis-server these tests fail; `./scripts/test` installs it.
 
 #[path = "support/redis.rs"]
@@ -40,19 +40,21 @@ async fn intakes_in_flight(live: &dyn LiveState) {
 
     // The last to arrive is stored first: the two before it are still in flight, ahead of it.
     let v3 = live.queue_push(wa, &entry("v3", NOW + 2)).await.unwrap();
-    assert_eq!(v3.ahead_in_flight, 2);
+    assert_eq!(v3.place, 3);
     assert_eq!(live.queue_len(wa, NOW + 2).await.unwrap(), 3, "v3 waits, counted once");
 
     // v1's visit was not stored: withdrawn, it no longer counts nor stands ahead.
     live.intake_withdraw(wa, "v1").await.unwrap();
     assert_eq!(live.queue_len(wa, NOW + 2).await.unwrap(), 2);
     let v2 = live.queue_push(wa, &entry("v2", NOW + 1)).await.unwrap();
-    assert_eq!(v2.ahead_in_flight, 0);
+    assert_eq!(v2.place, 1, "ahead of v3, which waits");
     assert!(v2.version > v3.version);
 
     // A visit put back in line (a released claim, a rebuild) had no intake in flight.
     let back = live.queue_push(wa, &entry("v4", NOW + 3)).await.unwrap();
-    assert_eq!(back.ahead_in_flight, 0);
+    assert_eq!(back.place, 3);
+    let again = live.queue_push(wa, &entry("v2", NOW + 1)).await.unwrap();
+    assert_eq!(again.place, 1, "pushed again, it keeps its place");
     assert_eq!(live.queue_len(wa, NOW + 3).await.unwrap(), 3);
     let order: Vec<String> =
         live.queue_load(wa).await.unwrap().entries.iter().map(|e| e.visit_id.to_string()).collect();

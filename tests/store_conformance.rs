@@ -127,6 +127,7 @@ async fn conformance(store: &dyn Store) {
     changes_recorded_with_their_audit(store).await;
     one_of_many_claims_joins_the_conversation(store).await;
     changes_arriving_together(store).await;
+    keyed_intakes_recorded(store).await;
     store.ping().await.unwrap();
 }
 
@@ -155,6 +156,64 @@ async fn visits_and_idempotency(store: &dyn Store) {
     assert_eq!(store.idempotent_visit("key-1").await.unwrap(), Some(("visit-2".into(), "hash-1".into())));
     assert_eq!(store.idempotent_visit("key-2").await.unwrap(), None);
     assert_eq!(store.count_visits().await.unwrap(), before + 2);
+}
+
+/// Intakes with their audit record and idempotency key, several tries of one key at once among
+/// other intakes: one try stores its visit, the others are told the visit it stored; and a
+/// record is stored exactly with a visit that was, or not at all (the caller appends it).
+async fn keyed_intakes_recorded(store: &dyn Store) {
+    let before = store.count_visits().await.unwrap();
+    let created = |id: &str| AuditEntry {
+        at: ms(3_000),
+        subject: format!("patient:{id}"),
+        role: "patient".into(),
+        action: "visit.create".into(),
+        visit_id: Some(id.into()),
+        target: None,
+        outcome: "ok".into(),
+    };
+    let key = IdempotencyKey { key: "key-at-once".into(), request_hash: "hash-at-once".into() };
+    let other = IdempotencyKey { key: "key-alone".into(), request_hash: "hash-alone".into() };
+    // Four tries of one key, three intakes without a key, one with a key of its own.
+    let keys = [Some(&key), None, Some(&key), Some(&other), Some(&key), None, Some(&key), None];
+    let tries: Vec<(Visit, Option<&IdempotencyKey>)> =
+        keys.into_iter().enumerate().map(|(i, k)| (visit(&format!("keyed-{i}"), "NV", 3_000 + i as i64), k)).collect();
+    let records: Vec<AuditEntry> = tries.iter().map(|(v, _)| created(&v.id)).collect();
+    let me = admin();
+    let results =
+        join_all(tries.iter().zip(&records).map(|((v, k), r)| store.insert_visit_recorded(v, &me, *k, r))).await;
+    let results: Vec<(InsertOutcome, bool)> = results.into_iter().map(Result::unwrap).collect();
+    let stored: Vec<&Visit> =
+        tries.iter().zip(&results).filter(|(_, (o, _))| *o == InsertOutcome::Inserted).map(|((v, _), _)| v).collect();
+    let first_of_key: Vec<&str> = tries
+        .iter()
+        .zip(&results)
+        .filter(|((_, k), (o, _))| *k == Some(&key) && *o == InsertOutcome::Inserted)
+        .map(|((v, _), _)| v.id.as_str())
+        .collect();
+    assert_eq!(first_of_key.len(), 1, "one try of the key stores a visit: {results:?}");
+    for ((v, k), (outcome, recorded)) in tries.iter().zip(&results) {
+        if *k == Some(&key) && v.id != first_of_key[0] {
+            let told =
+                InsertOutcome::Replayed { visit_id: first_of_key[0].into(), request_hash: "hash-at-once".into() };
+            assert_eq!(*outcome, told);
+            assert!(!recorded);
+            assert_eq!(store.get_visit(&v.id).await.unwrap(), None, "a replay stores nothing");
+        }
+        let trail = store.audit_for_visit(&v.id).await.unwrap();
+        assert_eq!(trail.len(), usize::from(*recorded), "{}: a record only with its stored visit", v.id);
+        if *outcome == InsertOutcome::Inserted && !recorded {
+            store.append_audits(&[created(&v.id)]).await.unwrap();
+        }
+    }
+    assert_eq!(stored.len(), 1 + 3 + 1, "the key's first try, the three without a key, the other key");
+    assert_eq!(store.count_visits().await.unwrap(), before + stored.len() as u64);
+    assert_eq!(
+        store.idempotent_visit("key-at-once").await.unwrap(),
+        Some((first_of_key[0].into(), "hash-at-once".into()))
+    );
+    let whole = store.audit_trail(0, 10_000).await.unwrap();
+    assert!(first_broken(&whole, GENESIS.into()).is_ok());
 }
 
 async fn transitions_are_compare_and_set(store: &dyn Store) {
@@ -467,8 +526,11 @@ async fn changes_recorded_with_their_audit(store: &dyn Store) {
         outcome: "ok".into(),
     };
     let trail_of = || async { store.audit_for_visit("rec-1").await.unwrap() };
-    let created = store.insert_visit_recorded(&visit("rec-1", "WA", 8_000), &admin(), &record("visit.create")).await;
-    let created = usize::from(created.unwrap());
+    let created =
+        store.insert_visit_recorded(&visit("rec-1", "WA", 8_000), &admin(), None, &record("visit.create")).await;
+    let (outcome, created) = created.unwrap();
+    assert_eq!(outcome, InsertOutcome::Inserted);
+    let created = usize::from(created);
     assert_eq!(status(store, "rec-1").await, VisitStatus::Waiting);
     assert_eq!(store.transitions("rec-1").await.unwrap().len(), 1);
     assert_eq!(trail_of().await.len(), created);
@@ -607,7 +669,7 @@ async fn changes_arriving_together(store: &dyn Store) {
             r
         ))),
         join_all(messages.iter().map(|m| store.append_message_recorded(m, &sent))),
-        store.insert_visit_recorded(&duplicate, &me, &created),
+        store.insert_visit_recorded(&duplicate, &me, None, &created),
     );
     assert!(inserted.is_err(), "a visit stored twice is refused, alone");
     let moves: Vec<(bool, bool)> = moves.into_iter().map(Result::unwrap).collect();
@@ -720,7 +782,10 @@ async fn postgres_records_a_crash_left_staged_are_chained_at_start() {
         target: None,
         outcome: "ok".into(),
     };
-    assert!(store.insert_visit_recorded(&v, &admin(), &entry("visit.create")).await.unwrap());
+    assert_eq!(
+        store.insert_visit_recorded(&v, &admin(), None, &entry("visit.create")).await.unwrap(),
+        (InsertOutcome::Inserted, true)
+    );
     let db = sqlx::PgPool::connect(&pg.primary_url()).await.unwrap();
     let staged =
         || async { sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_outbox").fetch_one(&db).await.unwrap() };

@@ -157,15 +157,14 @@ impl Hub {
         };
         let visit = self.live.put(visit);
         self.queue_changed(visit.state, pushed.version).await;
-        // Intakes that arrived first and are still being stored take their places ahead.
-        let position =
-            self.queues.lane(visit.state).board.borrow().position_of(&visit.id).map(|p| p + pushed.ahead_in_flight);
         let receipt = IntakeReceipt {
             patient_token: self.patient_token(&visit.id),
             visit_id: visit.id.clone(),
             state: visit.state,
             status: visit.status,
-            position,
+            // As live state placed it, with intakes that arrived first still being stored:
+            // the node's board may already show later changes.
+            position: Some(pushed.place),
             estimated_wait_secs: visit.estimated_wait_secs,
             replayed: false,
         };
@@ -227,22 +226,16 @@ impl Hub {
         Ok(Reserved::Visit(visit))
     }
 
-    /// Stores a reserved visit with its intake's audit record (without a key: one commit), or
-    /// with its idempotency key; `Some(recorded)`, or `None` when the key's first intake was
-    /// stored meanwhile.
+    /// Stores a reserved visit with its idempotency key if any and its intake's audit record,
+    /// in one commit; `Some(recorded)`, or `None` when the key's first intake was stored
+    /// meanwhile.
     async fn store_intake(&self, visit: &Visit, key: Option<&IdempotencyKey>) -> HubResult<Option<bool>> {
         let actor = Actor { subject: patient_subject(&visit.id), role: Role::Patient.as_str() };
-        match key {
-            None => {
-                let scope = Scope::visit(&visit.id);
-                let record = self.audit_entry(&actor.subject, Role::Patient, "visit.create", scope, Ok(()));
-                let recorded = self.store.insert_visit_recorded(visit, &actor, &record).await;
-                recorded.map(Some).map_err(HubError::internal)
-            }
-            Some(key) => match self.store.insert_visit(visit, &actor, Some(key)).await.map_err(HubError::internal)? {
-                InsertOutcome::Inserted => Ok(Some(false)),
-                InsertOutcome::Replayed { .. } => Ok(None),
-            },
+        let record = self.audit_entry(&actor.subject, Role::Patient, "visit.create", Scope::visit(&visit.id), Ok(()));
+        let stored = self.store.insert_visit_recorded(visit, &actor, key, &record).await;
+        match stored.map_err(HubError::internal)? {
+            (InsertOutcome::Inserted, recorded) => Ok(Some(recorded)),
+            (InsertOutcome::Replayed { .. }, _) => Ok(None),
         }
     }
 

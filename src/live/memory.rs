@@ -27,7 +27,8 @@ struct StateQueue {
 }
 
 impl StateQueue {
-    /// Ends `visit_id`'s intake in flight; how many in flight arrived before it.
+    /// Ends `visit_id`'s intake in flight; how many in flight arrived before it (none if it had
+    /// none).
     fn land(&mut self, visit_id: &str) -> u32 {
         let Some(i) = self.in_flight.iter().position(|(_, id)| id == visit_id) else { return 0 };
         let (at_ms, id) = self.in_flight.remove(i);
@@ -92,13 +93,17 @@ impl LiveState for MemoryLive {
 
     async fn queue_push(&self, state: UsState, entry: &QueuedVisit) -> anyhow::Result<Pushed> {
         Ok(self.with_queue(state, |q| {
-            if !q.entries.iter().any(|e| e.visit_id == entry.visit_id) {
-                let key = (entry.enqueued_at, &*entry.visit_id);
-                let at = q.entries.partition_point(|e| (e.enqueued_at, &*e.visit_id) < key);
-                q.entries.insert(at, Arc::new(entry.clone()));
-            }
+            let ahead = match q.entries.iter().position(|e| e.visit_id == entry.visit_id) {
+                Some(at) => at,
+                None => {
+                    let key = (entry.enqueued_at, &*entry.visit_id);
+                    let at = q.entries.partition_point(|e| (e.enqueued_at, &*e.visit_id) < key);
+                    q.entries.insert(at, Arc::new(entry.clone()));
+                    at
+                }
+            };
             q.version += 1;
-            Pushed { version: q.version, ahead_in_flight: q.land(&entry.visit_id) }
+            Pushed { version: q.version, place: ahead as u32 + q.land(&entry.visit_id) + 1 }
         }))
     }
 

@@ -51,9 +51,10 @@ pub const INTAKE_IN_FLIGHT_MS: i64 = 30_000;
 pub struct Pushed {
     /// The queue's new version.
     pub version: u64,
-    /// Intakes still in flight that arrived before it: they take their places ahead of it
-    /// when stored, so its place in line counts them already.
-    pub ahead_in_flight: u32,
+    /// Its place in line (1 first) as it was added: the visits waiting ahead of it, and the
+    /// intakes still in flight that arrived before it (they take their places ahead of it
+    /// when stored), read together.
+    pub place: u32,
 }
 
 /// What the registry knows of the cluster at one heartbeat.

@@ -42,14 +42,19 @@ local function next_version(key, now_us)
   return redis.call('INCR', key)
 end";
 
-/// Adds the visit and ends its intake in flight, answering the version and how many intakes
-/// in flight arrived before it (its rank among them: same order as the queue's).
+/// Adds the visit and ends its intake in flight, answering the version and its place: its rank
+/// among the visits waiting plus its rank among the intakes in flight (both in the queue's
+/// order), plus one.
 const PUSH: &str = r"
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+local place = redis.call('ZRANK', KEYS[1], ARGV[2]) + 1
 local ahead = redis.call('ZRANK', KEYS[4], ARGV[2])
-if ahead then redis.call('ZREM', KEYS[4], ARGV[2]) else ahead = 0 end
-return {next_version(KEYS[3], ARGV[4]), ahead}";
+if ahead then
+  redis.call('ZREM', KEYS[4], ARGV[2])
+  place = place + ahead
+end
+return {next_version(KEYS[3], ARGV[4]), place}";
 
 /// Visits waiting plus intakes in flight, once those older than ARGV[1] are let go.
 const LEN: &str = r"
@@ -285,8 +290,8 @@ impl LiveState for RedisLive {
             .arg(&*entry.visit_id)
             .arg(serde_json::to_string(&stored)?)
             .arg(crate::clock::unix_micros());
-        let (version, ahead_in_flight) = timed(&self.metrics, "queue_push", call.invoke_async(&mut conn)).await?;
-        Ok(Pushed { version, ahead_in_flight })
+        let (version, place) = timed(&self.metrics, "queue_push", call.invoke_async(&mut conn)).await?;
+        Ok(Pushed { version, place })
     }
 
     async fn intake_reserve(&self, state: UsState, visit_id: &str, at_ms: i64) -> anyhow::Result<()> {

@@ -47,7 +47,7 @@ macro_rules! timed {
 
 timed! {
     async fn insert_visit(&self, visit: &Visit, actor: &Actor, key: Option<&IdempotencyKey>) -> StoreResult<InsertOutcome>;
-    async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, record: &AuditEntry) -> StoreResult<bool>;
+    async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, key: Option<&IdempotencyKey>, record: &AuditEntry) -> StoreResult<(InsertOutcome, bool)>;
     async fn idempotent_visit(&self, key: &str) -> StoreResult<Option<(VisitId, String)>>;
     async fn get_visit(&self, id: &str) -> StoreResult<Option<Visit>>;
     async fn transition_visit(&self, id: &str, from: VisitStatus, to: VisitStatus, actor: &Actor, at: DateTime<Utc>) -> StoreResult<bool>;

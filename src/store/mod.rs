@@ -103,13 +103,19 @@ pub trait Store: Send + Sync + 'static {
         key: Option<&IdempotencyKey>,
     ) -> StoreResult<InsertOutcome>;
 
-    /// [`Store::insert_visit`] without an idempotency key, with the audit record of the intake
-    /// in the same transaction (SQLite: one trip; PostgreSQL: staged with the change and
-    /// chained into the trail right after, see `postgres/audit.rs`). Returns whether the
-    /// record was stored with it; if not (a backend without it), the caller appends it.
-    async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, _record: &AuditEntry) -> StoreResult<bool> {
-        self.insert_visit(visit, actor, None).await?;
-        Ok(false)
+    /// [`Store::insert_visit`] with the audit record of the intake in the same transaction
+    /// (SQLite: one trip, shared with other changes; PostgreSQL: staged with the change and
+    /// chained into the trail right after, see `postgres/audit.rs`). Returns what it did and
+    /// whether the record was stored with it; if not (a backend without it, or a key used
+    /// before), the caller appends it when it has one to write.
+    async fn insert_visit_recorded(
+        &self,
+        visit: &Visit,
+        actor: &Actor,
+        key: Option<&IdempotencyKey>,
+        _record: &AuditEntry,
+    ) -> StoreResult<(InsertOutcome, bool)> {
+        Ok((self.insert_visit(visit, actor, key).await?, false))
     }
 
     /// The visit and request hash an idempotency key was first used with.

@@ -270,6 +270,20 @@ impl Reply {
     }
 }
 
+/// The places in line of intakes sent at once, sorted; every intake not admitted must have
+/// been refused `queue_full`.
+pub fn places_of_admitted(replies: &[Reply]) -> Vec<u64> {
+    let mut places = Vec::new();
+    for r in replies {
+        match r.status {
+            StatusCode::CREATED => places.push(r.body["position"].as_u64().expect("a place in line")),
+            _ => assert_eq!(r.code(), "queue_full", "{}", r.body),
+        }
+    }
+    places.sort_unstable();
+    places
+}
+
 pub struct Ws {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,

@@ -147,9 +147,19 @@ impl Store for PostgresStore {
         self.write(visits::insert(&self.primary, visit, actor, key, None).await).await
     }
 
-    async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, record: &AuditEntry) -> StoreResult<bool> {
-        self.recorded(visits::insert(&self.primary, visit, actor, None, Some(record)).await, |_| true).await?;
-        Ok(true)
+    async fn insert_visit_recorded(
+        &self,
+        visit: &Visit,
+        actor: &Actor,
+        key: Option<&IdempotencyKey>,
+        record: &AuditEntry,
+    ) -> StoreResult<(InsertOutcome, bool)> {
+        let inserted = |o: &InsertOutcome| *o == InsertOutcome::Inserted;
+        let outcome =
+            self.recorded(visits::insert(&self.primary, visit, actor, key, Some(record)).await, inserted).await?;
+        // A key used before rolled the staged record back with the visit.
+        let recorded = inserted(&outcome);
+        Ok((outcome, recorded))
     }
 
     /// On the primary: a retry landing on another node must find the key at once.

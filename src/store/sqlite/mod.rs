@@ -141,8 +141,14 @@ impl Store for SqliteStore {
         visits::insert(&self.writer, visit, actor, key).await
     }
 
-    async fn insert_visit_recorded(&self, visit: &Visit, actor: &Actor, record: &AuditEntry) -> StoreResult<bool> {
-        visits::insert_recorded(&self.commits, visit, actor, record).await
+    async fn insert_visit_recorded(
+        &self,
+        visit: &Visit,
+        actor: &Actor,
+        key: Option<&IdempotencyKey>,
+        record: &AuditEntry,
+    ) -> StoreResult<(InsertOutcome, bool)> {
+        visits::insert_recorded(&self.commits, &self.reader, visit, actor, key, record).await
     }
 
     async fn idempotent_visit(&self, key: &str) -> StoreResult<Option<(VisitId, String)>> {

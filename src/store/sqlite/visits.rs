@@ -59,6 +59,10 @@ const INSERT_ROWS: [&str; 2] = [
 ];
 
 fn bind_insert(query: SqliteQuery, visit: &Visit, actor: &Actor) -> SqliteQuery {
+    bind_first_transition(bind_visit_row(query, visit), visit, actor)
+}
+
+fn bind_visit_row(query: SqliteQuery, visit: &Visit) -> SqliteQuery {
     query
         .bind(visit.id.clone())
         .bind(visit.state.code())
@@ -68,6 +72,10 @@ fn bind_insert(query: SqliteQuery, visit: &Visit, actor: &Actor) -> SqliteQuery 
         .bind(to_millis(visit.created_at))
         .bind(visit.estimated_wait_secs.map(|v| v as i64))
         .bind(visit.waited_secs.map(|v| v as i64))
+}
+
+fn bind_first_transition(query: SqliteQuery, visit: &Visit, actor: &Actor) -> SqliteQuery {
+    query
         .bind(visit.id.clone())
         .bind(visit.status.as_str())
         .bind(to_millis(visit.created_at))
@@ -81,19 +89,55 @@ fn insert_rows(before: &str, after: &str, visit: &Visit, actor: &Actor) -> Sqlit
     bind_insert(sqlx::query(sqlx::AssertSqlSafe(format!("{before}{visit_row}; {transition}{after}"))), visit, actor)
 }
 
-/// A new visit without an idempotency key and the audit record of its intake, in one trip.
+/// [`INSERT_ROWS`] behind an idempotency key: the visit only if the key is new (one writer:
+/// nothing comes between the check and the insert), then the key and the first transition only
+/// if it was stored (`changes()` counts the statement before), the last returning a row then.
+const INSERT_KEYED: [&str; 3] = [
+    "INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys WHERE key = ?)",
+    "INSERT INTO idempotency_keys (key, request_hash, visit_id, created_at) SELECT ?, ?, ?, ? WHERE changes() = 1",
+    "INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) SELECT ?, NULL, ?, ?, ?, ? WHERE changes() = 1 RETURNING visit_id",
+];
+
+/// A new visit, with its idempotency key if any, and the audit record of its intake: one change
+/// for the committer, so intakes share commits with each other and with every other change.
 pub async fn insert_recorded(
     commits: &Committer,
+    reader: &SqlitePool,
     visit: &Visit,
     actor: &Actor,
+    key: Option<&IdempotencyKey>,
     entry: &AuditEntry,
-) -> StoreResult<bool> {
-    let [visit_row, transition] = INSERT_ROWS;
-    let transition = format!("{transition} RETURNING visit_id");
-    let (visit, actor) = (visit.clone(), actor.clone());
-    let bind = Box::new(move |q| bind_insert(q, &visit, &actor));
-    let (_, recorded) = commits.commit(&[visit_row, &transition], bind, entry.clone()).await?;
-    Ok(recorded)
+) -> StoreResult<(InsertOutcome, bool)> {
+    let (owned_visit, owned_actor) = (visit.clone(), actor.clone());
+    let (rows, recorded) = match key {
+        None => {
+            let [visit_row, transition] = INSERT_ROWS;
+            let transition = format!("{transition} RETURNING visit_id");
+            let bind = Box::new(move |q| bind_insert(q, &owned_visit, &owned_actor));
+            commits.commit(&[visit_row, &transition], bind, entry.clone()).await?
+        }
+        Some(key) => {
+            let key = key.clone();
+            let bind = Box::new(move |q: SqliteQuery| {
+                let q = bind_visit_row(q, &owned_visit)
+                    .bind(key.key.clone())
+                    .bind(key.key.clone())
+                    .bind(key.request_hash.clone())
+                    .bind(owned_visit.id.clone())
+                    .bind(to_millis(owned_visit.created_at));
+                bind_first_transition(q, &owned_visit, &owned_actor)
+            });
+            commits.commit(&INSERT_KEYED, bind, entry.clone()).await?
+        }
+    };
+    if rows.is_empty()
+        && let Some(key) = key
+    {
+        let (visit_id, request_hash) =
+            idempotent(reader, &key.key).await?.ok_or_else(|| corrupt("idempotency key vanished"))?;
+        return Ok((InsertOutcome::Replayed { visit_id, request_hash }, false));
+    }
+    Ok((InsertOutcome::Inserted, recorded))
 }
 
 pub async fn insert(
