@@ -17,12 +17,16 @@ pub struct Admitted {
 
 pub struct Rest {
     http: reqwest::Client,
+    /// This process's run, in every intake's `Idempotency-Key`: keys stay unique across runs
+    /// against one hub and across worker processes.
+    run: String,
 }
 
 impl Rest {
     pub fn new() -> anyhow::Result<Rest> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(64).build()?;
-        Ok(Rest { http })
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Ok(Rest { http, run: format!("{}-{}", started.as_nanos(), std::process::id()) })
     }
 
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, String> {
@@ -33,10 +37,14 @@ impl Rest {
         if ok { Ok(body) } else { Err(body["code"].as_str().map_or_else(|| format!("http_{status}"), str::to_string)) }
     }
 
-    /// `POST /v1/visits` with a synthetic patient (no real names or reasons).
-    pub async fn intake(&self, base: &str, name: &str, state: UsState) -> Result<Admitted, String> {
-        let body = json!({ "display_name": name, "state": state.code(), "reason": "load test visit" });
-        let value = self.call(self.http.post(format!("{base}/v1/visits")).json(&body)).await?;
+    /// `POST /v1/visits` with a synthetic patient (no real names or reasons), patient
+    /// `index` of this run, with an `Idempotency-Key` as the patient client sends.
+    pub async fn intake(&self, base: &str, index: usize, state: UsState) -> Result<Admitted, String> {
+        let body =
+            json!({ "display_name": format!("Patient {index}"), "state": state.code(), "reason": "load test visit" });
+        let key = format!("loadtest-{}-{index}", self.run);
+        let value =
+            self.call(self.http.post(format!("{base}/v1/visits")).header("idempotency-key", key).json(&body)).await?;
         serde_json::from_value(value).map_err(|_| "bad_intake_receipt".to_string())
     }
 

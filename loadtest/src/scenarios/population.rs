@@ -58,7 +58,7 @@ pub async fn queue_lengths(ctx: &Context, states: &[UsState]) -> anyhow::Result<
 pub async fn admit_one(ctx: &Context, index: usize, state: UsState) -> Option<Patient> {
     let node = ctx.targets.pick();
     let started = Instant::now();
-    match ctx.rest.intake(&node.base, &format!("Patient {index}"), state).await {
+    match ctx.rest.intake(&node.base, index, state).await {
         Ok(a) => {
             ctx.stats.record(Latency::Intake, started.elapsed());
             ctx.stats.count("intakes", 1);
