@@ -553,6 +553,14 @@ async fn promtool_accepts_the_metrics_page_the_rules_and_the_config() {
     assert_success(&format!("promtool check rules (dashboard expressions)\n{rules}"), &checked);
 }
 
+/// The alerts' unit tests: synthetic series fire the alerts they should, with their labels and
+/// text, at the time they should, and not for the series beside them.
+#[test]
+fn the_alerts_fire_on_the_series_their_tests_give() {
+    let tests = grafana().join("alerts_test.yml");
+    assert_success("promtool test rules", &promtool(&["test", "rules", tests.to_str().unwrap()], None));
+}
+
 #[test]
 fn dashboards_and_prometheus_configuration_are_well_formed() {
     let boards = dashboards();
