@@ -559,6 +559,20 @@ async fn promtool_accepts_the_metrics_page_the_rules_and_the_config() {
 fn the_alerts_fire_on_the_series_their_tests_give() {
     let tests = grafana().join("alerts_test.yml");
     assert_success("promtool test rules", &promtool(&["test", "rules", tests.to_str().unwrap()], None));
+    // Every alert has a test that makes it fire (a test expecting none alone proves nothing).
+    let named = |text: &str, key: &str| -> BTreeSet<String> {
+        text.lines().filter_map(|l| l.trim().strip_prefix(key)).map(|n| n.trim().to_string()).collect()
+    };
+    let alerts = named(&read(&grafana().join("alerts.yml")), "- alert:");
+    let text = read(&tests);
+    let firing: BTreeSet<String> = text
+        .split("alertname:")
+        .skip(1)
+        .filter(|case| case.split("eval_time:").next().is_some_and(|c| c.contains("exp_labels:")))
+        .filter_map(|case| case.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert!(alerts.len() >= 14, "alerts.yml names {} alerts: {alerts:?}", alerts.len());
+    assert_eq!(firing, alerts, "alerts without a test that fires them, or tests of no alert");
 }
 
 #[test]
