@@ -10,6 +10,7 @@ use super::queues::QueuedVisit;
 use super::{Hub, Scope, validate};
 use crate::auth::{Claims, Principal};
 use crate::error::{ErrorCode, HubError, HubResult};
+use crate::live::LockGuard;
 use crate::model::{Actor, Role, StateSettings, UsState, Visit, VisitId, VisitStatus, new_visit_id, patient_subject};
 use crate::store::{IdempotencyKey, InsertOutcome};
 
@@ -49,8 +50,9 @@ pub struct VisitView {
 
 /// What the intake lock's part of an intake gives.
 enum Reserved {
-    /// A new visit, checked and holding its place, to be stored.
-    Visit(Visit),
+    /// A new visit, checked and holding its place, to be stored; with the state's lock when
+    /// it is to be held until the visit is queued.
+    Visit(Visit, Option<LockGuard>),
     /// A retried idempotency key's earlier answer.
     Replay(IntakeReceipt),
 }
@@ -113,12 +115,13 @@ impl Hub {
             Some(k) => Some(self.hold(&format!("intake-key:{}", k.key)).await?),
             None => None,
         };
-        let visit = match self.reserve_intake(req, key.as_ref()).await? {
-            Reserved::Visit(visit) => visit,
+        let (visit, held) = match self.reserve_intake(req, key.as_ref()).await? {
+            Reserved::Visit(visit, held) => (visit, held),
             Reserved::Replay(receipt) => return Ok((receipt, false)),
         };
-        // The lock is let go: the visit is stored while later intakes of its state are checked,
-        // and commits together with them. Its reservation keeps its place until it is queued.
+        // With a store that shares commits the lock is let go: the visit is stored while later
+        // intakes of its state are checked, and commits together with them. Its reservation
+        // keeps its place until it is queued.
         let recorded = match self.store_intake(&visit, key.as_ref()).await {
             Ok(Some(recorded)) => recorded,
             Ok(None) => {
@@ -155,6 +158,8 @@ impl Hub {
                 return Err(HubError::unavailable(e));
             }
         };
+        // Queued: the state's next intake may be checked (the board's update need not wait).
+        drop(held);
         let visit = self.live.put(visit);
         self.queue_changed(visit.state, pushed.version).await;
         let receipt = IntakeReceipt {
@@ -180,7 +185,7 @@ impl Hub {
         {
             return Ok(Reserved::Replay(receipt));
         }
-        let _cluster_gate = self.intake_lock(req.state).await?;
+        let gate = self.intake_lock(req.state).await?;
         let settings = self.state_settings(req.state);
         let now = self.clock.now();
         let mut busy_window = self.busy_window(&settings, now).await?;
@@ -223,7 +228,11 @@ impl Hub {
                 tracing::warn!(error = %e, "a busy state's admission was not noted");
             }
         }
-        Ok(Reserved::Visit(visit))
+        // PostgreSQL commits each intake on its own: letting intakes of a state run at once
+        // gains no shared commit there, and a two-node cluster measured no gain from it
+        // (BENCHMARKS.md), so the lock is held until the visit is queued, as it always was.
+        let held = (!self.store.shares_commits()).then_some(gate);
+        Ok(Reserved::Visit(visit, held))
     }
 
     /// Stores a reserved visit with its idempotency key if any and its intake's audit record,

@@ -41,6 +41,10 @@ macro_rules! timed {
             fn replica_reads(&self) -> Option<(u64, u64)> {
                 self.inner.replica_reads()
             }
+
+            fn shares_commits(&self) -> bool {
+                self.inner.shares_commits()
+            }
         }
     };
 }

@@ -273,6 +273,13 @@ pub trait Store: Send + Sync + 'static {
     fn connections_in_use(&self) -> u32 {
         0
     }
+
+    /// Whether changes made at once share commits (SQLite's one writer takes them a batch at a
+    /// time). Intakes are stored outside their state's lock only then: sharing commits is
+    /// what they gain by it.
+    fn shares_commits(&self) -> bool {
+        false
+    }
 }
 
 // Column codecs both dialects share: how a state list, a role and a bad value are stored

@@ -154,12 +154,14 @@ impl Store for PostgresStore {
         key: Option<&IdempotencyKey>,
         record: &AuditEntry,
     ) -> StoreResult<(InsertOutcome, bool)> {
-        let inserted = |o: &InsertOutcome| *o == InsertOutcome::Inserted;
-        let outcome =
-            self.recorded(visits::insert(&self.primary, visit, actor, key, Some(record)).await, inserted).await?;
-        // A key used before rolled the staged record back with the visit.
-        let recorded = inserted(&outcome);
-        Ok((outcome, recorded))
+        if key.is_some() {
+            // Not staged: a keyed intake (the patient client's) chaining its record one at a
+            // time per node measured slower under load than the caller appending it apart, in
+            // batches (BENCHMARKS.md).
+            return Ok((self.write(visits::insert(&self.primary, visit, actor, key, None).await).await?, false));
+        }
+        self.recorded(visits::insert(&self.primary, visit, actor, None, Some(record)).await, |_| true).await?;
+        Ok((InsertOutcome::Inserted, true))
     }
 
     /// On the primary: a retry landing on another node must find the key at once.

@@ -321,6 +321,10 @@ impl Store for SqliteStore {
         [&self.writer, &self.reader].iter().map(|p| p.size().saturating_sub(p.num_idle() as u32)).sum()
     }
 
+    fn shares_commits(&self) -> bool {
+        true
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
