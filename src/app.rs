@@ -120,8 +120,11 @@ impl App {
         let store: Arc<dyn Store> = Arc::new(Metered::new(b.store, metrics.clone()));
         let hub = Hub::start(config.hub_options(), store, b.bus, b.live, b.keys, b.clock, metrics).await?;
         let gateway = Arc::new(Gateway::new(hub.clone(), config.clone()));
-        let intake_limit =
-            Arc::new(AddressLimit::new(config.intake_per_address_per_minute, config.client_address_header.as_deref()));
+        let intake_limit = Arc::new(AddressLimit::new(
+            config.intake_per_address_per_minute,
+            config.client_address_header.as_deref(),
+            hub.live_state().clone(),
+        ));
         Ok(App { state: AppState { hub, config, gateway, intake_limit } })
     }
 

@@ -78,6 +78,7 @@ const REDIS_OPS: &[&str] = &[
     "queue_load",
     "intake_reserve",
     "intake_withdraw",
+    "address_take",
     "seeded",
     "heartbeat",
     "registry",

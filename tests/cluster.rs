@@ -121,7 +121,11 @@ impl Cluster {
     }
 
     async fn node(&self, name: &str) -> HubProcess {
-        HubProcess::start(name, self.dir.path(), &self.backing, &[]).await
+        self.node_with(name, &[]).await
+    }
+
+    async fn node_with(&self, name: &str, extra: &[(&str, &str)]) -> HubProcess {
+        HubProcess::start(name, self.dir.path(), &self.backing, extra).await
     }
 }
 
@@ -456,7 +460,8 @@ async fn without_redis_a_node_reports_degraded_and_refuses_what_needs_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut redis = RedisServer::start(dir.path());
     let cluster = Cluster::new(redis.url(), false).await;
-    let a = cluster.node("a").await;
+    // With a quota per client address, whose buckets are in Redis too.
+    let a = cluster.node_with("a", &[("VISITHUB_INTAKE_PER_ADDRESS_PER_MINUTE", "30")]).await;
     redis.stop();
     let mut degraded: Option<Value> = None;
     for _ in 0..100 {
@@ -628,6 +633,25 @@ async fn a_states_cap_holds_for_intakes_at_once_on_two_nodes() {
     let replies = futures_util::future::join_all(intakes).await;
     let places = places_of_admitted(&replies);
     assert_eq!(places, (1..=6).collect::<Vec<u64>>(), "six admitted across both nodes, each its own place");
+}
+
+/// A client the balancer spreads over nodes gets one quota of intakes, not one per node: the
+/// buckets are in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_gets_one_intake_quota_for_the_whole_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let cluster = Cluster::new(redis.url(), false).await;
+    let quota = [("VISITHUB_INTAKE_PER_ADDRESS_PER_MINUTE", "2")];
+    let (a, b) = (cluster.node_with("a", &quota).await, cluster.node_with("b", &quota).await);
+    assert_eq!(a.intake("Ann", "OR", None).await.status, 201);
+    assert_eq!(b.intake("Bob", "WA", None).await.status, 201);
+    for node in [&a, &b] {
+        let r = node.intake("Cy", "OR", None).await;
+        assert_eq!((r.status.as_u16(), r.code()), (429, "rate_limited"), "{:?}", r.body);
+        let wait = r.retry_after.unwrap();
+        assert!((25..=30).contains(&wait), "one back half a minute after the first: {wait} s");
+    }
 }
 
 /// Waits until `node` shows OR's setting `key` as `value` (settings reach nodes over the bus).

@@ -1,12 +1,17 @@
-//! Intakes in flight in live state, the same in one node's memory, on one Redis server and on a
-//! three-master Redis Cluster: counted as waiting, ended by their visit's push or a withdrawal,
-//! lapsed when their node went away, and counted in the places of later arrivals stored first.
-//! Without redis-server these tests fail; `./scripts/test` installs it.
+//! Intakes in live state, the same in one node's memory, on one Redis server and on a
+//! three-master Redis Cluster. Intakes in flight: counted as waiting, ended by their visit's
+//! push or a withdrawal, lapsed when their node went away, and counted in the places of later
+//! arrivals stored first. Intakes per client address: a bucket per address, the same bucket
+//! for every node sharing Redis. Without redis-server these tests fail; `./scripts/test`
+//! installs it.
 
 #[path = "support/redis.rs"]
 mod redis_support;
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::DateTime;
 use redis_support::{RedisCluster, RedisServer};
@@ -65,6 +70,28 @@ async fn intakes_in_flight(live: &dyn LiveState) {
     assert_eq!(live.queue_len(or, NOW + 3).await.unwrap(), 0);
 }
 
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+const THREE: NonZeroU32 = NonZeroU32::new(3).unwrap();
+
+/// Three intakes a minute from `client`: the fourth waits a third of a minute, and another
+/// address is not held back. `other_node` shares the live state (another node), or is `live`.
+async fn address_buckets(live: &dyn LiveState, other_node: &dyn LiveState, client: &str) {
+    assert_eq!(live.address_take(ip(client), THREE).await.unwrap(), None);
+    assert_eq!(other_node.address_take(ip(client), THREE).await.unwrap(), None);
+    assert_eq!(live.address_take(ip(client), THREE).await.unwrap(), None);
+    for node in [live, other_node] {
+        let wait = node.address_take(ip(client), THREE).await.unwrap().expect("the bucket is empty");
+        assert!(
+            wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
+            "one intake back a third of a minute after the first: {wait:?}"
+        );
+    }
+    assert_eq!(live.address_take(ip("2001:db8:1:2::"), THREE).await.unwrap(), None, "another address");
+}
+
 async fn redis_live(urls: String, cluster: bool) -> RedisLive {
     let urls: Vec<String> = urls.split(',').map(str::to_string).collect();
     let link = RedisLink::connect(&urls, cluster).await.unwrap();
@@ -74,6 +101,8 @@ async fn redis_live(urls: String, cluster: bool) -> RedisLive {
 #[tokio::test]
 async fn in_memory() {
     intakes_in_flight(&MemoryLive::new()).await;
+    let live = MemoryLive::new();
+    address_buckets(&live, &live, "198.51.100.7").await;
 }
 
 #[tokio::test]
@@ -81,6 +110,11 @@ async fn on_one_redis_server() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
     intakes_in_flight(&redis_live(redis.url(), false).await).await;
+    let (node_a, node_b) = (redis_live(redis.url(), false).await, redis_live(redis.url(), false).await);
+    address_buckets(&node_a, &node_b, "198.51.100.7").await;
+    // The bucket is forgotten once it is full again: a minute after the last intake taken.
+    let ttl_ms: i64 = redis.cli(&["PTTL", "vh:ip:198.51.100.7"]).unwrap().trim().parse().unwrap();
+    assert!(ttl_ms > 55_000 && ttl_ms <= 60_000, "expires when full again: {ttl_ms} ms left");
 }
 
 #[tokio::test]
@@ -88,4 +122,9 @@ async fn on_a_redis_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisCluster::start(dir.path());
     intakes_in_flight(&redis_live(redis.urls(), true).await).await;
+    let (node_a, node_b) = (redis_live(redis.urls(), true).await, redis_live(redis.urls(), true).await);
+    // Addresses whose keys hash to different shards.
+    for client in ["198.51.100.7", "198.51.100.8", "203.0.113.9"] {
+        address_buckets(&node_a, &node_b, client).await;
+    }
 }

@@ -7,26 +7,14 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use axum::serve::IncomingStream;
-use governor::clock::Clock;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::error::{ErrorCode, HubError};
 use crate::gateway::read_ahead::ReadAheadListener;
-
-/// Checks between two sweeps of the addresses whose buckets are full again (forgotten, since
-/// they are as good as new): the map holds at most the addresses seen in the last minute, plus
-/// these.
-const SWEEP_EVERY: u32 = 4096;
-
-/// The most addresses tracked at once (under 100 bytes each). Past it, intakes go through
-/// unchecked until a sweep makes room: a flood from that many addresses within a minute would
-/// otherwise grow the map without bound, and refusing instead would turn real patients away.
-/// The states' queue caps and busy rates still hold.
-const MAX_TRACKED: usize = 100_000;
+use crate::live::LiveState;
 
 /// The peer address of a connection, as the listener accepted it.
 #[derive(Debug, Clone, Copy)]
@@ -43,51 +31,37 @@ where
 
 pub struct AddressLimit {
     /// None when the limit is off (`per_minute` 0).
-    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    per_minute: Option<NonZeroU32>,
     /// Lower-case name of the header a trusted load balancer appends the client's address to.
     header: Option<String>,
-    checks: AtomicU32,
-    capacity: usize,
-    /// Set while the map is full, so the warning is logged once per episode.
-    full: AtomicBool,
+    /// Where the buckets are: this node's memory, or Redis for the whole cluster (a client the
+    /// balancer spreads over nodes gets one quota, not one per node).
+    live: Arc<dyn LiveState>,
 }
 
 impl AddressLimit {
-    pub fn new(per_minute: u32, header: Option<&str>) -> AddressLimit {
-        AddressLimit::with_capacity(per_minute, header, MAX_TRACKED)
-    }
-
-    fn with_capacity(per_minute: u32, header: Option<&str>, capacity: usize) -> AddressLimit {
-        let limiter = NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n)));
+    pub fn new(per_minute: u32, header: Option<&str>, live: Arc<dyn LiveState>) -> AddressLimit {
         AddressLimit {
-            limiter,
+            per_minute: NonZeroU32::new(per_minute),
             header: header.map(str::trim).filter(|h| !h.is_empty()).map(str::to_ascii_lowercase),
-            checks: AtomicU32::new(0),
-            capacity,
-            full: AtomicBool::new(false),
+            live,
         }
     }
 
-    /// Takes one intake from the client's bucket; `Err` says how long until the next one is
-    /// allowed. Allowed when the limit is off or no address is known.
-    pub fn check(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), Duration> {
-        let Some(limiter) = &self.limiter else { return Ok(()) };
+    /// Takes one intake from the client's bucket: refused `rate_limited` (with how long until
+    /// the next one is allowed) when it is empty, `unavailable` when live state cannot be
+    /// reached. Allowed when the limit is off or no address is known.
+    pub async fn check(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), HubError> {
+        let Some(per_minute) = self.per_minute else { return Ok(()) };
         let Some(client) = self.client(peer, headers) else { return Ok(()) };
-        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
-        let full = limiter.len() >= self.capacity;
-        if self.full.swap(full, Ordering::Relaxed) != full {
-            match full {
-                true => tracing::warn!(tracked = self.capacity, "intake address limit full: intakes pass unchecked"),
-                false => tracing::info!("intake address limit has room again"),
+        match self.live.address_take(bucket_of(client), per_minute).await {
+            Ok(None) => Ok(()),
+            Ok(Some(wait)) => {
+                Err(HubError::new(ErrorCode::RateLimited, "too many intakes from this address; retry later")
+                    .retry_after(wait.as_secs().max(1)))
             }
+            Err(e) => Err(HubError::unavailable(e)),
         }
-        if full {
-            return Ok(());
-        }
-        limiter.check_key(&bucket_of(client)).map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
 
     /// The client's address: the header's last entry when one is configured and present and
@@ -98,12 +72,6 @@ impl AddressLimit {
             last.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
         });
         appended.or(peer.map(|p| p.ip()))
-    }
-
-    /// How many addresses are tracked now.
-    #[cfg(test)]
-    fn tracked(&self) -> usize {
-        self.limiter.as_ref().map_or(0, |l| l.len())
     }
 }
 
@@ -123,99 +91,62 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
+    use crate::live::MemoryLive;
 
     fn peer(ip: &str) -> Option<SocketAddr> {
         Some(SocketAddr::new(ip.parse().unwrap(), 40000))
     }
 
-    #[test]
-    fn an_address_gets_its_quota_and_others_are_not_held_back_by_it() {
-        let limit = AddressLimit::new(3, None);
+    fn limit(per_minute: u32, header: Option<&str>) -> AddressLimit {
+        AddressLimit::new(per_minute, header, Arc::new(MemoryLive::new()))
+    }
+
+    #[tokio::test]
+    async fn an_address_gets_its_quota_and_others_are_not_held_back_by_it() {
+        let limit = limit(3, None);
         let none = HeaderMap::new();
         for _ in 0..3 {
-            assert!(limit.check(peer("198.51.100.7"), &none).is_ok());
+            assert!(limit.check(peer("198.51.100.7"), &none).await.is_ok());
         }
-        let wait = limit.check(peer("198.51.100.7"), &none).unwrap_err();
-        assert!(
-            wait > Duration::ZERO && wait <= Duration::from_secs(20),
-            "one intake back in a third of a minute: {wait:?}"
-        );
-        assert!(limit.check(peer("198.51.100.8"), &none).is_ok());
+        let refused = limit.check(peer("198.51.100.7"), &none).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::RateLimited);
+        let wait = refused.retry_after_secs.unwrap();
+        assert!((1..=20).contains(&wait), "one intake back in a third of a minute: {wait} s");
+        assert!(limit.check(peer("198.51.100.8"), &none).await.is_ok());
     }
 
-    #[test]
-    fn ipv6_addresses_of_one_64_share_a_bucket() {
-        let limit = AddressLimit::new(1, None);
+    #[tokio::test]
+    async fn ipv6_addresses_of_one_64_share_a_bucket() {
+        let limit = limit(1, None);
         let none = HeaderMap::new();
-        assert!(limit.check(peer("2001:db8:1:2::1"), &none).is_ok());
-        assert!(limit.check(peer("2001:db8:1:2:ffff::9"), &none).is_err(), "same /64");
-        assert!(limit.check(peer("2001:db8:1:3::1"), &none).is_ok(), "another /64");
+        assert!(limit.check(peer("2001:db8:1:2::1"), &none).await.is_ok());
+        assert!(limit.check(peer("2001:db8:1:2:ffff::9"), &none).await.is_err(), "same /64");
+        assert!(limit.check(peer("2001:db8:1:3::1"), &none).await.is_ok(), "another /64");
+        assert!(limit.check(peer("::ffff:198.51.100.7"), &none).await.is_ok());
+        assert!(limit.check(peer("198.51.100.7"), &none).await.is_err(), "an IPv4-mapped address is its IPv4");
     }
 
-    #[test]
-    fn behind_a_balancer_the_client_is_the_last_address_it_appended() {
-        let limit = AddressLimit::new(1, Some("X-Forwarded-For"));
+    #[tokio::test]
+    async fn behind_a_balancer_the_client_is_the_last_address_it_appended() {
+        let limit = limit(1, Some("X-Forwarded-For"));
         let balancer = peer("10.0.0.2");
         let mut headers = HeaderMap::new();
         // The client forged the first entry; the balancer appended the real one.
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.50, 192.0.2.10"));
-        assert!(limit.check(balancer, &headers).is_ok());
-        assert!(limit.check(balancer, &headers).is_err());
+        assert!(limit.check(balancer, &headers).await.is_ok());
+        assert!(limit.check(balancer, &headers).await.is_err());
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.50, 192.0.2.11"));
-        assert!(limit.check(balancer, &headers).is_ok(), "another client behind the same balancer");
+        assert!(limit.check(balancer, &headers).await.is_ok(), "another client behind the same balancer");
         // Without the header the peer counts.
-        assert!(limit.check(balancer, &HeaderMap::new()).is_ok());
-        assert!(limit.check(balancer, &HeaderMap::new()).is_err());
+        assert!(limit.check(balancer, &HeaderMap::new()).await.is_ok());
+        assert!(limit.check(balancer, &HeaderMap::new()).await.is_err());
     }
 
-    #[test]
-    fn off_lets_everything_through_and_tracks_nothing() {
-        let limit = AddressLimit::new(0, None);
+    #[tokio::test]
+    async fn off_lets_everything_through() {
+        let limit = limit(0, None);
         for _ in 0..100 {
-            assert!(limit.check(peer("198.51.100.7"), &HeaderMap::new()).is_ok());
+            assert!(limit.check(peer("198.51.100.7"), &HeaderMap::new()).await.is_ok());
         }
-        assert_eq!(limit.tracked(), 0);
-    }
-
-    #[test]
-    fn addresses_whose_buckets_refilled_are_forgotten() {
-        let limit = AddressLimit::new(1_000_000, None);
-        let none = HeaderMap::new();
-        for i in 0..SWEEP_EVERY - 1 {
-            let ip = IpAddr::from(std::net::Ipv4Addr::from(u32::from_be_bytes([10, 1, 0, 0]) + i));
-            assert!(limit.check(Some(SocketAddr::new(ip, 1)), &none).is_ok());
-        }
-        assert_eq!(limit.tracked(), SWEEP_EVERY as usize - 1);
-        // A million a minute refills one intake in 60 µs: by the sweep, all are full again.
-        std::thread::sleep(Duration::from_millis(5));
-        // The check that sweeps.
-        assert!(limit.check(peer("198.51.100.7"), &none).is_ok());
-        assert!(limit.tracked() <= 1, "{} addresses still tracked after the sweep", limit.tracked());
-    }
-
-    #[test]
-    fn a_full_map_tracks_no_more_addresses_until_a_sweep_makes_room() {
-        let limit = AddressLimit::with_capacity(1, None, 8);
-        let none = HeaderMap::new();
-        let ip = |i: u32| Some(SocketAddr::new(IpAddr::from(std::net::Ipv4Addr::from(0x0a02_0000 + i)), 1));
-        for i in 0..7 {
-            assert!(limit.check(ip(i), &none).is_ok());
-        }
-        assert!(limit.check(ip(0), &none).is_err(), "tracked and spent");
-        assert!(limit.check(ip(7), &none).is_ok());
-        assert!(limit.check(ip(100), &none).is_ok(), "full: intakes pass unchecked");
-        assert!(limit.check(ip(0), &none).is_ok());
-        assert_eq!(limit.tracked(), 8, "nothing added past the capacity");
-
-        // Buckets refilled in the meantime are swept, and addresses are checked again.
-        let limit = AddressLimit::with_capacity(1_000_000, None, 8);
-        for i in 0..8 {
-            assert!(limit.check(ip(i), &none).is_ok());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-        for _ in 8..SWEEP_EVERY {
-            assert!(limit.check(ip(100), &none).is_ok());
-        }
-        assert!(limit.tracked() <= 1, "{} addresses still tracked after the sweep", limit.tracked());
     }
 }

@@ -35,10 +35,9 @@ pub async fn intake(
     Body(body): Body<IntakeBody>,
 ) -> Result<Response, Problem> {
     let state = UsState::parse(&body.state)?;
-    if let Err(wait) = limit.check(peer.map(|Extension(ConnectInfo(PeerAddr(a)))| a), &headers) {
-        hub.metrics().intake_refusals.with_label_values(&[state.code(), ErrorCode::RateLimited.as_str()]).inc();
-        let refusal = HubError::new(ErrorCode::RateLimited, "too many intakes from this address; retry later");
-        return Err(refusal.retry_after(wait.as_secs().max(1)).into());
+    if let Err(refusal) = limit.check(peer.map(|Extension(ConnectInfo(PeerAddr(a)))| a), &headers).await {
+        hub.metrics().intake_refusals.with_label_values(&[state.code(), refusal.code.as_str()]).inc();
+        return Err(refusal.into());
     }
     let key = match headers.get("idempotency-key") {
         Some(v) => Some(

@@ -1,6 +1,8 @@
 //! Live state of a single node: plain memory, nothing shared.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dashmap::DashMap;
 
+use super::address_buckets::AddressBuckets;
 use super::{
     INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, LockGuard, NodeRecord, Pushed, QueueLoad, Registry, Sealed, SessionMeta,
 };
@@ -63,6 +66,7 @@ pub struct MemoryLive {
     record: Mutex<Option<NodeRecord>>,
     orphans: Mutex<VecDeque<String>>,
     seeded: AtomicBool,
+    addresses: AddressBuckets,
 }
 
 impl MemoryLive {
@@ -175,6 +179,10 @@ impl LiveState for MemoryLive {
 
     async fn queue_load(&self, state: UsState) -> anyhow::Result<QueueLoad> {
         Ok(self.with_queue(state, |q| QueueLoad { version: q.version, entries: q.entries.clone(), learned: q.learned }))
+    }
+
+    async fn address_take(&self, bucket: IpAddr, per_minute: NonZeroU32) -> anyhow::Result<Option<Duration>> {
+        Ok(self.addresses.take(bucket, per_minute))
     }
 
     async fn is_seeded(&self) -> anyhow::Result<bool> {

@@ -6,11 +6,14 @@
 //! The truth of a visit is the store; live state is rebuilt from it after a loss
 //! ([`LiveState::is_seeded`] turns false when Redis restarted empty).
 
+mod address_buckets;
 mod journal;
 mod memory;
 mod records;
 mod redis;
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,6 +118,12 @@ pub trait LiveState: Send + Sync {
 
     /// Forgets the admissions: the state just turned busy, and its rate counts from now.
     async fn busy_clear(&self, state: UsState) -> anyhow::Result<()>;
+
+    /// Takes one intake from the bucket of a client address (an IPv4 address, or an IPv6
+    /// address's /64), which holds `per_minute` refilled evenly over a minute. `Some(wait)`
+    /// when the bucket is empty: how long until it holds one again. One bucket per address for
+    /// every node sharing this state.
+    async fn address_take(&self, bucket: IpAddr, per_minute: NonZeroU32) -> anyhow::Result<Option<Duration>>;
 
     /// False when the live state was never built or was lost (Redis restarted empty).
     async fn is_seeded(&self) -> anyhow::Result<bool>;

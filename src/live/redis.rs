@@ -10,6 +10,7 @@
 //! | `vh:{q:WA}:mean_pickup` | string | the state's mean pick-up delay in seconds (a free provider to a claim), learned the same way |
 //! | `vh:{q:WA}:busy` | sorted set | admissions while the state is busy, scored by the hub's clock (ms), the last hour's |
 //! | `vh:lock:<name>` | string | a lock's holder token, with a TTL |
+//! | `vh:ip:<address>` | string | when a client address's intake bucket is next full (µs of Redis's clock), expiring then |
 //! | `vh:seeded` | string | present once the queues were built from the store |
 //! | `vh:nodes` | set | node ids in the registry |
 //! | `vh:node:<id>` | string | the node's record (JSON), expiring with its heartbeat |
@@ -17,6 +18,8 @@
 //! | `vh:{s:<id>}:meta` | string | a session's topics and owner (JSON), expiring |
 //! | `vh:{s:<id>}:out` | stream | a session's frames (`s`, `f`) and the owner's seal (`seal`, `broken`) |
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,6 +131,23 @@ fn queue_keys(state: UsState) -> QueueKeys {
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// One intake from a client address's bucket (GCRA): the key holds the moment the bucket is
+/// full again, `interval` (ARGV[1], µs) later per intake taken; an intake is allowed while that
+/// moment stays within `span` (ARGV[2], a minute) of now. Answers 0, or the µs to wait. Redis's
+/// own clock, so every node measures from the same one.
+const ADDRESS_TAKE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local full_at = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+local wait = full_at + interval - tonumber(ARGV[2]) - now
+if wait > 0 then return wait end
+full_at = full_at + interval
+redis.call('SET', KEYS[1], string.format('%.0f', full_at), 'PX', math.ceil((full_at - now) / 1000))
+return 0";
+
+const MINUTE_US: u64 = 60_000_000;
+
 const SEEDED: &str = "vh:seeded";
 const NODES: &str = "vh:nodes";
 const ORPHANS: &str = "vh:orphans";
@@ -206,6 +226,7 @@ pub struct RedisLive {
     load: Script,
     learn: Script,
     unlock: Script,
+    address_take: Script,
 }
 
 impl RedisLive {
@@ -220,6 +241,7 @@ impl RedisLive {
             load: Script::new(LOAD),
             learn: Script::new(LEARN),
             unlock: Script::new(UNLOCK),
+            address_take: Script::new(ADDRESS_TAKE),
         }
     }
 }
@@ -387,6 +409,14 @@ impl LiveState for RedisLive {
         let mut conn = self.conn.clone();
         let _: i64 = timed(&self.metrics, "busy", conn.del(queue_keys(state).busy)).await?;
         Ok(())
+    }
+
+    async fn address_take(&self, bucket: IpAddr, per_minute: NonZeroU32) -> anyhow::Result<Option<Duration>> {
+        let mut conn = self.conn.clone();
+        let mut call = self.address_take.key(format!("vh:ip:{bucket}"));
+        call.arg(MINUTE_US / u64::from(per_minute.get())).arg(MINUTE_US);
+        let wait_us: u64 = timed(&self.metrics, "address_take", call.invoke_async(&mut conn)).await?;
+        Ok((wait_us > 0).then(|| Duration::from_micros(wait_us)))
     }
 
     async fn is_seeded(&self) -> anyhow::Result<bool> {
