@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::DateTime;
 use redis_support::{RedisCluster, RedisServer};
 use visithub::hub::queues::QueuedVisit;
-use visithub::live::{INTAKE_IN_FLIGHT_MS, LiveState, MemoryLive, RedisLive};
+use visithub::live::{INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, MemoryLive, RedisLive, Sealed};
 use visithub::metrics::Metrics;
 use visithub::model::UsState;
 use visithub::redis_link::RedisLink;
@@ -127,4 +127,35 @@ async fn on_a_redis_cluster() {
     for client in ["198.51.100.7", "198.51.100.8", "203.0.113.9"] {
         address_buckets(&node_a, &node_b, client).await;
     }
+}
+
+fn frame(session: &str, seq: u64) -> JournalOp {
+    JournalOp::Frame { session_id: session.into(), seq, text: format!("frame {seq}"), max_frames: 256, ttl_secs: 600 }
+}
+
+/// Journals written in one batch for several sessions: each stream keeps its frames in order and
+/// expires (set once per batch); a dropped session leaves nothing behind, unless frames follow.
+#[tokio::test]
+async fn journal_batches_keep_order_and_expire_on_one_redis_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let live = redis_live(redis.url(), false).await;
+    let mut ops = Vec::new();
+    for seq in 1..=3 {
+        ops.extend([frame("s1", seq), frame("s2", seq), frame("s3", seq)]);
+    }
+    ops.push(JournalOp::Drop { session_id: "s2".into() });
+    ops.extend([JournalOp::Drop { session_id: "s3".into() }, frame("s3", 4)]);
+    ops.push(JournalOp::Seal { session_id: "s1".into(), token: "t".into(), seq: 3, broken: false });
+    live.journal_write(&ops).await.unwrap();
+
+    let sealed = live.journal_sealed("s1", "t", Duration::from_secs(1)).await.unwrap();
+    let expected = Sealed { last_seq: 3, broken: false, frames: (1..=3).map(|s| (s, format!("frame {s}"))).collect() };
+    assert_eq!(sealed, Some(expected));
+    for (key, frames) in [("vh:{s:s1}:out", 4), ("vh:{s:s3}:out", 1)] {
+        assert_eq!(redis.cli(&["XLEN", key]).unwrap(), frames.to_string(), "{key}");
+        let ttl: i64 = redis.cli(&["TTL", key]).unwrap().parse().unwrap();
+        assert!(ttl > 590 && ttl <= 600, "{key} expires: {ttl} s left");
+    }
+    assert_eq!(redis.cli(&["EXISTS", "vh:{s:s2}:out"]).unwrap(), "0", "dropped");
 }

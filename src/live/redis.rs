@@ -18,6 +18,7 @@
 //! | `vh:{s:<id>}:meta` | string | a session's topics and owner (JSON), expiring |
 //! | `vh:{s:<id>}:out` | stream | a session's frames (`s`, `f`) and the owner's seal (`seal`, `broken`) |
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -174,11 +175,11 @@ fn add_to(pipe: &mut redis::Pipeline, op: &JournalOp) -> anyhow::Result<()> {
         JournalOp::Meta { session_id, meta, ttl_secs } => {
             pipe.set_ex(meta_key(session_id), serde_json::to_string(meta)?, *ttl_secs).ignore();
         }
-        JournalOp::Frame { session_id, seq, text, max_frames, ttl_secs } => {
+        JournalOp::Frame { session_id, seq, text, max_frames, .. } => {
             let key = out_key(session_id);
             let trim = redis::streams::StreamMaxlen::Approx(*max_frames);
             pipe.xadd_maxlen(&key, trim, "*", &[("s", seq.to_string().as_str()), ("f", text.as_str())]).ignore();
-            pipe.expire(&key, *ttl_secs as i64).ignore();
+            // Its expiry is set once per batch, after the session's last frame (`journal_write`).
         }
         JournalOp::Seal { session_id, token, seq, broken } => {
             let fields =
@@ -494,20 +495,30 @@ impl LiveState for RedisLive {
 
     async fn journal_write(&self, ops: &[JournalOp]) -> anyhow::Result<()> {
         // One pipeline per session: its keys share a hash tag, so a Redis Cluster takes it
-        // on one shard, in order.
-        let mut by_session: Vec<(&str, redis::Pipeline)> = Vec::new();
+        // on one shard, in order. A stream that got frames has its expiry set once, after them.
+        let mut at_of: HashMap<&str, usize> = HashMap::new();
+        let mut by_session: Vec<(redis::Pipeline, Option<(&str, u64)>)> = Vec::new();
         for op in ops {
             let session = session_of(op);
-            let at = match by_session.iter().position(|(s, _)| *s == session) {
-                Some(i) => i,
-                None => {
-                    by_session.push((session, redis::pipe()));
-                    by_session.len() - 1
-                }
-            };
-            add_to(&mut by_session[at].1, op)?;
+            let at = *at_of.entry(session).or_insert_with(|| {
+                by_session.push((redis::pipe(), None));
+                by_session.len() - 1
+            });
+            let (pipe, expiry) = &mut by_session[at];
+            add_to(pipe, op)?;
+            match op {
+                JournalOp::Frame { ttl_secs, .. } => *expiry = Some((session, *ttl_secs)),
+                // Dropped: nothing left to expire (frames after a drop set it again).
+                JournalOp::Drop { .. } => *expiry = None,
+                _ => {}
+            }
         }
-        let writes = by_session.into_iter().map(|(_, pipe)| {
+        for (pipe, expiry) in &mut by_session {
+            if let Some((session, ttl_secs)) = expiry {
+                pipe.expire(out_key(session), *ttl_secs as i64).ignore();
+            }
+        }
+        let writes = by_session.into_iter().map(|(pipe, _)| {
             let mut conn = self.conn.clone();
             async move { timed(&self.metrics, "journal", pipe.query_async::<()>(&mut conn)).await }
         });
