@@ -235,7 +235,7 @@ async fn intakes_of_one_state_at_once_hold_the_cap_and_get_distinct_places() {
     let places = places_of_admitted(&replies);
     assert_eq!(places, (1..=8).collect::<Vec<u64>>(), "eight admitted, each told its own place");
     assert_eq!(hub.visits_stored().await, 8);
-    let view = hub.app_hub.watch_queue(UsState::parse("WA").unwrap()).borrow().clone();
+    let view = hub.app_hub.board_now(UsState::parse("WA").unwrap());
     assert_eq!(view.len(), 8);
 }
 
@@ -254,7 +254,7 @@ async fn queues_are_rebuilt_from_the_store_on_restart() {
         app.hub().intake(req("Bob"), None).await.unwrap().visit_id
     };
     let (app, _) = visithub::app::App::from_config(config).await.unwrap();
-    let view = app.hub().watch_queue(UsState::parse("WA").unwrap()).borrow().clone();
+    let view = app.hub().board_now(UsState::parse("WA").unwrap());
     assert_eq!(view.len(), 2);
     assert_eq!(view.position_of(&waiting), Some(2));
 }

@@ -75,6 +75,10 @@ impl Session {
             Some(view) => self.sent_views.insert(state, view),
             None => self.sent_views.remove(&state),
         };
+        if self.principal.role != Role::Patient {
+            // A console's snapshot shows what was just done; patients follow the board's pace.
+            self.gw.hub.board_now(state);
+        }
         self.boards.insert(state, WatchStream::new(self.gw.hub.watch_queue(state)));
     }
 

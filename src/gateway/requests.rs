@@ -129,7 +129,7 @@ impl Session {
             ClientMessage::PortalSnapshot(_) => {
                 let states = hub.covered_states(who);
                 // The views the snapshot is built from are the ones deltas will follow.
-                let views: Vec<_> = states.iter().map(|s| hub.watch_queue(*s).borrow().clone()).collect();
+                let views: Vec<_> = states.iter().map(|s| hub.board_now(*s)).collect();
                 let portal = hub.portal(who, &views).await?;
                 for view in views {
                     self.watch_board(view.state, Some(view));

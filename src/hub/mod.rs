@@ -283,9 +283,45 @@ impl Hub {
         self.estimators.entry(state).or_insert_with(|| self.new_estimator()).adopt(means);
     }
 
+    /// Shows a state's queue as this node holds it on its board: now, or when its turn comes
+    /// ([`queues::BOARD_EVERY`]).
     fn refresh_board(&self, state: UsState) {
-        let busy = self.settings.get(&state).is_some_and(|s| s.busy);
-        self.queues.lane(state).refresh_board(state, busy, self.estimate(state));
+        let lane = self.queues.lane(state);
+        match lane.pace(tokio::time::Instant::now()) {
+            queues::Paced::Now => self.publish_board(state, &lane),
+            queues::Paced::At(due) => match self.me.get().and_then(Weak::upgrade) {
+                Some(hub) => {
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(due).await;
+                        lane.publishing(tokio::time::Instant::now());
+                        hub.publish_board(state, &lane);
+                    });
+                }
+                // The hub is going away: nobody is left to read the board later.
+                None => self.publish_board(state, &lane),
+            },
+            queues::Paced::Scheduled => {}
+        }
+    }
+
+    /// The state's board as this node holds the queue now: a publication waiting for its turn
+    /// is made at once. For readers who expect to see a change just made (REST, a console's
+    /// snapshot); patients' sessions follow the board at its pace.
+    pub fn board_now(&self, state: UsState) -> Arc<QueueView> {
+        let lane = self.queues.lane(state);
+        if !lane.board_is_current() {
+            self.publish_board(state, &lane);
+        }
+        lane.board.borrow().clone()
+    }
+
+    fn publish_board(&self, state: UsState, lane: &queues::Lane) {
+        let (busy, estimate) = self.board_inputs(state);
+        lane.refresh_board(state, busy, estimate);
+    }
+
+    fn board_inputs(&self, state: UsState) -> (bool, EstimateInputs) {
+        (self.settings.get(&state).is_some_and(|s| s.busy), self.estimate(state))
     }
 
     /// Tells every node (this one included) that a state's queue changed.

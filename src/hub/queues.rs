@@ -1,14 +1,17 @@
 //! Per-state queues and the boards that publish them. A queue change builds one immutable
 //! [`QueueView`] and puts it on the state's board (a `watch` channel): every session reads the
 //! newest view when it is ready to write, so a slow client skips to the latest value instead
-//! of piling up a backlog, and a view is built once however many patients wait.
+//! of piling up a backlog, and a view is built once however many patients wait. Boards are
+//! published at most every [`BOARD_EVERY`], so a busy queue's fan-out stays bounded.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::estimator::EstimateInputs;
 use crate::model::UsState;
@@ -139,21 +142,79 @@ struct Cached {
     announced: u64,
 }
 
+/// The board of a state is published at most this often. Every publication sends each patient
+/// waiting there a new position (and each console a delta): a busy queue changing hundreds of
+/// times a second would otherwise cost that many frames per patient, and once the cores fall
+/// behind, longer queues cost more frames still. Changes in between are shown together, the
+/// newest at most this long after it happened; a change after a quiet spell shows at once.
+pub const BOARD_EVERY: Duration = Duration::from_millis(100);
+
+/// When the board was last published, and whether a later publication is scheduled.
+#[derive(Default)]
+struct Pace {
+    last: Option<Instant>,
+    scheduled: bool,
+}
+
+/// When to publish a state's board after a change.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Paced {
+    Now,
+    /// Then, by the caller, who calls [`Lane::publishing`] first.
+    At(Instant),
+    /// Already scheduled: that publication shows this change too.
+    Scheduled,
+}
+
 /// Everything one state's queue owns on this node.
 pub struct Lane {
     cached: Mutex<Cached>,
     pub board: watch::Sender<Arc<QueueView>>,
     /// A reload from live state is scheduled (coalesces announcements).
     pub reloading: std::sync::atomic::AtomicBool,
+    pace: Mutex<Pace>,
 }
 
 impl Lane {
+    /// Paces the board's publications: at most one per [`BOARD_EVERY`].
+    pub fn pace(&self, now: Instant) -> Paced {
+        let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
+        if pace.scheduled {
+            return Paced::Scheduled;
+        }
+        match pace.last.map(|last| last + BOARD_EVERY).filter(|due| *due > now) {
+            Some(due) => {
+                pace.scheduled = true;
+                Paced::At(due)
+            }
+            None => {
+                pace.last = Some(now);
+                Paced::Now
+            }
+        }
+    }
+
+    /// A scheduled publication is made now: changes from here on schedule the next.
+    pub fn publishing(&self, now: Instant) {
+        let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
+        *pace = Pace { last: Some(now), scheduled: false };
+    }
+
+    /// Whether the board shows the copy held (no publication waits for its turn).
+    pub fn board_is_current(&self) -> bool {
+        let scheduled = self.pace.lock().unwrap_or_else(|e| e.into_inner()).scheduled;
+        !scheduled && self.board.borrow().version == self.cached.lock().unwrap_or_else(|e| e.into_inner()).version
+    }
+
+    /// The view of the copy held, built now.
+    fn view(&self, state: UsState, busy: bool, estimate: EstimateInputs) -> QueueView {
+        let q = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        QueueView::new(state, q.version, busy, estimate, q.entries.clone())
+    }
+
     /// Builds the current view and publishes it if it is newer than the one on the board.
     pub fn refresh_board(&self, state: UsState, busy: bool, estimate: EstimateInputs) {
-        let view = {
-            let q = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-            QueueView::new(state, q.version, busy, estimate, q.entries.clone())
-        };
+        let view = self.view(state, busy, estimate);
         self.board.send_if_modified(|current| {
             let newer = view.version > current.version
                 || (view.version == current.version
@@ -210,6 +271,7 @@ impl Queues {
                     cached: Mutex::new(Cached::default()),
                     board: watch::channel(Arc::new(view)).0,
                     reloading: std::sync::atomic::AtomicBool::new(false),
+                    pace: Mutex::new(Pace::default()),
                 })
             })
             .clone()
@@ -284,5 +346,25 @@ mod tests {
         assert_eq!((latest.version, latest.len()), (3, 3), "an older read never replaces a newer one");
         assert!(!rx.has_changed().unwrap());
         assert!(!lane.announce(3) && lane.announce(4) && lane.is_stale());
+    }
+
+    #[test]
+    fn a_boards_publications_are_paced_and_a_change_in_between_is_scheduled_once() {
+        let queues = Queues::new(view(0, &[]).estimate);
+        let lane = queues.lane(UsState::parse("WA").unwrap());
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        assert_eq!(lane.pace(t0), Paced::Now, "the first change shows at once");
+        assert_eq!(lane.pace(ms(10)), Paced::At(t0 + BOARD_EVERY), "the next waits for its turn");
+        assert_eq!(lane.pace(ms(20)), Paced::Scheduled, "and the one after goes with it");
+        lane.store(3, vec![visit("a")]);
+        assert!(!lane.board_is_current(), "a publication waits");
+        lane.publishing(t0 + BOARD_EVERY);
+        lane.refresh_board(UsState::parse("WA").unwrap(), false, view(0, &[]).estimate);
+        assert!(lane.board_is_current());
+        assert_eq!(lane.board.borrow().version, 3);
+        assert_eq!(lane.pace(t0 + BOARD_EVERY + ms(50).duration_since(t0)), Paced::At(t0 + BOARD_EVERY * 2));
+        lane.publishing(t0 + BOARD_EVERY * 2);
+        assert_eq!(lane.pace(t0 + BOARD_EVERY * 4), Paced::Now, "after a quiet spell, at once");
     }
 }
