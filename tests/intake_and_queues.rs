@@ -235,7 +235,7 @@ async fn intakes_of_one_state_at_once_hold_the_cap_and_get_distinct_places() {
     let places = places_of_admitted(&replies);
     assert_eq!(places, (1..=8).collect::<Vec<u64>>(), "eight admitted, each told its own place");
     assert_eq!(hub.visits_stored().await, 8);
-    let view = hub.app_hub.board_now(UsState::parse("WA").unwrap());
+    let view = hub.app_hub.view_now(UsState::parse("WA").unwrap());
     assert_eq!(view.len(), 8);
 }
 
@@ -254,7 +254,7 @@ async fn queues_are_rebuilt_from_the_store_on_restart() {
         app.hub().intake(req("Bob"), None).await.unwrap().visit_id
     };
     let (app, _) = visithub::app::App::from_config(config).await.unwrap();
-    let view = app.hub().board_now(UsState::parse("WA").unwrap());
+    let view = app.hub().view_now(UsState::parse("WA").unwrap());
     assert_eq!(view.len(), 2);
     assert_eq!(view.position_of(&waiting), Some(2));
 }
@@ -298,4 +298,39 @@ async fn one_address_past_its_intakes_per_minute_is_refused_and_nothing_is_store
             && l.ends_with(" 2")),
         "the refusal is counted by its reason"
     );
+}
+
+/// A burst of changes to one queue reaches a waiting patient as a few positions, the last
+/// one right, not as a frame per change; a console that subscribes right after sees them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_queue_changes_reaches_a_patient_paced_and_a_new_console_whole() {
+    let hub = TestHub::start().await;
+    hub.onboard("desk", "support", &["WA"]).await;
+    let first = hub.intake("Ann", "WA", None).await;
+    let mut ann = hub.ws(&first.str("patient_token")).await;
+    let ServerMessage::QueuePosition(p) = ann.next_of("queue.position").await.msg else { unreachable!() };
+    assert_eq!((p.position, p.queue_length), (1, 1));
+
+    let names: Vec<String> = (0..40).map(|i| format!("Patient {i}")).collect();
+    let started = std::time::Instant::now();
+    let replies = futures_util::future::join_all(names.iter().map(|n| hub.intake(n, "WA", None))).await;
+    assert!(replies.iter().all(|r| r.status == StatusCode::CREATED));
+
+    let mut positions = 0;
+    loop {
+        let ServerMessage::QueuePosition(p) = ann.next_of("queue.position").await.msg else { unreachable!() };
+        positions += 1;
+        assert_eq!(p.position, 1);
+        if p.queue_length == 41 {
+            break;
+        }
+    }
+    // Publications of the board are 100 ms apart or more, the first perhaps at once.
+    let paced = started.elapsed().as_millis() / 100 + 1;
+    assert!(positions as u128 <= paced, "40 changes, {positions} positions in {:?}", started.elapsed());
+
+    let mut desk = hub.ws(&hub.token(Role::Support, "desk", &[], 3600)).await;
+    assert!(is_ack(&desk.request(&ClientMessage::QueueSubscribe(wa())).await));
+    let ServerMessage::QueueSnapshot(s) = desk.next_of("queue.snapshot").await.msg else { unreachable!() };
+    assert_eq!(s.visits.len(), 41);
 }

@@ -201,7 +201,7 @@ async fn claims_respect_licenses_and_the_live_visit_cap() {
     assert_eq!(error_code(&wa.request(&claim(&second)).await), "provider_busy");
     // Releasing puts the visit back in line at its place, and frees the provider.
     assert!(is_ack(&wa.request(&to(&first, VisitStatus::Waiting)).await));
-    let view = hub.app_hub.board_now(UsState::parse("WA").unwrap());
+    let view = hub.app_hub.view_now(UsState::parse("WA").unwrap());
     assert_eq!(view.position_of(&first), Some(1));
     assert!(is_ack(&wa.request(&claim(&second)).await));
     // Support cannot claim; a patient cannot start their own visit.

@@ -54,7 +54,7 @@ pub async fn set_busy(
 
 /// `GET /v1/portal`: everything a caregiver's console needs, in one call.
 pub async fn portal(State(hub): State<Arc<Hub>>, Caller(who): Caller) -> Result<Json<PortalSnapshot>, Problem> {
-    let views: Vec<_> = hub.covered_states(&who).iter().map(|s| hub.board_now(*s)).collect();
+    let views: Vec<_> = hub.covered_states(&who).iter().map(|s| hub.view_now(*s)).collect();
     let result = hub.portal(&who, &views).await;
     Ok(Json(audited(&hub, &who, "portal.view", Scope::default(), result).await?))
 }
@@ -66,6 +66,6 @@ pub async fn queue(
     Path(state): Path<String>,
 ) -> Result<Json<QueueSnapshot>, Problem> {
     let state = UsState::parse(&state)?;
-    let result = who.require_covers(state).map(|()| hub.board_now(state).snapshot());
+    let result = who.require_covers(state).map(|()| hub.view_now(state).snapshot());
     Ok(Json(audited(&hub, &who, "queue.view", Scope::target(state.code()), result).await?))
 }

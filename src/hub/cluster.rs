@@ -94,7 +94,7 @@ impl Hub {
         {
             tracing::warn!(state = %state, error = %e, "showing the last queue read");
         }
-        self.board_now(state)
+        self.view_now(state)
     }
 
     /// Another node announced a newer version: read the queue again, once for many news.

@@ -305,14 +305,25 @@ impl Hub {
     }
 
     /// The state's board as this node holds the queue now: a publication waiting for its turn
-    /// is made at once. For readers who expect to see a change just made (REST, a console's
-    /// snapshot); patients' sessions follow the board at its pace.
+    /// is made at once. For a console about to follow the board, whose snapshot shows a change
+    /// just made; patients' sessions follow the board at its pace.
     pub fn board_now(&self, state: UsState) -> Arc<QueueView> {
         let lane = self.queues.lane(state);
         if !lane.board_is_current() {
             self.publish_board(state, &lane);
         }
         lane.board.borrow().clone()
+    }
+
+    /// The queue as this node holds it now, for a reader who does not follow the board (REST):
+    /// built apart while a publication waits for its turn, which it does not hasten.
+    pub fn view_now(&self, state: UsState) -> Arc<QueueView> {
+        let lane = self.queues.lane(state);
+        if lane.board_is_current() {
+            return lane.board.borrow().clone();
+        }
+        let (busy, estimate) = self.board_inputs(state);
+        Arc::new(lane.view(state, busy, estimate))
     }
 
     fn publish_board(&self, state: UsState, lane: &queues::Lane) {

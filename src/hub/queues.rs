@@ -207,7 +207,7 @@ impl Lane {
     }
 
     /// The view of the copy held, built now.
-    fn view(&self, state: UsState, busy: bool, estimate: EstimateInputs) -> QueueView {
+    pub fn view(&self, state: UsState, busy: bool, estimate: EstimateInputs) -> QueueView {
         let q = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         QueueView::new(state, q.version, busy, estimate, q.entries.clone())
     }
