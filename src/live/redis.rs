@@ -495,30 +495,22 @@ impl LiveState for RedisLive {
 
     async fn journal_write(&self, ops: &[JournalOp]) -> anyhow::Result<()> {
         // One pipeline per session: its keys share a hash tag, so a Redis Cluster takes it
-        // on one shard, in order. A stream that got frames has its expiry set once, after them.
-        let mut at_of: HashMap<&str, usize> = HashMap::new();
-        let mut by_session: Vec<(redis::Pipeline, Option<(&str, u64)>)> = Vec::new();
+        // on one shard, in order. A stream that got frames has its expiry set once, after them
+        // (the TTL of its last frame; none after a drop).
+        let mut by_session: HashMap<&str, (redis::Pipeline, Option<u64>)> = HashMap::new();
         for op in ops {
-            let session = session_of(op);
-            let at = *at_of.entry(session).or_insert_with(|| {
-                by_session.push((redis::pipe(), None));
-                by_session.len() - 1
-            });
-            let (pipe, expiry) = &mut by_session[at];
+            let (pipe, expiry) = by_session.entry(session_of(op)).or_insert_with(|| (redis::pipe(), None));
             add_to(pipe, op)?;
             match op {
-                JournalOp::Frame { ttl_secs, .. } => *expiry = Some((session, *ttl_secs)),
-                // Dropped: nothing left to expire (frames after a drop set it again).
+                JournalOp::Frame { ttl_secs, .. } => *expiry = Some(*ttl_secs),
                 JournalOp::Drop { .. } => *expiry = None,
                 _ => {}
             }
         }
-        for (pipe, expiry) in &mut by_session {
-            if let Some((session, ttl_secs)) = expiry {
-                pipe.expire(out_key(session), *ttl_secs as i64).ignore();
+        let writes = by_session.into_iter().map(|(session, (mut pipe, expiry))| {
+            if let Some(ttl_secs) = expiry {
+                pipe.expire(out_key(session), ttl_secs as i64).ignore();
             }
-        }
-        let writes = by_session.into_iter().map(|(pipe, _)| {
             let mut conn = self.conn.clone();
             async move { timed(&self.metrics, "journal", pipe.query_async::<()>(&mut conn)).await }
         });
