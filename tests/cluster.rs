@@ -654,6 +654,72 @@ async fn one_client_address_gets_one_intake_quota_for_the_whole_cluster() {
     }
 }
 
+/// How many times `node` read a queue whole from Redis.
+async fn queue_reads(node: &HubProcess) -> u64 {
+    let url = format!("http://{}/metrics", node.metrics_addr);
+    let page = node.http.get(url).send().await.unwrap().text().await.unwrap();
+    let line = page
+        .lines()
+        .find(|l| l.starts_with("visithub_redis_command_seconds_count") && l.contains(r#"op="queue_load""#))
+        .expect("the queue reads are counted");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// The visits `node` shows waiting in WA, in order.
+async fn wa_queue(node: &HubProcess) -> Vec<String> {
+    let r = node.call("GET", "/v1/states/WA/queue", Some(&node.admin()), None).await;
+    r.body["visits"].as_array().unwrap().iter().map(|v| v["visit_id"].as_str().unwrap().to_string()).collect()
+}
+
+/// Waits until `a` and `b` show the same WA queue, `len` long.
+async fn same_queue_on(a: &HubProcess, b: &HubProcess, len: usize) -> Vec<String> {
+    let (mut on_a, mut on_b) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        (on_a, on_b) = (wa_queue(a).await, wa_queue(b).await);
+        if on_a.len() == len && on_a == on_b {
+            return on_a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the nodes never showed one queue of {len}: {} on A, {} on B", on_a.len(), on_b.len());
+}
+
+/// A queue change reaches the other nodes as the change itself: each keeps its copy of the
+/// queue in step without reading it whole from Redis, and shows what the node that made the
+/// changes shows. Changes made on two nodes at once (announcements crossing on the bus) end
+/// in one order on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_keep_a_queue_in_step_from_its_changes_without_reading_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let cluster = Cluster::new(redis.url(), false).await;
+    let (a, b) = (cluster.node("a").await, cluster.node("b").await);
+    // A queue's first change restarts its version from Redis's clock, which B, holding version
+    // 0, reads whole once.
+    let mut receipts = vec![a.intake("Patient 0", "WA", None).await];
+    same_queue_on(&a, &b, 1).await;
+    let reads_before = queue_reads(&b).await;
+    for i in 1..24 {
+        receipts.push(a.intake(&format!("Patient {i}"), "WA", None).await);
+    }
+    for r in receipts.iter().step_by(4) {
+        let path = format!("/v1/visits/{}/cancel", r.str("visit_id"));
+        assert_eq!(a.call("POST", &path, Some(&r.str("patient_token")), None).await.status, 200);
+    }
+    same_queue_on(&a, &b, 18).await;
+    assert_eq!(queue_reads(&b).await, reads_before, "B applied every change from A as it came");
+
+    let intakes = (0..20).map(|i| {
+        let node = if i % 2 == 0 { &a } else { &b };
+        async move { node.intake(&format!("Later {i}"), "WA", None).await }
+    });
+    let replies = futures_util::future::join_all(intakes).await;
+    assert!(replies.iter().all(|r| r.status == 201));
+    let order = same_queue_on(&a, &b, 38).await;
+    let later: Vec<String> = replies.iter().map(|r| r.str("visit_id")).collect();
+    assert!(later.iter().all(|id| order.contains(id)), "every intake on either node is in both copies");
+}
+
 /// Waits until `node` shows OR's setting `key` as `value` (settings reach nodes over the bus).
 async fn sees_setting(node: &HubProcess, key: &str, value: Value) {
     for _ in 0..100 {

@@ -2,7 +2,8 @@
 //! three-master Redis Cluster. Intakes in flight: counted as waiting, ended by their visit's
 //! push or a withdrawal, lapsed when their node went away, and counted in the places of later
 //! arrivals stored first. Intakes per client address: a bucket per address, the same bucket
-//! for every node sharing Redis. Without redis-server these tests fail; `./scripts/test`
+//! for every node sharing Redis. Queue changes: applied one by one, they rebuild the queue
+//! live state holds. Without redis-server these tests fail; `./scripts/test`
 //! installs it.
 
 #[path = "support/redis.rs"]
@@ -14,9 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::DateTime;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use redis_support::{RedisCluster, RedisServer};
-use visithub::hub::queues::QueuedVisit;
-use visithub::live::{INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, MemoryLive, RedisLive, Sealed};
+use visithub::hub::queues::{QueuedVisit, Queues};
+use visithub::hub::{Estimator, Learned, Staffing};
+use visithub::live::{INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, MemoryLive, QueueChange, RedisLive, Sealed};
 use visithub::metrics::Metrics;
 use visithub::model::UsState;
 use visithub::redis_link::RedisLink;
@@ -53,7 +57,7 @@ async fn intakes_in_flight(live: &dyn LiveState) {
     assert_eq!(live.queue_len(wa, NOW + 2).await.unwrap(), 2);
     let v2 = live.queue_push(wa, &entry("v2", NOW + 1)).await.unwrap();
     assert_eq!(v2.place, 1, "ahead of v3, which waits");
-    assert!(v2.version > v3.version);
+    assert!(v2.change.version > v3.change.version);
 
     // A visit put back in line (a released claim, a rebuild) had no intake in flight.
     let back = live.queue_push(wa, &entry("v4", NOW + 3)).await.unwrap();
@@ -68,6 +72,64 @@ async fn intakes_in_flight(live: &dyn LiveState) {
     // Another state's count is its own.
     let or = UsState::parse("OR").unwrap();
     assert_eq!(live.queue_len(or, NOW + 3).await.unwrap(), 0);
+}
+
+/// Every change live state answers, applied by a node holding the queue from before them (with
+/// neighbours crossing on the way), rebuilds the queue live state holds: its order, version
+/// and learned means, without reading it again.
+async fn changes_rebuild_the_queue(live: &dyn LiveState) {
+    let tx = UsState::parse("TX").unwrap();
+    // Redis starts a queue's version from its clock: the copy is read after the first change.
+    live.queue_bump(tx).await.unwrap();
+    let start = live.queue_load(tx).await.unwrap();
+    let queues = Queues::new(Estimator::new(600, 30, 0.2).inputs(Staffing::default()));
+    let lane = queues.lane(tx);
+    lane.store(start.version, start.entries.clone());
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut queued: Vec<(String, i64)> = start.entries.iter().map(|e| (e.visit_id.to_string(), 0)).collect();
+    let mut changes: Vec<QueueChange> = Vec::new();
+    for i in 0..300 {
+        let pick = (!queued.is_empty()).then(|| rng.random_range(0..queued.len()));
+        match (rng.random_range(0..10), pick) {
+            (0..=4, _) | (5..=8, None) => {
+                // Twenty milliseconds for 300 changes: many arrive in the same one.
+                let (id, at) = (format!("p{i}"), NOW + rng.random_range(0..20));
+                changes.push(live.queue_push(tx, &entry(&id, at)).await.unwrap().change);
+                queued.push((id, at));
+            }
+            (5, Some(at)) => {
+                // Put back in line, at its arrival or (a rebuild that read it later) another.
+                let at_ms = if rng.random_bool(0.5) { queued[at].1 } else { NOW + rng.random_range(0..20) };
+                queued[at].1 = at_ms;
+                changes.push(live.queue_push(tx, &entry(&queued[at].0, at_ms)).await.unwrap().change);
+            }
+            (6..=8, Some(at)) => {
+                let (id, _) = queued.swap_remove(at);
+                changes.push(live.queue_remove(tx, &id).await.unwrap().expect("it was queued"));
+                assert!(live.queue_remove(tx, &id).await.unwrap().is_none(), "gone, nothing changes");
+            }
+            _ => {
+                live.learn(tx, Learned::VisitSecs, i as f64, 0.2, 600.0).await.unwrap();
+                changes.push(live.queue_bump(tx).await.unwrap());
+            }
+        }
+    }
+    let versions: Vec<u64> = changes.iter().map(|c| c.version).collect();
+    assert!(versions.windows(2).all(|w| w[1] == w[0] + 1), "one version per change");
+    for pair in changes.chunks_mut(2) {
+        pair.reverse();
+    }
+    for change in &changes {
+        lane.apply(change);
+    }
+    let held = live.queue_load(tx).await.unwrap();
+    assert_eq!((lane.version(), lane.is_stale()), (held.version, false));
+    let ids = |entries: &[Arc<QueuedVisit>]| entries.iter().map(|e| e.visit_id.to_string()).collect::<Vec<_>>();
+    let copy = lane.view(tx, false, Estimator::new(600, 30, 0.2).inputs(Staffing::default()));
+    assert_eq!(ids(&copy.entries), ids(&held.entries));
+    assert!(held.learned.visit_secs.is_some());
+    let last = changes.iter().max_by_key(|c| c.version).unwrap();
+    assert_eq!(last.learned, held.learned, "the newest change carries the means");
 }
 
 fn ip(text: &str) -> IpAddr {
@@ -101,6 +163,7 @@ async fn redis_live(urls: String, cluster: bool) -> RedisLive {
 #[tokio::test]
 async fn in_memory() {
     intakes_in_flight(&MemoryLive::new()).await;
+    changes_rebuild_the_queue(&MemoryLive::new()).await;
     let live = MemoryLive::new();
     address_buckets(&live, &live, "198.51.100.7").await;
 }
@@ -110,6 +173,7 @@ async fn on_one_redis_server() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
     intakes_in_flight(&redis_live(redis.url(), false).await).await;
+    changes_rebuild_the_queue(&redis_live(redis.url(), false).await).await;
     let (node_a, node_b) = (redis_live(redis.url(), false).await, redis_live(redis.url(), false).await);
     address_buckets(&node_a, &node_b, "198.51.100.7").await;
     // The bucket is forgotten once it is full again: a minute after the last intake taken.
@@ -122,6 +186,7 @@ async fn on_a_redis_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisCluster::start(dir.path());
     intakes_in_flight(&redis_live(redis.urls(), true).await).await;
+    changes_rebuild_the_queue(&redis_live(redis.urls(), true).await).await;
     let (node_a, node_b) = (redis_live(redis.urls(), true).await, redis_live(redis.urls(), true).await);
     // Addresses whose keys hash to different shards.
     for client in ["198.51.100.7", "198.51.100.8", "203.0.113.9"] {

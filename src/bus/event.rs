@@ -1,23 +1,25 @@
-//! What travels on the bus. Events are small notifications: a node that needs the full queue
-//! reads it from live state, so a queue of thousands is never copied into every message.
+//! What travels on the bus. A queue's event carries its one change, never the queue: a node
+//! whose copy missed a change reads the queue from live state, so a queue of thousands is
+//! never copied into every message.
 
 use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::live::QueueChange;
 use crate::model::{UsState, VisitId};
 use crate::protocol::{
     ChatMessage, ChatParticipants, Participant, PresenceUpdated, ReadEvent, ServerMessage, SharedFrame,
     SignalCandidate, SignalEnd, SignalSdp, TypingEvent, VisitUpdated,
 };
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BusEvent {
-    /// The queue of `state` changed; `version` orders the changes.
+    /// The queue of `state` changed: the change itself, ordered by its version.
     QueueChanged {
         state: UsState,
-        version: u64,
+        change: QueueChange,
     },
     /// A visit moved through its lifecycle.
     VisitUpdated(VisitUpdated),

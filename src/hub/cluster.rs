@@ -13,7 +13,7 @@ use futures_util::future::{join_all, try_join_all};
 use super::Hub;
 use super::queues::QueuedVisit;
 use crate::bus::{BusEvent, PresenceBatch, Topic};
-use crate::live::NodeRecord;
+use crate::live::{NodeRecord, QueueChange};
 use crate::model::{CaregiverKind, UsState, Visit, VisitStatus};
 use crate::protocol::{PresenceUpdated, ProviderPresence, ProviderStatus};
 
@@ -21,6 +21,8 @@ use crate::protocol::{PresenceUpdated, ProviderPresence, ProviderStatus};
 const LOCK_TTL: Duration = Duration::from_secs(10);
 /// How long a request waits for such a lock before it is refused as unavailable.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How long a copy of a queue that missed a change waits for it before reading the queue whole.
+const GAP_GRACE: Duration = Duration::from_millis(20);
 /// Orphaned visits one heartbeat takes on.
 const ORPHANS_PER_BEAT: usize = 100;
 
@@ -77,13 +79,27 @@ impl Hub {
         Ok(())
     }
 
-    /// After a change this node made to a queue: its own board, then every node.
-    pub(super) async fn queue_changed(&self, state: UsState, version: u64) {
-        self.queues.lane(state).announce(version);
-        if let Err(e) = self.sync_lane(state).await {
-            tracing::warn!(state = %state, error = %e, "queue not read back from live state");
+    /// After a change this node made to a queue: its own copy and board, then every node.
+    pub(super) async fn queue_changed(&self, state: UsState, change: QueueChange) {
+        self.take_queue_change(state, &change);
+        self.announce_queue(state, change).await;
+    }
+
+    /// Applies a change to a state's queue (this node's or another's) to the copy held here;
+    /// the copy is read whole only when it missed a change.
+    pub(super) fn take_queue_change(&self, state: UsState, change: &QueueChange) {
+        let lane = self.queues.lane(state);
+        let applied = lane.apply(change);
+        if applied.newest {
+            self.adopt_means(state, change.learned);
         }
-        self.announce_queue(state, version).await;
+        if !applied.current {
+            self.schedule_reload(state);
+        } else if lane.board.borrow().version < lane.version() {
+            // A change already on the board (this node's own, coming back from the bus) does
+            // not publish the board again.
+            self.refresh_board(state);
+        }
     }
 
     /// The newest view of a state's queue, read again first if another node changed it.
@@ -97,7 +113,7 @@ impl Hub {
         self.view_now(state)
     }
 
-    /// Another node announced a newer version: read the queue again, once for many news.
+    /// The copy of a state's queue missed a change: read the queue again, once for many news.
     pub(super) fn schedule_reload(&self, state: UsState) {
         let lane = self.queues.lane(state);
         if lane.reloading.swap(true, Ordering::AcqRel) {
@@ -105,6 +121,9 @@ impl Hub {
         }
         let Some(hub) = self.me.get().and_then(Weak::upgrade) else { return };
         tokio::spawn(async move {
+            // Most gaps are two nodes' announcements crossing on the bus: the one behind comes
+            // within a moment and fills it, and nothing need be read.
+            tokio::time::sleep(GAP_GRACE).await;
             // Bounded: an announced version that never shows up (its write was lost with
             // Redis) must not spin the reload.
             for _ in 0..3 {
@@ -213,8 +232,8 @@ impl Hub {
         self.live_state.heartbeat(&self.node_record(), self.heartbeat_ttl()).await?;
         if self.ensure_seeded().await? {
             for state in UsState::all() {
-                let version = self.live_state.queue_bump(state).await?;
-                self.queue_changed(state, version).await;
+                let change = self.live_state.queue_bump(state).await?;
+                self.queue_changed(state, change).await;
             }
         }
         let registry = self.live_state.registry().await?;

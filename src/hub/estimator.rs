@@ -26,7 +26,7 @@ pub enum Learned {
 }
 
 /// The means a state learned so far; `None` before the first observation.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct LearnedMeans {
     pub visit_secs: Option<f64>,
     pub pickup_secs: Option<f64>,

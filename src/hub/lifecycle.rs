@@ -273,7 +273,7 @@ impl Hub {
     /// Puts a visit back in its state's queue at its place by arrival.
     async fn join_queue(&self, visit: &Visit) {
         match self.live_state.queue_push(visit.state, &QueuedVisit::of(visit)).await {
-            Ok(pushed) => self.queue_changed(visit.state, pushed.version).await,
+            Ok(pushed) => self.queue_changed(visit.state, pushed.change).await,
             // The store says it waits: the next rebuild from the store queues it again.
             Err(e) => tracing::warn!(error = %e, "visit not put back in live state"),
         }

@@ -44,7 +44,7 @@ pub use visits::{IntakeReceipt, IntakeRequest, VisitView};
 use crate::auth::TokenKeys;
 use crate::bus::{Bus, BusEvent, BusHandler, Topic};
 use crate::clock::Clock;
-use crate::live::LiveState;
+use crate::live::{LiveState, QueueChange};
 use crate::metrics::Metrics;
 use crate::model::{StateSettings, UsState, VisitId};
 use crate::store::Store;
@@ -336,8 +336,8 @@ impl Hub {
     }
 
     /// Tells every node (this one included) that a state's queue changed.
-    async fn announce_queue(&self, state: UsState, version: u64) {
-        if let Err(e) = self.bus.publish(&Topic::Queue(state), BusEvent::QueueChanged { state, version }).await {
+    async fn announce_queue(&self, state: UsState, change: QueueChange) {
+        if let Err(e) = self.bus.publish(&Topic::Queue(state), BusEvent::QueueChanged { state, change }).await {
             // The change is stored; nodes that missed it catch up on the next change.
             tracing::warn!(state = %state, error = %e, "queue change not published");
         }
@@ -353,7 +353,7 @@ impl Hub {
     async fn staffing_changed(&self, states: Vec<UsState>) {
         for state in states {
             match self.live_state.queue_bump(state).await {
-                Ok(version) => self.queue_changed(state, version).await,
+                Ok(change) => self.queue_changed(state, change).await,
                 Err(e) => tracing::warn!(state = %state, error = %e, "staffing change not announced"),
             }
         }
@@ -363,16 +363,7 @@ impl Hub {
 impl BusHandler for Hub {
     fn deliver(&self, topic: &Topic, event: Arc<BusEvent>) {
         match &*event {
-            BusEvent::QueueChanged { state, version } => {
-                let lane = self.queues.lane(*state);
-                if lane.announce(*version) {
-                    self.schedule_reload(*state);
-                } else if lane.board.borrow().version < *version {
-                    // Reading the lane refreshes the board; a change this node made is on it
-                    // already, so the view is not built twice.
-                    self.refresh_board(*state);
-                }
-            }
+            BusEvent::QueueChanged { state, change } => self.take_queue_change(*state, change),
             BusEvent::SettingsChanged { state } => self.schedule_settings_reload(*state),
             BusEvent::Handover { session_id, .. } => {
                 self.router.dispatch(&Topic::Session(session_id.clone()), event.clone())

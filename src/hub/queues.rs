@@ -4,21 +4,23 @@
 //! of piling up a backlog, and a view is built once however many patients wait. Boards are
 //! published at most every [`BOARD_EVERY`], so a busy queue's fan-out stays bounded.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::estimator::EstimateInputs;
+use crate::live::{QueueChange, QueueStep};
 use crate::model::UsState;
 use crate::protocol::{QueueDelta, QueueEntry, QueuePosition, QueueSnapshot};
 
 /// A waiting visit as the queue holds it. Shared by `Arc` between views.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueuedVisit {
     pub visit_id: Arc<str>,
     pub display_name: String,
@@ -133,13 +135,69 @@ impl QueueView {
     }
 }
 
-/// This node's copy of one state's queue, as last read from live state.
+/// This node's copy of one state's queue: read whole from live state, then kept in step by
+/// applying each change in version order.
 #[derive(Default)]
 struct Cached {
     entries: Vec<Arc<QueuedVisit>>,
     version: u64,
-    /// The newest version another node announced; above `version` means this copy is stale.
+    /// The newest version announced; above `version` means this copy is stale.
     announced: u64,
+    /// Changes that came ahead of one not seen yet (two nodes' announcements cross on the
+    /// bus), each applied once the copy reaches the version before it.
+    pending: BTreeMap<u64, QueueStep>,
+}
+
+/// Changes held while waiting for an earlier one: past this, the queue is read whole anyway.
+const PENDING_MAX: usize = 256;
+
+impl Cached {
+    /// Applies the held changes that follow the copy's version, in order. False when one does
+    /// not fit the copy (it missed something): the copy stays where it was.
+    fn catch_up(&mut self) -> bool {
+        while let Some(step) = self.pending.remove(&(self.version + 1)) {
+            if !self.step(step) {
+                self.pending.clear();
+                return false;
+            }
+            self.version += 1;
+        }
+        let version = self.version;
+        self.pending.retain(|v, _| *v > version);
+        true
+    }
+
+    fn step(&mut self, step: QueueStep) -> bool {
+        match step {
+            QueueStep::Pushed { rank, visit } => {
+                if let Some(at) = self.entries.iter().position(|e| e.visit_id == visit.visit_id) {
+                    self.entries.remove(at);
+                }
+                let Some(rank) = usize::try_from(rank).ok().filter(|r| *r <= self.entries.len()) else {
+                    return false;
+                };
+                self.entries.insert(rank, visit);
+                true
+            }
+            QueueStep::Removed { visit_id } => match self.entries.iter().position(|e| e.visit_id == visit_id) {
+                Some(at) => {
+                    self.entries.remove(at);
+                    true
+                }
+                None => false,
+            },
+            QueueStep::Bumped => true,
+        }
+    }
+}
+
+/// What applying a change did to a node's copy of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// It is the newest change seen: its learned means are the newest too.
+    pub newest: bool,
+    /// The copy holds every change seen; when false, the queue is to be read whole.
+    pub current: bool,
 }
 
 /// The board of a state is published at most this often. Every publication sends each patient
@@ -226,20 +284,33 @@ impl Lane {
         });
     }
 
-    /// Keeps a queue read from live state if it is newer than the copy held.
+    /// Keeps a queue read from live state if it is newer than the copy held, with the changes
+    /// held that follow it.
     pub fn store(&self, version: u64, entries: Vec<Arc<QueuedVisit>>) {
         let mut q = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         if version >= q.version {
             q.entries = entries;
             q.version = version;
+            q.catch_up();
         }
     }
 
-    /// Notes a version announced on the bus; true when this copy is older.
-    pub fn announce(&self, version: u64) -> bool {
+    /// Applies a change live state made: at once when the copy is at the version before it,
+    /// later when it came ahead of one still on its way.
+    pub fn apply(&self, change: &QueueChange) -> Applied {
         let mut q = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        q.announced = q.announced.max(version);
-        q.announced > q.version
+        let newest = change.version > q.announced;
+        q.announced = q.announced.max(change.version);
+        if change.version > q.version && q.pending.len() < PENDING_MAX {
+            q.pending.insert(change.version, change.step.clone());
+        }
+        let current = q.catch_up() && q.announced == q.version;
+        Applied { newest, current }
+    }
+
+    /// The version of the copy held.
+    pub fn version(&self) -> u64 {
+        self.cached.lock().unwrap_or_else(|e| e.into_inner()).version
     }
 
     pub fn is_stale(&self) -> bool {
@@ -345,7 +416,71 @@ mod tests {
         let latest = rx.borrow_and_update().clone();
         assert_eq!((latest.version, latest.len()), (3, 3), "an older read never replaces a newer one");
         assert!(!rx.has_changed().unwrap());
-        assert!(!lane.announce(3) && lane.announce(4) && lane.is_stale());
+        let bumped = |version| QueueChange { version, step: QueueStep::Bumped, learned: Default::default() };
+        assert!(lane.apply(&bumped(3)).current && !lane.is_stale());
+        assert!(!lane.apply(&bumped(5)).current && lane.is_stale(), "version 4 is missing");
+    }
+
+    fn ids(lane: &Lane) -> Vec<String> {
+        lane.view(UsState::parse("WA").unwrap(), false, view(0, &[]).estimate)
+            .entries
+            .iter()
+            .map(|e| e.visit_id.to_string())
+            .collect()
+    }
+
+    fn pushed(version: u64, rank: u32, id: &str) -> QueueChange {
+        QueueChange { version, step: QueueStep::Pushed { rank, visit: visit(id) }, learned: Default::default() }
+    }
+
+    fn removed(version: u64, id: &str) -> QueueChange {
+        QueueChange { version, step: QueueStep::Removed { visit_id: id.into() }, learned: Default::default() }
+    }
+
+    #[test]
+    fn changes_apply_in_version_order_whatever_order_they_come_in() {
+        let queues = Queues::new(view(0, &[]).estimate);
+        let lane = queues.lane(UsState::parse("WA").unwrap());
+        lane.store(10, vec![visit("a"), visit("b")]);
+        let first = lane.apply(&pushed(11, 1, "c"));
+        assert_eq!(first, Applied { newest: true, current: true });
+        assert_eq!(ids(&lane), ["a", "c", "b"]);
+        // Two nodes' changes cross on the bus: 13 comes before 12.
+        assert_eq!(lane.apply(&removed(13, "a")), Applied { newest: true, current: false });
+        assert_eq!((lane.version(), ids(&lane)), (11, vec!["a".into(), "c".into(), "b".into()]), "13 waits for 12");
+        assert_eq!(lane.apply(&pushed(12, 3, "d")), Applied { newest: false, current: true });
+        assert_eq!((lane.version(), ids(&lane)), (13, vec!["c".into(), "b".into(), "d".into()]));
+        // A change seen again (this node's own, back from the bus) changes nothing.
+        assert_eq!(lane.apply(&pushed(12, 3, "d")), Applied { newest: false, current: true });
+        assert_eq!(ids(&lane), ["c", "b", "d"]);
+        // Pushed again, a visit moves to its new rank instead of showing twice.
+        assert!(lane.apply(&pushed(14, 0, "d")).current);
+        assert_eq!(ids(&lane), ["d", "c", "b"]);
+    }
+
+    #[test]
+    fn a_change_that_does_not_fit_the_copy_waits_for_a_read_of_the_whole_queue() {
+        let queues = Queues::new(view(0, &[]).estimate);
+        let lane = queues.lane(UsState::parse("WA").unwrap());
+        lane.store(10, vec![visit("a")]);
+        // The copy never saw "z" queued: it missed a change, whatever the versions say.
+        assert!(!lane.apply(&removed(11, "z")).current);
+        assert!(!lane.apply(&pushed(12, 5, "y")).current, "a rank past the end does not fit either");
+        assert_eq!((lane.version(), lane.is_stale()), (10, true));
+        // The read comes back at 11; the change after it is applied to it.
+        lane.store(11, vec![visit("a"), visit("z")]);
+        assert!(lane.is_stale(), "12 was dropped with the copy that did not fit");
+        lane.store(12, vec![visit("a"), visit("y")]);
+        assert!(!lane.is_stale());
+        assert!(lane.apply(&removed(13, "a")).current);
+        assert_eq!(ids(&lane), ["y"]);
+        // A read that comes back older than the changes held keeps them.
+        assert!(!lane.apply(&pushed(15, 1, "x")).current);
+        lane.store(14, vec![visit("y"), visit("w")]);
+        assert_eq!(
+            (lane.version(), ids(&lane), lane.is_stale()),
+            (15, vec!["y".into(), "x".into(), "w".into()], false)
+        );
     }
 
     #[test]

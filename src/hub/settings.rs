@@ -99,8 +99,8 @@ impl Hub {
         self.store.put_state_settings(&s).await.map_err(HubError::internal)?;
         self.settings.insert(s.state, s.clone());
         self.publish(Topic::Cluster, BusEvent::SettingsChanged { state: s.state }).await;
-        let version = self.live_state.queue_bump(s.state).await.map_err(HubError::unavailable)?;
-        self.queue_changed(s.state, version).await;
+        let change = self.live_state.queue_bump(s.state).await.map_err(HubError::unavailable)?;
+        self.queue_changed(s.state, change).await;
         Ok(s)
     }
 }

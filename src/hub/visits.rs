@@ -161,7 +161,7 @@ impl Hub {
         // Queued: the state's next intake may be checked (the board's update need not wait).
         drop(held);
         let visit = self.live.put(visit);
-        self.queue_changed(visit.state, pushed.version).await;
+        self.queue_changed(visit.state, pushed.change).await;
         let receipt = IntakeReceipt {
             patient_token: self.patient_token(&visit.id),
             visit_id: visit.id.clone(),
@@ -345,7 +345,7 @@ impl Hub {
 
     pub(super) async fn leave_queue(&self, state: UsState, visit_id: &str) {
         match self.live_state.queue_remove(state, visit_id).await {
-            Ok(Some(version)) => self.queue_changed(state, version).await,
+            Ok(Some(change)) => self.queue_changed(state, change).await,
             Ok(None) => {}
             // The store says it left: the next rebuild from the store drops it.
             Err(e) => tracing::warn!(error = %e, "visit not taken out of live state"),

@@ -12,7 +12,8 @@ use dashmap::DashMap;
 
 use super::address_buckets::AddressBuckets;
 use super::{
-    INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, LockGuard, NodeRecord, Pushed, QueueLoad, Registry, Sealed, SessionMeta,
+    INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, LockGuard, NodeRecord, Pushed, QueueChange, QueueLoad, QueueStep,
+    Registry, Sealed, SessionMeta,
 };
 use crate::hub::queues::QueuedVisit;
 use crate::hub::{Learned, LearnedMeans};
@@ -36,6 +37,12 @@ impl StateQueue {
         let Some(i) = self.in_flight.iter().position(|(_, id)| id == visit_id) else { return 0 };
         let (at_ms, id) = self.in_flight.remove(i);
         self.in_flight.iter().filter(|(t, other)| (*t, other.as_str()) < (at_ms, id.as_str())).count() as u32
+    }
+
+    /// The next version, for a change just made.
+    fn change(&mut self, step: QueueStep) -> QueueChange {
+        self.version += 1;
+        QueueChange { version: self.version, step, learned: self.learned }
     }
 }
 
@@ -97,17 +104,18 @@ impl LiveState for MemoryLive {
 
     async fn queue_push(&self, state: UsState, entry: &QueuedVisit) -> anyhow::Result<Pushed> {
         Ok(self.with_queue(state, |q| {
+            let visit = Arc::new(entry.clone());
             let ahead = match q.entries.iter().position(|e| e.visit_id == entry.visit_id) {
                 Some(at) => at,
                 None => {
                     let key = (entry.enqueued_at, &*entry.visit_id);
                     let at = q.entries.partition_point(|e| (e.enqueued_at, &*e.visit_id) < key);
-                    q.entries.insert(at, Arc::new(entry.clone()));
+                    q.entries.insert(at, visit.clone());
                     at
                 }
             };
-            q.version += 1;
-            Pushed { version: q.version, place: ahead as u32 + q.land(&entry.visit_id) + 1 }
+            let place = ahead as u32 + q.land(&entry.visit_id) + 1;
+            Pushed { change: q.change(QueueStep::Pushed { rank: ahead as u32, visit }), place }
         }))
     }
 
@@ -121,14 +129,11 @@ impl LiveState for MemoryLive {
         Ok(())
     }
 
-    async fn queue_remove(&self, state: UsState, visit_id: &str) -> anyhow::Result<Option<u64>> {
+    async fn queue_remove(&self, state: UsState, visit_id: &str) -> anyhow::Result<Option<QueueChange>> {
         Ok(self.with_queue(state, |q| {
-            let before = q.entries.len();
-            q.entries.retain(|e| &*e.visit_id != visit_id);
-            (q.entries.len() != before).then(|| {
-                q.version += 1;
-                q.version
-            })
+            let at = q.entries.iter().position(|e| &*e.visit_id == visit_id)?;
+            let removed = q.entries.remove(at);
+            Some(q.change(QueueStep::Removed { visit_id: removed.visit_id.clone() }))
         }))
     }
 
@@ -163,11 +168,8 @@ impl LiveState for MemoryLive {
         Ok(())
     }
 
-    async fn queue_bump(&self, state: UsState) -> anyhow::Result<u64> {
-        Ok(self.with_queue(state, |q| {
-            q.version += 1;
-            q.version
-        }))
+    async fn queue_bump(&self, state: UsState) -> anyhow::Result<QueueChange> {
+        Ok(self.with_queue(state, |q| q.change(QueueStep::Bumped)))
     }
 
     async fn queue_len(&self, state: UsState, now_ms: i64) -> anyhow::Result<u32> {

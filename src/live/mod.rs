@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 pub use journal::{JournalOp, Sealed, SessionMeta};
 pub use memory::MemoryLive;
@@ -49,11 +50,38 @@ pub struct QueueLoad {
 /// longer than an intake takes, short enough that one lost with its node frees its place soon.
 pub const INTAKE_IN_FLIGHT_MS: i64 = 30_000;
 
-/// A visit added to its queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pushed {
-    /// The queue's new version.
+/// One change live state made to a queue, with what a node holding the queue one version
+/// older needs to apply it rather than read the queue whole again: each node's copy costs a
+/// change's size, not the queue's length.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueChange {
+    /// The queue's new version (the one before is `version - 1`).
     pub version: u64,
+    pub step: QueueStep,
+    /// The state's means for wait estimates as the cluster learned them by then.
+    pub learned: LearnedMeans,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum QueueStep {
+    /// The visit is at `rank` (0 first) in the order; it was added there, or moved there if it
+    /// was queued already.
+    Pushed {
+        rank: u32,
+        visit: Arc<QueuedVisit>,
+    },
+    Removed {
+        visit_id: Arc<str>,
+    },
+    /// Nothing in the order changed (staffing, the busy flag).
+    Bumped,
+}
+
+/// A visit added to its queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pushed {
+    pub change: QueueChange,
     /// Its place in line (1 first) as it was added: the visits waiting ahead of it, and the
     /// intakes still in flight that arrived before it (they take their places ahead of it
     /// when stored), read together.
@@ -80,11 +108,11 @@ pub trait LiveState: Send + Sync {
     /// Adds a visit at its place by arrival, ending its intake in flight if it had one.
     async fn queue_push(&self, state: UsState, entry: &QueuedVisit) -> anyhow::Result<Pushed>;
 
-    /// Removes a visit; the new version, or `None` when it was not queued.
-    async fn queue_remove(&self, state: UsState, visit_id: &str) -> anyhow::Result<Option<u64>>;
+    /// Removes a visit; `None` when it was not queued.
+    async fn queue_remove(&self, state: UsState, visit_id: &str) -> anyhow::Result<Option<QueueChange>>;
 
     /// Marks a change that is not in the order (staffing, busy flag) with a new version.
-    async fn queue_bump(&self, state: UsState) -> anyhow::Result<u64>;
+    async fn queue_bump(&self, state: UsState) -> anyhow::Result<QueueChange>;
 
     /// Visits waiting plus intakes in flight (reserved in the last [`INTAKE_IN_FLIGHT_MS`]
     /// before `now_ms`): what one more intake is checked against.

@@ -30,7 +30,8 @@ use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, LockGuard, NodeRecord, Pushed, QueueLoad, Registry, Sealed, SessionMeta,
+    INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, LockGuard, NodeRecord, Pushed, QueueChange, QueueLoad, QueueStep,
+    Registry, Sealed, SessionMeta,
 };
 use crate::hub::queues::QueuedVisit;
 use crate::hub::{Learned, LearnedMeans};
@@ -46,19 +47,28 @@ local function next_version(key, now_us)
   return redis.call('INCR', key)
 end";
 
-/// Adds the visit and ends its intake in flight, answering the version and its place: its rank
-/// among the visits waiting plus its rank among the intakes in flight (both in the queue's
-/// order), plus one.
+/// The state's learned means (KEYS `mv` and `mp`), answered with each change so that every
+/// node that applies the change takes them too.
+const MEANS: &str = r"
+local function means(mv, mp)
+  return redis.call('GET', mv) or '', redis.call('GET', mp) or ''
+end";
+
+/// Adds the visit and ends its intake in flight, answering the version, its place (its rank
+/// among the visits waiting plus its rank among the intakes in flight, both in the queue's
+/// order, plus one), its rank among the visits waiting, and the means.
 const PUSH: &str = r"
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-local place = redis.call('ZRANK', KEYS[1], ARGV[2]) + 1
+local rank = redis.call('ZRANK', KEYS[1], ARGV[2])
+local place = rank + 1
 local ahead = redis.call('ZRANK', KEYS[4], ARGV[2])
 if ahead then
   redis.call('ZREM', KEYS[4], ARGV[2])
   place = place + ahead
 end
-return {next_version(KEYS[3], ARGV[4]), place}";
+local mv, mp = means(KEYS[5], KEYS[6])
+return {next_version(KEYS[3], ARGV[4]), place, rank, mv, mp}";
 
 /// Visits waiting plus intakes in flight, once those older than ARGV[1] are let go.
 const LEN: &str = r"
@@ -68,9 +78,12 @@ return redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])";
 const REMOVE: &str = r"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
 redis.call('HDEL', KEYS[2], ARGV[1])
-return next_version(KEYS[3], ARGV[2])";
+local mv, mp = means(KEYS[4], KEYS[5])
+return {next_version(KEYS[3], ARGV[2]), mv, mp}";
 
-const BUMP: &str = r"return next_version(KEYS[1], ARGV[1])";
+const BUMP: &str = r"
+local mv, mp = means(KEYS[2], KEYS[3])
+return {next_version(KEYS[1], ARGV[1]), mv, mp}";
 
 /// Order, entries, version and the learned means read together, so a load never mixes two
 /// versions.
@@ -131,6 +144,11 @@ fn queue_keys(state: UsState) -> QueueKeys {
 }
 
 const HOUR_MS: i64 = 3_600_000;
+
+/// The learned means as the scripts answer them ('' before the first observation).
+fn means(visit_secs: &str, pickup_secs: &str) -> LearnedMeans {
+    LearnedMeans { visit_secs: visit_secs.parse().ok(), pickup_secs: pickup_secs.parse().ok() }
+}
 
 /// One intake from a client address's bucket (GCRA): the key holds the moment the bucket is
 /// full again, `interval` (ARGV[1], µs) later per intake taken; an intake is allowed while that
@@ -235,9 +253,9 @@ impl RedisLive {
         RedisLive {
             conn: link.commands(),
             metrics,
-            push: Script::new(&format!("{NEXT_VERSION}\n{PUSH}")),
-            remove: Script::new(&format!("{NEXT_VERSION}\n{REMOVE}")),
-            bump: Script::new(&format!("{NEXT_VERSION}\n{BUMP}")),
+            push: Script::new(&format!("{NEXT_VERSION}\n{MEANS}\n{PUSH}")),
+            remove: Script::new(&format!("{NEXT_VERSION}\n{MEANS}\n{REMOVE}")),
+            bump: Script::new(&format!("{NEXT_VERSION}\n{MEANS}\n{BUMP}")),
             len: Script::new(LEN),
             load: Script::new(LOAD),
             learn: Script::new(LEARN),
@@ -309,12 +327,16 @@ impl LiveState for RedisLive {
         call.key(&k.entries)
             .key(&k.version)
             .key(&k.in_flight)
+            .key(&k.mean_visit)
+            .key(&k.mean_pickup)
             .arg(entry.enqueued_at.timestamp_millis())
             .arg(&*entry.visit_id)
             .arg(serde_json::to_string(&stored)?)
             .arg(crate::clock::unix_micros());
-        let (version, place) = timed(&self.metrics, "queue_push", call.invoke_async(&mut conn)).await?;
-        Ok(Pushed { version, place })
+        let (version, place, rank, visit_secs, pickup_secs): (u64, u32, u32, String, String) =
+            timed(&self.metrics, "queue_push", call.invoke_async(&mut conn)).await?;
+        let step = QueueStep::Pushed { rank, visit: Arc::new(entry.clone()) };
+        Ok(Pushed { change: QueueChange { version, step, learned: means(&visit_secs, &pickup_secs) }, place })
     }
 
     async fn intake_reserve(&self, state: UsState, visit_id: &str, at_ms: i64) -> anyhow::Result<()> {
@@ -327,19 +349,29 @@ impl LiveState for RedisLive {
         timed(&self.metrics, "intake_withdraw", conn.zrem(queue_keys(state).in_flight, visit_id)).await
     }
 
-    async fn queue_remove(&self, state: UsState, visit_id: &str) -> anyhow::Result<Option<u64>> {
+    async fn queue_remove(&self, state: UsState, visit_id: &str) -> anyhow::Result<Option<QueueChange>> {
         let k = queue_keys(state);
         let mut conn = self.conn.clone();
         let mut call = self.remove.key(&k.order);
-        call.key(&k.entries).key(&k.version).arg(visit_id).arg(crate::clock::unix_micros());
-        timed(&self.metrics, "queue_remove", call.invoke_async(&mut conn)).await
+        call.key(&k.entries).key(&k.version).key(&k.mean_visit).key(&k.mean_pickup);
+        call.arg(visit_id).arg(crate::clock::unix_micros());
+        let removed: Option<(u64, String, String)> =
+            timed(&self.metrics, "queue_remove", call.invoke_async(&mut conn)).await?;
+        Ok(removed.map(|(version, visit_secs, pickup_secs)| QueueChange {
+            version,
+            step: QueueStep::Removed { visit_id: visit_id.into() },
+            learned: means(&visit_secs, &pickup_secs),
+        }))
     }
 
-    async fn queue_bump(&self, state: UsState) -> anyhow::Result<u64> {
+    async fn queue_bump(&self, state: UsState) -> anyhow::Result<QueueChange> {
+        let k = queue_keys(state);
         let mut conn = self.conn.clone();
-        let mut call = self.bump.key(queue_keys(state).version);
-        call.arg(crate::clock::unix_micros());
-        timed(&self.metrics, "queue_bump", call.invoke_async(&mut conn)).await
+        let mut call = self.bump.key(&k.version);
+        call.key(&k.mean_visit).key(&k.mean_pickup).arg(crate::clock::unix_micros());
+        let (version, visit_secs, pickup_secs): (u64, String, String) =
+            timed(&self.metrics, "queue_bump", call.invoke_async(&mut conn)).await?;
+        Ok(QueueChange { version, step: QueueStep::Bumped, learned: means(&visit_secs, &pickup_secs) })
     }
 
     async fn queue_len(&self, state: UsState, now_ms: i64) -> anyhow::Result<u32> {
@@ -370,8 +402,7 @@ impl LiveState for RedisLive {
                 enqueued_at: e.enqueued_at,
             }));
         }
-        let learned = LearnedMeans { visit_secs: visit_secs.parse().ok(), pickup_secs: pickup_secs.parse().ok() };
-        Ok(QueueLoad { version, entries: out, learned })
+        Ok(QueueLoad { version, entries: out, learned: means(&visit_secs, &pickup_secs) })
     }
 
     async fn learn(&self, state: UsState, what: Learned, secs: f64, alpha: f64, prior: f64) -> anyhow::Result<f64> {
