@@ -150,8 +150,9 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_invalid_per_minute: Option<u32>,
-    /// Intakes per minute from one client address (an IPv6 /64), for the whole cluster; 0 for no
-    /// limit (429 `rate_limited`).
+    /// Intakes per minute from one client address (an IPv6 /64), and 16 times that from its
+    /// block (an IPv4 /24, an IPv6 /48), for the whole cluster; 0 for no limit (429
+    /// `rate_limited`).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intake_per_address_per_minute: Option<u32>,

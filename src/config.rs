@@ -78,8 +78,8 @@ pub struct Config {
     pub write_timeout_ms: u64,
     /// Invalid or rate-limited frames per minute before the socket is closed.
     pub max_invalid_per_minute: u32,
-    /// Intakes (`POST /v1/visits`) per minute from one client address (an IPv6 /64); 0 for
-    /// no limit.
+    /// Intakes (`POST /v1/visits`) per minute from one client address (an IPv6 /64), 16 times
+    /// that from its block (an IPv4 /24, an IPv6 /48); 0 for no limit.
     pub intake_per_address_per_minute: u32,
     /// Header a trusted load balancer appends the client's address to (`X-Forwarded-For`):
     /// its last entry is the client for the intake limit. Unset, the peer address is.

@@ -20,7 +20,9 @@ use rand::{Rng, SeedableRng};
 use redis_support::{RedisCluster, RedisServer};
 use visithub::hub::queues::{QueuedVisit, Queues};
 use visithub::hub::{Estimator, Learned, Staffing};
-use visithub::live::{INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, MemoryLive, QueueChange, RedisLive, Sealed};
+use visithub::live::{
+    AddressKey, AddressQuota, INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, MemoryLive, QueueChange, RedisLive, Sealed,
+};
 use visithub::metrics::Metrics;
 use visithub::model::UsState;
 use visithub::redis_link::RedisLink;
@@ -136,22 +138,39 @@ fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
-const THREE: NonZeroU32 = NonZeroU32::new(3).unwrap();
+/// Three intakes a minute from an address, four from its block.
+const QUOTA: AddressQuota = AddressQuota { address: NonZeroU32::new(3).unwrap(), block: NonZeroU32::new(4).unwrap() };
 
-/// Three intakes a minute from `client`: the fourth waits a third of a minute, and another
-/// address is not held back. `other_node` shares the live state (another node), or is `live`.
-async fn address_buckets(live: &dyn LiveState, other_node: &dyn LiveState, client: &str) {
-    assert_eq!(live.address_take(ip(client), THREE).await.unwrap(), None);
-    assert_eq!(other_node.address_take(ip(client), THREE).await.unwrap(), None);
-    assert_eq!(live.address_take(ip(client), THREE).await.unwrap(), None);
+/// Address `host` of the IPv4 /24 `net` ("198.51.100").
+fn key(net: &str, host: u8) -> AddressKey {
+    AddressKey { address: ip(&format!("{net}.{host}")), block: ip(&format!("{net}.0")) }
+}
+
+/// An address's fourth intake within the minute waits a third of it, a neighbour takes the
+/// block's fourth and the next neighbour waits a quarter, and another block is not held back.
+/// `other_node` shares the live state (another node), or is `live`.
+async fn address_buckets(live: &dyn LiveState, other_node: &dyn LiveState, net: &str) {
+    let client = key(net, 7);
+    assert_eq!(live.address_take(client, QUOTA).await.unwrap(), None);
+    assert_eq!(other_node.address_take(client, QUOTA).await.unwrap(), None);
+    assert_eq!(live.address_take(client, QUOTA).await.unwrap(), None);
     for node in [live, other_node] {
-        let wait = node.address_take(ip(client), THREE).await.unwrap().expect("the bucket is empty");
+        let wait = node.address_take(client, QUOTA).await.unwrap().expect("the address's bucket is empty");
         assert!(
             wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
             "one intake back a third of a minute after the first: {wait:?}"
         );
     }
-    assert_eq!(live.address_take(ip("2001:db8:1:2::"), THREE).await.unwrap(), None, "another address");
+    assert_eq!(other_node.address_take(key(net, 8), QUOTA).await.unwrap(), None, "a neighbour: the block's fourth");
+    for node in [live, other_node] {
+        let wait = node.address_take(key(net, 9), QUOTA).await.unwrap().expect("the block's bucket is empty");
+        assert!(
+            wait > Duration::from_secs(14) && wait <= Duration::from_secs(15),
+            "one intake back a quarter of a minute after the first: {wait:?}"
+        );
+    }
+    let elsewhere = AddressKey { address: ip("2001:db8:1:2::"), block: ip("2001:db8:1::") };
+    assert_eq!(live.address_take(elsewhere, QUOTA).await.unwrap(), None, "another block");
 }
 
 async fn redis_live(urls: String, cluster: bool) -> RedisLive {
@@ -165,7 +184,7 @@ async fn in_memory() {
     intakes_in_flight(&MemoryLive::new()).await;
     changes_rebuild_the_queue(&MemoryLive::new()).await;
     let live = MemoryLive::new();
-    address_buckets(&live, &live, "198.51.100.7").await;
+    address_buckets(&live, &live, "198.51.100").await;
 }
 
 #[tokio::test]
@@ -175,10 +194,13 @@ async fn on_one_redis_server() {
     intakes_in_flight(&redis_live(redis.url(), false).await).await;
     changes_rebuild_the_queue(&redis_live(redis.url(), false).await).await;
     let (node_a, node_b) = (redis_live(redis.url(), false).await, redis_live(redis.url(), false).await);
-    address_buckets(&node_a, &node_b, "198.51.100.7").await;
-    // The bucket is forgotten once it is full again: a minute after the last intake taken.
-    let ttl_ms: i64 = redis.cli(&["PTTL", "vh:ip:198.51.100.7"]).unwrap().trim().parse().unwrap();
-    assert!(ttl_ms > 55_000 && ttl_ms <= 60_000, "expires when full again: {ttl_ms} ms left");
+    address_buckets(&node_a, &node_b, "198.51.100").await;
+    // A bucket is forgotten once it is full again: a minute after the first of a full
+    // minute's intakes, here.
+    for bucket in ["vh:ip:{198.51.100.0}:198.51.100.7", "vh:ip:{198.51.100.0}"] {
+        let ttl_ms: i64 = redis.cli(&["PTTL", bucket]).unwrap().trim().parse().unwrap();
+        assert!(ttl_ms > 55_000 && ttl_ms <= 60_000, "{bucket} expires when full again: {ttl_ms} ms left");
+    }
 }
 
 #[tokio::test]
@@ -188,9 +210,9 @@ async fn on_a_redis_cluster() {
     intakes_in_flight(&redis_live(redis.urls(), true).await).await;
     changes_rebuild_the_queue(&redis_live(redis.urls(), true).await).await;
     let (node_a, node_b) = (redis_live(redis.urls(), true).await, redis_live(redis.urls(), true).await);
-    // Addresses whose keys hash to different shards.
-    for client in ["198.51.100.7", "198.51.100.8", "203.0.113.9"] {
-        address_buckets(&node_a, &node_b, client).await;
+    // Blocks whose keys hash to different shards (an address's key is on its block's).
+    for net in ["198.51.100", "203.0.113", "192.0.2"] {
+        address_buckets(&node_a, &node_b, net).await;
     }
 }
 

@@ -1,11 +1,13 @@
 //! Intakes per client address. Intake is open to anyone (a patient has no token before it), so
 //! one address that floods it would fill a state's queue ahead of real patients. Each address
 //! gets a bucket of `per_minute` intakes refilled over a minute; IPv6 addresses count by their
-//! /64, the block one subscriber is usually given. Behind a load balancer the peer is the
+//! /64, the block one subscriber is usually given. The block around an address (an IPv4 /24,
+//! an IPv6 /48: one site) gets `BLOCK_SHARE` addresses' worth, so a site cannot multiply its
+//! quota by spreading over its addresses. Behind a load balancer the peer is the
 //! balancer itself: the client's address is then the last one the balancer appended to the
 //! configured header (never an earlier one, which the client wrote and could forge).
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -14,7 +16,11 @@ use axum::serve::IncomingStream;
 
 use crate::error::{ErrorCode, HubError};
 use crate::gateway::read_ahead::ReadAheadListener;
-use crate::live::LiveState;
+use crate::live::{AddressKey, AddressQuota, LiveState};
+
+/// How many addresses' quotas the block around an address holds: a site's or a neighbourhood's
+/// patients share it, and a site spreading over its 65,536 IPv6 /64s gets this many, not those.
+const BLOCK_SHARE: u32 = 16;
 
 /// The peer address of a connection, as the listener accepted it.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +37,7 @@ where
 
 pub struct AddressLimit {
     /// None when the limit is off (`per_minute` 0).
-    per_minute: Option<NonZeroU32>,
+    quota: Option<AddressQuota>,
     /// Lower-case name of the header a trusted load balancer appends the client's address to.
     header: Option<String>,
     /// Where the buckets are: this node's memory, or Redis for the whole cluster (a client the
@@ -42,19 +48,22 @@ pub struct AddressLimit {
 impl AddressLimit {
     pub fn new(per_minute: u32, header: Option<&str>, live: Arc<dyn LiveState>) -> AddressLimit {
         AddressLimit {
-            per_minute: NonZeroU32::new(per_minute),
+            quota: NonZeroU32::new(per_minute).map(|address| AddressQuota {
+                address,
+                block: address.saturating_mul(NonZeroU32::new(BLOCK_SHARE).unwrap()),
+            }),
             header: header.map(str::trim).filter(|h| !h.is_empty()).map(str::to_ascii_lowercase),
             live,
         }
     }
 
-    /// Takes one intake from the client's bucket: refused `rate_limited` (with how long until
-    /// the next one is allowed) when it is empty, `unavailable` when live state cannot be
+    /// Takes one intake from the client's bucket and its block's: refused `rate_limited` (with
+    /// how long until the next one is allowed) when one is empty, `unavailable` when live state cannot be
     /// reached. Allowed when the limit is off or no address is known.
     pub async fn check(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), HubError> {
-        let Some(per_minute) = self.per_minute else { return Ok(()) };
+        let Some(quota) = self.quota else { return Ok(()) };
         let Some(client) = self.client(peer, headers) else { return Ok(()) };
-        match self.live.address_take(bucket_of(client), per_minute).await {
+        match self.live.address_take(key_of(client), quota).await {
             Ok(None) => Ok(()),
             Ok(Some(wait)) => {
                 Err(HubError::new(ErrorCode::RateLimited, "too many intakes from this address; retry later")
@@ -75,14 +84,17 @@ impl AddressLimit {
     }
 }
 
-/// IPv4 addresses count alone; IPv6 ones by their /64 (an IPv4-mapped one as its IPv4).
-fn bucket_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        },
+/// An IPv4 address counts alone, in its /24; an IPv6 one by its /64, in its /48 (an
+/// IPv4-mapped one as its IPv4).
+fn key_of(ip: IpAddr) -> AddressKey {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            AddressKey { address: IpAddr::V4(v4), block: IpAddr::V4(Ipv4Addr::from(u32::from(v4) & !0xff)) }
+        }
+        IpAddr::V6(v6) => {
+            let prefix = |bits: u32| IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> bits)));
+            AddressKey { address: prefix(64), block: prefix(48) }
+        }
     }
 }
 
@@ -124,6 +136,26 @@ mod tests {
         assert!(limit.check(peer("2001:db8:1:3::1"), &none).await.is_ok(), "another /64");
         assert!(limit.check(peer("::ffff:198.51.100.7"), &none).await.is_ok());
         assert!(limit.check(peer("198.51.100.7"), &none).await.is_err(), "an IPv4-mapped address is its IPv4");
+    }
+
+    #[tokio::test]
+    async fn the_addresses_of_one_block_share_its_sixteen_quotas() {
+        let limit = limit(1, None);
+        let none = HeaderMap::new();
+        for i in 0..BLOCK_SHARE {
+            assert!(limit.check(peer(&format!("2001:db8:7:{i:x}::1")), &none).await.is_ok(), "/64 number {i}");
+        }
+        let refused = limit.check(peer("2001:db8:7:ff::1"), &none).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::RateLimited, "a 17th /64 of the same /48");
+        assert!(limit.check(peer("2001:db8:8::1"), &none).await.is_ok(), "another /48");
+
+        for i in 0..BLOCK_SHARE {
+            assert!(limit.check(peer(&format!("198.51.100.{i}")), &none).await.is_ok(), "address number {i}");
+        }
+        let refused = limit.check(peer("198.51.100.250"), &none).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::RateLimited, "a 17th address of the same /24");
+        assert!(limit.check(peer("::ffff:198.51.100.251"), &none).await.is_err(), "IPv4-mapped: the same /24");
+        assert!(limit.check(peer("198.51.101.1"), &none).await.is_ok(), "another /24");
     }
 
     #[tokio::test]

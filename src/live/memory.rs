@@ -1,8 +1,6 @@
 //! Live state of a single node: plain memory, nothing shared.
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,8 +10,8 @@ use dashmap::DashMap;
 
 use super::address_buckets::AddressBuckets;
 use super::{
-    INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, LockGuard, NodeRecord, Pushed, QueueChange, QueueLoad, QueueStep,
-    Registry, Sealed, SessionMeta,
+    AddressKey, AddressQuota, INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, LockGuard, NodeRecord, Pushed, QueueChange,
+    QueueLoad, QueueStep, Registry, Sealed, SessionMeta,
 };
 use crate::hub::queues::QueuedVisit;
 use crate::hub::{Learned, LearnedMeans};
@@ -183,8 +181,8 @@ impl LiveState for MemoryLive {
         Ok(self.with_queue(state, |q| QueueLoad { version: q.version, entries: q.entries.clone(), learned: q.learned }))
     }
 
-    async fn address_take(&self, bucket: IpAddr, per_minute: NonZeroU32) -> anyhow::Result<Option<Duration>> {
-        Ok(self.addresses.take(bucket, per_minute))
+    async fn address_take(&self, key: AddressKey, quota: AddressQuota) -> anyhow::Result<Option<Duration>> {
+        Ok(self.addresses.take(key, quota))
     }
 
     async fn is_seeded(&self) -> anyhow::Result<bool> {

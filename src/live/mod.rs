@@ -38,6 +38,23 @@ impl LockGuard {
     }
 }
 
+/// Where one intake from a client counts: its address's bucket and its block's. An IPv6
+/// address counts by its /64 (one subscriber's usual block) and its block is the /48 (one
+/// site's): without the block, one site could spend 65,536 addresses' quotas. An IPv4 address
+/// counts alone, in its /24.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddressKey {
+    pub address: IpAddr,
+    pub block: IpAddr,
+}
+
+/// Intakes per minute each bucket holds, refilled evenly over the minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressQuota {
+    pub address: NonZeroU32,
+    pub block: NonZeroU32,
+}
+
 /// A queue as live state holds it: its version (bumped by every change) and its order.
 pub struct QueueLoad {
     pub version: u64,
@@ -147,11 +164,11 @@ pub trait LiveState: Send + Sync {
     /// Forgets the admissions: the state just turned busy, and its rate counts from now.
     async fn busy_clear(&self, state: UsState) -> anyhow::Result<()>;
 
-    /// Takes one intake from the bucket of a client address (an IPv4 address, or an IPv6
-    /// address's /64), which holds `per_minute` refilled evenly over a minute. `Some(wait)`
-    /// when the bucket is empty: how long until it holds one again. One bucket per address for
-    /// every node sharing this state.
-    async fn address_take(&self, bucket: IpAddr, per_minute: NonZeroU32) -> anyhow::Result<Option<Duration>>;
+    /// Takes one intake from a client's address bucket, then from its block's. `Some(wait)`
+    /// when either is empty: how long until it holds one again (an intake the block refused
+    /// still spent its address's). One bucket per address and per block for every node
+    /// sharing this state.
+    async fn address_take(&self, key: AddressKey, quota: AddressQuota) -> anyhow::Result<Option<Duration>>;
 
     /// False when the live state was never built or was lost (Redis restarted empty).
     async fn is_seeded(&self) -> anyhow::Result<bool>;

@@ -10,7 +10,8 @@
 //! | `vh:{q:WA}:mean_pickup` | string | the state's mean pick-up delay in seconds (a free provider to a claim), learned the same way |
 //! | `vh:{q:WA}:busy` | sorted set | admissions while the state is busy, scored by the hub's clock (ms), the last hour's |
 //! | `vh:lock:<name>` | string | a lock's holder token, with a TTL |
-//! | `vh:ip:<address>` | string | when a client address's intake bucket is next full (µs of Redis's clock), expiring then |
+//! | `vh:ip:{<block>}:<address>` | string | when a client address's intake bucket is next full (µs of Redis's clock), expiring then |
+//! | `vh:ip:{<block>}` | string | the same for the block of addresses around it (an IPv4 /24, an IPv6 /48) |
 //! | `vh:seeded` | string | present once the queues were built from the store |
 //! | `vh:nodes` | set | node ids in the registry |
 //! | `vh:node:<id>` | string | the node's record (JSON), expiring with its heartbeat |
@@ -19,7 +20,6 @@
 //! | `vh:{s:<id>}:out` | stream | a session's frames (`s`, `f`) and the owner's seal (`seal`, `broken`) |
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +30,8 @@ use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, LockGuard, NodeRecord, Pushed, QueueChange, QueueLoad, QueueStep,
-    Registry, Sealed, SessionMeta,
+    AddressKey, AddressQuota, INTAKE_IN_FLIGHT_MS, JournalOp, LiveState, LockGuard, NodeRecord, Pushed, QueueChange,
+    QueueLoad, QueueStep, Registry, Sealed, SessionMeta,
 };
 use crate::hub::queues::QueuedVisit;
 use crate::hub::{Learned, LearnedMeans};
@@ -150,20 +150,27 @@ fn means(visit_secs: &str, pickup_secs: &str) -> LearnedMeans {
     LearnedMeans { visit_secs: visit_secs.parse().ok(), pickup_secs: pickup_secs.parse().ok() }
 }
 
-/// One intake from a client address's bucket (GCRA): the key holds the moment the bucket is
-/// full again, `interval` (ARGV[1], µs) later per intake taken; an intake is allowed while that
-/// moment stays within `span` (ARGV[2], a minute) of now. Answers 0, or the µs to wait. Redis's
-/// own clock, so every node measures from the same one.
+/// One intake from a client address's bucket, then from its block's (GCRA): each key holds
+/// the moment its bucket is full again, `interval` (ARGV[1] for the address, ARGV[2] for the
+/// block, µs) later per intake taken; an intake is allowed while that moment stays within `span`
+/// (ARGV[3], a minute) of now. Answers 0, or the µs to wait. Redis's own clock, so every node
+/// measures from the same one; the block refusing leaves the address's intake spent, as one
+/// node's buckets do.
 const ADDRESS_TAKE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local full_at = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
-local wait = full_at + interval - tonumber(ARGV[2]) - now
+local span = tonumber(ARGV[3])
+local function take(key, interval)
+  local full_at = math.max(tonumber(redis.call('GET', key) or now), now)
+  local wait = full_at + interval - span - now
+  if wait > 0 then return wait end
+  full_at = full_at + interval
+  redis.call('SET', key, string.format('%.0f', full_at), 'PX', math.ceil((full_at - now) / 1000))
+  return 0
+end
+local wait = take(KEYS[1], tonumber(ARGV[1]))
 if wait > 0 then return wait end
-full_at = full_at + interval
-redis.call('SET', KEYS[1], string.format('%.0f', full_at), 'PX', math.ceil((full_at - now) / 1000))
-return 0";
+return take(KEYS[2], tonumber(ARGV[2]))";
 
 const MINUTE_US: u64 = 60_000_000;
 
@@ -443,10 +450,13 @@ impl LiveState for RedisLive {
         Ok(())
     }
 
-    async fn address_take(&self, bucket: IpAddr, per_minute: NonZeroU32) -> anyhow::Result<Option<Duration>> {
+    async fn address_take(&self, key: AddressKey, quota: AddressQuota) -> anyhow::Result<Option<Duration>> {
         let mut conn = self.conn.clone();
-        let mut call = self.address_take.key(format!("vh:ip:{bucket}"));
-        call.arg(MINUTE_US / u64::from(per_minute.get())).arg(MINUTE_US);
+        let block = format!("vh:ip:{{{}}}", key.block);
+        let mut call = self.address_take.key(format!("{block}:{}", key.address));
+        call.key(block);
+        let interval = |per_minute: NonZeroU32| MINUTE_US / u64::from(per_minute.get());
+        call.arg(interval(quota.address)).arg(interval(quota.block)).arg(MINUTE_US);
         let wait_us: u64 = timed(&self.metrics, "address_take", call.invoke_async(&mut conn)).await?;
         Ok((wait_us > 0).then(|| Duration::from_micros(wait_us)))
     }
