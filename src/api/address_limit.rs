@@ -20,7 +20,7 @@ use crate::live::{AddressKey, AddressQuota, LiveState};
 
 /// How many addresses' quotas the block around an address holds: a site's or a neighbourhood's
 /// patients share it, and a site spreading over its 65,536 IPv6 /64s gets this many, not those.
-const BLOCK_SHARE: u32 = 16;
+const BLOCK_SHARE: NonZeroU32 = NonZeroU32::new(16).unwrap();
 
 /// The peer address of a connection, as the listener accepted it.
 #[derive(Debug, Clone, Copy)]
@@ -48,27 +48,26 @@ pub struct AddressLimit {
 impl AddressLimit {
     pub fn new(per_minute: u32, header: Option<&str>, live: Arc<dyn LiveState>) -> AddressLimit {
         AddressLimit {
-            quota: NonZeroU32::new(per_minute).map(|address| AddressQuota {
-                address,
-                block: address.saturating_mul(NonZeroU32::new(BLOCK_SHARE).unwrap()),
-            }),
+            quota: NonZeroU32::new(per_minute)
+                .map(|address| AddressQuota { address, block: address.saturating_mul(BLOCK_SHARE) }),
             header: header.map(str::trim).filter(|h| !h.is_empty()).map(str::to_ascii_lowercase),
             live,
         }
     }
 
     /// Takes one intake from the client's bucket and its block's: refused `rate_limited` (with
-    /// how long until the next one is allowed) when one is empty, `unavailable` when live state cannot be
-    /// reached. Allowed when the limit is off or no address is known.
+    /// how long until the next one is allowed) when one is empty, `unavailable` when live state
+    /// cannot be reached. Allowed when the limit is off or no address is known.
     pub async fn check(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), HubError> {
         let Some(quota) = self.quota else { return Ok(()) };
         let Some(client) = self.client(peer, headers) else { return Ok(()) };
         match self.live.address_take(key_of(client), quota).await {
             Ok(None) => Ok(()),
-            Ok(Some(wait)) => {
-                Err(HubError::new(ErrorCode::RateLimited, "too many intakes from this address; retry later")
-                    .retry_after(wait.as_secs().max(1)))
-            }
+            Ok(Some(wait)) => Err(HubError::new(
+                ErrorCode::RateLimited,
+                "too many intakes from this address or its network; retry later",
+            )
+            .retry_after(wait.as_secs().max(1))),
             Err(e) => Err(HubError::unavailable(e)),
         }
     }
@@ -142,14 +141,14 @@ mod tests {
     async fn the_addresses_of_one_block_share_its_sixteen_quotas() {
         let limit = limit(1, None);
         let none = HeaderMap::new();
-        for i in 0..BLOCK_SHARE {
+        for i in 0..BLOCK_SHARE.get() {
             assert!(limit.check(peer(&format!("2001:db8:7:{i:x}::1")), &none).await.is_ok(), "/64 number {i}");
         }
         let refused = limit.check(peer("2001:db8:7:ff::1"), &none).await.unwrap_err();
         assert_eq!(refused.code, ErrorCode::RateLimited, "a 17th /64 of the same /48");
         assert!(limit.check(peer("2001:db8:8::1"), &none).await.is_ok(), "another /48");
 
-        for i in 0..BLOCK_SHARE {
+        for i in 0..BLOCK_SHARE.get() {
             assert!(limit.check(peer(&format!("198.51.100.{i}")), &none).await.is_ok(), "address number {i}");
         }
         let refused = limit.check(peer("198.51.100.250"), &none).await.unwrap_err();
