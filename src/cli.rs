@@ -77,6 +77,12 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heartbeat_ms: Option<u64>,
+    /// Shortest time between two publications of a state's queue, in ms (positions to its
+    /// patients; the first change after a quiet spell shows at once). 0 for every change; at
+    /// most 5000.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub board_every_ms: Option<u64>,
     /// Folder of the SQLite database and the development signing key.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -13,6 +13,9 @@ pub use crate::auth::Secret;
 use crate::hub::{HubOptions, TurnOptions};
 use crate::model::Role;
 
+/// Positions held back longer than this would read as a stuck queue.
+const MAX_BOARD_EVERY_MS: u64 = 5000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -42,6 +45,10 @@ pub struct Config {
     pub redis_cluster: bool,
     /// Milliseconds between this node's registry heartbeats (it expires after three missed).
     pub heartbeat_ms: u64,
+    /// Shortest time between two publications of a state's queue (positions to its patients):
+    /// the first change after a quiet spell shows at once, the changes of the next
+    /// `board_every_ms` together. 0 shows every change at once; at most 5000.
+    pub board_every_ms: u64,
     /// HS256 secret (at least 32 bytes) for tokens; a development key is made when absent.
     pub signing_key: Option<Secret>,
     /// PEM files of Ed25519 or RSA public keys whose tokens are also accepted.
@@ -145,6 +152,7 @@ impl Default for Config {
             redis_url: None,
             redis_cluster: false,
             heartbeat_ms: hub.heartbeat_ms,
+            board_every_ms: hub.board_every_ms,
             signing_key: None,
             jwt_public_keys: Vec::new(),
             allowed_origins: vec!["http://localhost:8080".into(), "http://127.0.0.1:8080".into()],
@@ -221,6 +229,10 @@ impl Config {
             [self.rate_patient, self.rate_support, self.rate_provider, self.rate_admin].iter().all(|r| *r >= 1),
             "message rates must be at least 1 per second"
         );
+        anyhow::ensure!(
+            self.board_every_ms <= MAX_BOARD_EVERY_MS,
+            "board_every_ms must be at most {MAX_BOARD_EVERY_MS}"
+        );
         anyhow::ensure!(self.estimator_alpha > 0.0 && self.estimator_alpha <= 1.0, "estimator_alpha must be in (0, 1]");
         Ok(())
     }
@@ -258,6 +270,7 @@ impl Config {
             },
             node_id: self.node_id.clone(),
             heartbeat_ms: self.heartbeat_ms,
+            board_every_ms: self.board_every_ms,
         }
     }
 
@@ -301,6 +314,12 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("VISITHUB_OUTBOUND_QUEUE", "0");
             assert!(Config::load(None, Flags { rate_patient: None }).is_err());
+            jail.set_env("VISITHUB_OUTBOUND_QUEUE", "256");
+            jail.set_env("VISITHUB_BOARD_EVERY_MS", "5001");
+            let refused = Config::load(None, Flags { rate_patient: None }).unwrap_err();
+            assert!(refused.to_string().contains("board_every_ms"), "{refused}");
+            jail.set_env("VISITHUB_BOARD_EVERY_MS", "0");
+            assert_eq!(Config::load(None, Flags { rate_patient: None }).unwrap().hub_options().board_every_ms, 0);
             Ok(())
         });
     }

@@ -27,6 +27,7 @@ mod validate;
 mod visits;
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use dashmap::DashMap;
 
@@ -74,6 +75,8 @@ pub struct HubOptions {
     pub node_id: String,
     /// How often the node renews its registry record; it expires after three missed beats.
     pub heartbeat_ms: u64,
+    /// See [`queues::Lane::pace`].
+    pub board_every_ms: u64,
 }
 
 impl Default for HubOptions {
@@ -96,6 +99,7 @@ impl Default for HubOptions {
             turn: TurnOptions { ttl_secs: 3600, ..TurnOptions::default() },
             node_id: "local".into(),
             heartbeat_ms: 1000,
+            board_every_ms: 100,
         }
     }
 }
@@ -284,10 +288,10 @@ impl Hub {
     }
 
     /// Shows a state's queue as this node holds it on its board: now, or when its turn comes
-    /// ([`queues::BOARD_EVERY`]).
+    /// (`board_every_ms`).
     fn refresh_board(&self, state: UsState) {
         let lane = self.queues.lane(state);
-        match lane.pace(tokio::time::Instant::now()) {
+        match lane.pace(tokio::time::Instant::now(), Duration::from_millis(self.options.board_every_ms)) {
             queues::Paced::Now => self.publish_board(state, &lane),
             queues::Paced::At(due) => match self.me.get().and_then(Weak::upgrade) {
                 Some(hub) => {

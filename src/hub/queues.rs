@@ -2,7 +2,8 @@
 //! [`QueueView`] and puts it on the state's board (a `watch` channel): every session reads the
 //! newest view when it is ready to write, so a slow client skips to the latest value instead
 //! of piling up a backlog, and a view is built once however many patients wait. Boards are
-//! published at most every [`BOARD_EVERY`], so a busy queue's fan-out stays bounded.
+//! published at most every `board_every_ms` ([`Lane::pace`]), so a busy queue's fan-out stays
+//! bounded.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -200,13 +201,6 @@ pub struct Applied {
     pub current: bool,
 }
 
-/// The board of a state is published at most this often. Every publication sends each patient
-/// waiting there a new position (and each console a delta): a busy queue changing hundreds of
-/// times a second would otherwise cost that many frames per patient, and once the cores fall
-/// behind, longer queues cost more frames still. Changes in between are shown together, the
-/// newest at most this long after it happened; a change after a quiet spell shows at once.
-pub const BOARD_EVERY: Duration = Duration::from_millis(100);
-
 /// When the board was last published, and whether a later publication is scheduled.
 #[derive(Default)]
 struct Pace {
@@ -234,13 +228,18 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// Paces the board's publications: at most one per [`BOARD_EVERY`].
-    pub fn pace(&self, now: Instant) -> Paced {
+    /// Paces the board's publications: at most one per `every` (the node's `board_every_ms`).
+    /// Every publication sends each patient waiting there a new position (and each console a
+    /// delta): a busy queue changing hundreds of times a second would otherwise cost that many
+    /// frames per patient, and once the cores fall behind, longer queues cost more frames
+    /// still. Changes in between are shown together, the newest at most `every` after it
+    /// happened; a change after a quiet spell shows at once.
+    pub fn pace(&self, now: Instant, every: Duration) -> Paced {
         let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
         if pace.scheduled {
             return Paced::Scheduled;
         }
-        match pace.last.map(|last| last + BOARD_EVERY).filter(|due| *due > now) {
+        match pace.last.map(|last| last + every).filter(|due| *due > now) {
             Some(due) => {
                 pace.scheduled = true;
                 Paced::At(due)
@@ -487,19 +486,26 @@ mod tests {
     fn a_boards_publications_are_paced_and_a_change_in_between_is_scheduled_once() {
         let queues = Queues::new(view(0, &[]).estimate);
         let lane = queues.lane(UsState::parse("WA").unwrap());
+        let every = Duration::from_millis(100);
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
-        assert_eq!(lane.pace(t0), Paced::Now, "the first change shows at once");
-        assert_eq!(lane.pace(ms(10)), Paced::At(t0 + BOARD_EVERY), "the next waits for its turn");
-        assert_eq!(lane.pace(ms(20)), Paced::Scheduled, "and the one after goes with it");
+        assert_eq!(lane.pace(t0, every), Paced::Now, "the first change shows at once");
+        assert_eq!(lane.pace(ms(10), every), Paced::At(ms(100)), "the next waits for its turn");
+        assert_eq!(lane.pace(ms(20), every), Paced::Scheduled, "and the one after goes with it");
         lane.store(3, vec![visit("a")]);
         assert!(!lane.board_is_current(), "a publication waits");
-        lane.publishing(t0 + BOARD_EVERY);
+        lane.publishing(ms(100));
         lane.refresh_board(UsState::parse("WA").unwrap(), false, view(0, &[]).estimate);
         assert!(lane.board_is_current());
         assert_eq!(lane.board.borrow().version, 3);
-        assert_eq!(lane.pace(t0 + BOARD_EVERY + ms(50).duration_since(t0)), Paced::At(t0 + BOARD_EVERY * 2));
-        lane.publishing(t0 + BOARD_EVERY * 2);
-        assert_eq!(lane.pace(t0 + BOARD_EVERY * 4), Paced::Now, "after a quiet spell, at once");
+        assert_eq!(lane.pace(ms(150), every), Paced::At(ms(200)));
+        lane.publishing(ms(200));
+        assert_eq!(lane.pace(ms(400), every), Paced::Now, "after a quiet spell, at once");
+        // The node's setting sets the pace; 0 shows every change at once.
+        assert_eq!(lane.pace(ms(450), Duration::from_millis(1000)), Paced::At(ms(1400)));
+        let unpaced = queues.lane(UsState::parse("OR").unwrap());
+        for n in 0..3 {
+            assert_eq!(unpaced.pace(ms(n), Duration::ZERO), Paced::Now, "change {n}");
+        }
     }
 }
