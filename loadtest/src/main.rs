@@ -55,8 +55,9 @@ enum Command {
     /// pairs of sockets relaying to each other, and a broadcast. Prints its address, serves
     /// until killed.
     BareServer {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:38090")]
+        /// Address to listen on (a port below the ephemeral range, 32768 up, which the load's
+        /// own client sockets take).
+        #[arg(long, default_value = "127.0.0.1:18090")]
         listen: std::net::SocketAddr,
     },
 }
