@@ -38,10 +38,8 @@ impl LockGuard {
     }
 }
 
-/// Where one intake from a client counts: its address's bucket and its block's. An IPv6
-/// address counts by its /64 (one subscriber's usual block) and its block is the /48 (one
-/// site's): without the block, one site could spend 65,536 addresses' quotas. An IPv4 address
-/// counts alone, in its /24.
+/// Where one intake from a client counts: its address's bucket and its block's (which prefixes
+/// they are is the intake limit's choice, `api::address_limit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AddressKey {
     pub address: IpAddr,
