@@ -764,10 +764,11 @@ fn message(visit_id: &str, sender: &str, client_id: &str) -> NewMessage {
     }
 }
 
-/// A PostgreSQL change's record is staged in the change's own transaction and chained right
-/// after. One that a crash left staged (written here straight into the outbox, as a change that
-/// committed before the process died would have left it) is chained at the next start, in the
-/// order staged, before anything new, and the trail stays one unbroken chain.
+/// A PostgreSQL change's record is staged in the change's own transaction and chained soon
+/// after by the node's chainer, or at once by a read of the trail. One that a crash left staged
+/// (written here straight into the outbox, as a change that committed before the process died
+/// would have left it) is chained at the next start, in the order staged, before anything new,
+/// and the trail stays one unbroken chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_records_a_crash_left_staged_are_chained_at_start() {
     let pg = PgCluster::primary();
@@ -789,8 +790,8 @@ async fn postgres_records_a_crash_left_staged_are_chained_at_start() {
     let db = sqlx::PgPool::connect(&pg.primary_url()).await.unwrap();
     let staged =
         || async { sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_outbox").fetch_one(&db).await.unwrap() };
-    assert_eq!(staged().await, 0, "a change's record is chained before the change is answered");
-    assert_eq!(store.audit_for_visit("staged-1").await.unwrap().len(), 1);
+    assert_eq!(store.audit_for_visit("staged-1").await.unwrap().len(), 1, "a read chains what is staged first");
+    assert_eq!(staged().await, 0);
     for action in ["left.one", "left.two"] {
         sqlx::query("INSERT INTO audit_outbox (at, subject, role, action, visit_id, outcome) VALUES ($1, 'dr-staged', 'provider', $2, 'staged-1', 'ok')")
             .bind(2_000_i64)
@@ -806,4 +807,61 @@ async fn postgres_records_a_crash_left_staged_are_chained_at_start() {
     let actions: Vec<&str> = trail.iter().map(|r| r.entry.action.as_str()).collect();
     assert_eq!(actions, ["visit.create", "left.one", "left.two"]);
     assert!(first_broken(&trail, GENESIS.into()).is_ok());
+}
+
+/// A PostgreSQL change's record is chained by its node's chainer with nobody reading the trail;
+/// changes of two nodes at once make one unbroken chain holding each record once; and a record
+/// staged with no change to wake a chainer is chained by the next read of the trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_staged_records_are_chained_by_the_chainer_or_the_next_read() {
+    let pg = PgCluster::primary();
+    let nodes = [
+        PostgresStore::connect(&pg.primary_url(), None).await.unwrap(),
+        PostgresStore::connect(&pg.primary_url(), None).await.unwrap(),
+    ];
+    let db = sqlx::PgPool::connect(&pg.primary_url()).await.unwrap();
+    let count = |table: &str| {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        let db = db.clone();
+        async move { sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(&db).await.unwrap() }
+    };
+    let intakes = (0..60_i64).map(|i| {
+        let store = &nodes[i as usize % 2];
+        let v = visit(&format!("chained-{i}"), "WA", 1_000 + i);
+        let entry = AuditEntry {
+            at: ms(1_000 + i),
+            subject: "support-1".into(),
+            role: "support".into(),
+            action: "visit.create".into(),
+            visit_id: Some(v.id.clone()),
+            target: None,
+            outcome: "ok".into(),
+        };
+        async move { store.insert_visit_recorded(&v, &admin(), None, &entry).await.unwrap() }
+    });
+    for outcome in join_all(intakes).await {
+        assert_eq!(outcome, (InsertOutcome::Inserted, true));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count("audit_outbox").await > 0 {
+        assert!(Instant::now() < deadline, "staged records were not chained without a read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count("audit_log").await, 60);
+
+    // Both nodes gone (their chainers with them), a third one that changed nothing reads.
+    drop(nodes);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reader = PostgresStore::connect(&pg.primary_url(), None).await.unwrap();
+    sqlx::query("INSERT INTO audit_outbox (at, subject, role, action, visit_id, outcome) VALUES ($1, 'admin-1', 'admin', 'read.first', 'chained-0', 'ok')")
+        .bind(9_000_i64)
+        .execute(&db)
+        .await
+        .unwrap();
+    let trail = reader.audit_trail(0, 1_000).await.unwrap();
+    assert_eq!(trail.len(), 61, "the read chains what is staged first");
+    assert_eq!(trail.last().unwrap().entry.action, "read.first");
+    assert!(first_broken(&trail, GENESIS.into()).is_ok());
+    let visits: std::collections::HashSet<_> = trail[..60].iter().filter_map(|r| r.entry.visit_id.clone()).collect();
+    assert_eq!(visits.len(), 60, "each record once");
 }

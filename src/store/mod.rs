@@ -105,7 +105,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// [`Store::insert_visit`] with the audit record of the intake in the same transaction
     /// (SQLite: one trip, shared with other changes; PostgreSQL: staged with the change and
-    /// chained into the trail right after, see `postgres/audit.rs`). Returns what it did and
+    /// chained into the trail soon after, see `postgres/audit.rs`). Returns what it did and
     /// whether the record was stored with it; if not (a backend without it, or a key used
     /// before), the caller appends it when it has one to write.
     async fn insert_visit_recorded(

@@ -1,9 +1,14 @@
 //! The audit trail: appended a batch at a time in one transaction with its predecessor's hash,
 //! never updated. A change's record is first staged in `audit_outbox` inside the change's own
-//! transaction ([`stage`]), so the two commit together, then chained by the next append.
+//! transaction ([`stage`]), so the two commit together, then chained by the next append: the
+//! node's chainer's ([`chain_staged_in_background`]), a read's, or the audit writer's.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
+use tokio::sync::{Mutex, mpsc};
 
 use super::begin;
 use crate::model::audit::{GENESIS, chain};
@@ -34,13 +39,28 @@ pub async fn stage(tx: &mut Transaction<'_, Postgres>, entry: Option<&AuditEntry
     Ok(())
 }
 
+/// Adds `, staged AS (...)` to a statement of common table expressions: `entry`, when given,
+/// staged once per row that `source` (a change's `RETURNING`) returns, so it is stored only with
+/// a change that happened, in the change's own statement.
+pub fn push_staged(q: &mut QueryBuilder<Postgres>, source: &str, entry: Option<&AuditEntry>) {
+    let Some(entry) = entry else { return };
+    q.push(format!(", staged AS (INSERT INTO audit_outbox ({ENTRY_COLUMNS}) SELECT "));
+    push_entry(&mut q.separated(", "), entry);
+    q.push(format!(" FROM {source})"));
+}
+
 /// Appends the staged records (oldest first), then `entries` in order, chained, in one
 /// transaction: one commit for a whole batch. Returns the records of `entries`.
 pub async fn append(pool: &PgPool, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
+    Ok(append_counted(pool, entries).await?.0)
+}
+
+/// [`append`], also saying how many staged records it moved (at most [`MAX_STAGED`]).
+async fn append_counted(pool: &PgPool, entries: &[AuditEntry]) -> StoreResult<(Vec<AuditRecord>, usize)> {
     if entries.is_empty() {
         let staged: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM audit_outbox)").fetch_one(pool).await?;
         if !staged {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
     }
     // EXCLUSIVE mode lets readers in but no other writer, whoever it is, until the commit: the
@@ -78,24 +98,42 @@ pub async fn append(pool: &PgPool, entries: &[AuditEntry]) -> StoreResult<Vec<Au
         }
     }
     tx.commit().await?;
-    Ok(records.split_off(staged_count))
+    Ok((records.split_off(staged_count), staged_count))
 }
 
 /// Staged records moved per append at most: a backlog left by a crash goes over several.
 const MAX_STAGED: usize = 4096;
 
-/// Chains every staged record (at start-up, for those a crash left behind).
-pub async fn chain_all_staged(pool: &PgPool) -> StoreResult<()> {
-    loop {
-        let staged: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_outbox").fetch_one(pool).await?;
-        if staged == 0 {
-            return Ok(());
+/// How long the chainer lets records gather after a change woke it: what a node's changes
+/// stage in that time is chained in one transaction, where chaining each change's record right
+/// after it took a transaction of its own per change (BENCHMARKS.md). Reads of the trail chain
+/// first, so they never see it behind.
+const GATHER: Duration = Duration::from_millis(50);
+
+/// The node's chainer: woken by changes that staged a record, it chains everything staged
+/// (by any node) after a short gathering time, one append at a time with the node's reads of
+/// the trail. It ends when the store is dropped, leaving what is staged to the next start or
+/// another node.
+pub async fn chain_staged_in_background(pool: PgPool, chaining: Arc<Mutex<()>>, mut staged: mpsc::Receiver<()>) {
+    while staged.recv().await.is_some() {
+        tokio::time::sleep(GATHER).await;
+        if staged.is_closed() {
+            return;
         }
-        append(pool, &[]).await?;
-        if staged <= MAX_STAGED as i64 {
-            return Ok(());
+        // Wake-ups of records staged meanwhile are answered by this round: it starts after.
+        while staged.try_recv().is_ok() {}
+        let _one_at_a_time = chaining.lock().await;
+        if let Err(e) = chain_all_staged(&pool).await {
+            // Staged records are durable: the next change's round or a read chains them.
+            tracing::warn!(error = %e, "audit records staged with their changes wait for the next append");
         }
     }
+}
+
+/// Chains every staged record (at start-up, for those a crash left behind, and by the chainer).
+pub async fn chain_all_staged(pool: &PgPool) -> StoreResult<()> {
+    while append_counted(pool, &[]).await?.1 == MAX_STAGED {}
+    Ok(())
 }
 
 pub async fn trail(pool: &PgPool, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {

@@ -2,9 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::audit::stage;
+use super::audit::{push_staged, stage};
 use super::{begin, corrupt};
 use crate::model::{AuditEntry, UsState, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
@@ -107,7 +107,8 @@ pub async fn mark_read(pool: &PgPool, visit_id: &str, subject: &str, up_to_seq: 
     Ok(n as u64)
 }
 
-/// Adds a member, with the audit record `staged` when given and the member is new.
+/// Adds a member, with the audit record `staged` when given and the member is new, in one
+/// statement (one trip, no transaction to open and commit).
 pub async fn join(
     pool: &PgPool,
     visit_id: &str,
@@ -115,34 +116,27 @@ pub async fn join(
     at: DateTime<Utc>,
     staged: Option<&AuditEntry>,
 ) -> StoreResult<bool> {
-    let mut tx = begin(pool).await?;
-    let joined = join_in(&mut tx, visit_id, member, at).await?;
-    if joined {
-        stage(&mut tx, staged).await?;
-    }
-    tx.commit().await?;
-    Ok(joined)
+    let mut q = QueryBuilder::<Postgres>::new("WITH visit AS (SELECT ");
+    q.push_bind(visit_id.to_string());
+    q.push("::text AS id)");
+    push_joined(&mut q, "visit", member, at);
+    push_staged(&mut q, "joined", staged);
+    q.push(" SELECT COUNT(*) FROM joined");
+    let joined: i64 = q.build_query_scalar().fetch_one(pool).await?;
+    Ok(joined == 1)
 }
 
-/// Adds a member in `tx`; false when already one.
-pub async fn join_in(
-    tx: &mut Transaction<'_, Postgres>,
-    visit_id: &str,
-    member: &Participant,
-    at: DateTime<Utc>,
-) -> StoreResult<bool> {
-    let n = sqlx::query(
-        "INSERT INTO chat_members (visit_id, subject, name, role, joined_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (visit_id, subject) DO NOTHING",
-    )
-    .bind(visit_id)
-    .bind(&member.subject)
-    .bind(&member.name)
-    .bind(member.role.as_str())
-    .bind(to_millis(at))
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
+/// Adds `, joined AS (...)` to a statement of common table expressions: the member joins the
+/// conversation of each visit `source` returns (as `id`); `joined` returns a row for each new
+/// membership, none for a member already in.
+pub fn push_joined(q: &mut QueryBuilder<Postgres>, source: &str, member: &Participant, at: DateTime<Utc>) {
+    q.push(", joined AS (INSERT INTO chat_members (visit_id, subject, name, role, joined_at) SELECT id, ");
+    q.separated(", ")
+        .push_bind(member.subject.clone())
+        .push_bind(member.name.clone())
+        .push_bind(member.role.as_str())
+        .push_bind(to_millis(at));
+    q.push(format!(" FROM {source} ON CONFLICT (visit_id, subject) DO NOTHING RETURNING visit_id)"));
 }
 
 pub async fn leave(pool: &PgPool, visit_id: &str, subject: &str) -> StoreResult<bool> {

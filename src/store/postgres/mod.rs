@@ -7,8 +7,10 @@
 //! locks make the losers re-check against the winner's row; chat appends and audit appends,
 //! which read the last row to write the next, take a lock first (see `chat.rs`, `audit.rs`).
 //! A change's audit record is staged in the change's own transaction without that lock, and
-//! chained right after: a change and its record commit together, and changes do not queue on
-//! the trail's lock.
+//! chained by the node's chainer a moment later, with whatever else was staged meanwhile, or
+//! by the next read of the trail, whichever comes first: a change and its record commit
+//! together, changes do not queue on the trail's lock, and a busy node chains many records per
+//! transaction instead of one transaction per change (see `audit.rs`).
 
 mod audit;
 mod chat;
@@ -16,6 +18,7 @@ mod directory;
 mod replica;
 mod visits;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,9 +41,12 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PostgresStore {
     primary: PgPool,
     router: replica::ReadRouter,
-    /// One chaining of staged records at a time per node: callers that queue behind one that
-    /// took their records along find nothing left, and skip the trail's lock.
-    chaining: tokio::sync::Mutex<()>,
+    /// One chaining of staged records at a time per node (the chainer's and reads'): one that
+    /// queues behind another that took its records along finds nothing left, and skips the
+    /// trail's lock.
+    chaining: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes the chainer: a change staged a record.
+    staged: tokio::sync::mpsc::Sender<()>,
 }
 
 use super::corrupt;
@@ -65,8 +71,11 @@ impl PostgresStore {
         };
         // Records a crash left staged go into the trail before anything new.
         audit::chain_all_staged(&primary).await?;
-        let store =
-            PostgresStore { primary, router: replica::ReadRouter::new(replica), chaining: tokio::sync::Mutex::new(()) };
+        let chaining = Arc::new(tokio::sync::Mutex::new(()));
+        // One wake-up pending is enough: the chainer takes everything staged when it runs.
+        let (staged, wake) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(audit::chain_staged_in_background(primary.clone(), chaining.clone(), wake));
+        let store = PostgresStore { primary, router: replica::ReadRouter::new(replica), chaining, staged };
         // The schema counts as a write: no read goes to a replica that lacks a table.
         store.router.wrote(&store.primary).await?;
         Ok(store)
@@ -91,18 +100,22 @@ impl PostgresStore {
     }
 
     /// Passes on the result of a change that staged its audit record (see `audit.rs`): when
-    /// it `took_effect`, the record is chained into the trail before the change is answered,
-    /// then the WAL position is noted once for both. Should chaining fail, the record stays
-    /// staged, durable, for the next append: the change stands either way.
+    /// it `took_effect`, the record is on record (committed with the change, in the outbox),
+    /// and the chainer is woken to chain it into the trail.
     async fn recorded<T>(&self, change: StoreResult<T>, took_effect: impl FnOnce(&T) -> bool) -> StoreResult<T> {
         let value = change?;
         if took_effect(&value) {
-            let _one_at_a_time = self.chaining.lock().await;
-            if let Err(e) = audit::append(&self.primary, &[]).await {
-                tracing::warn!(error = %e, "audit records staged with their changes wait for the next append");
-            }
+            // Full: a wake-up is pending already, and its round takes this record along.
+            let _ = self.staged.try_send(());
         }
         self.write(Ok(value)).await
+    }
+
+    /// Chains what is staged before a read of the trail, so that the read sees the record of
+    /// every change committed before it, whichever node made it.
+    async fn chain_staged(&self) -> StoreResult<()> {
+        let _one_at_a_time = self.chaining.lock().await;
+        self.write(audit::append(&self.primary, &[]).await.map(drop)).await
     }
 
     /// Passes on the result of a write on the primary, after noting where the primary's WAL is
@@ -154,14 +167,12 @@ impl Store for PostgresStore {
         key: Option<&IdempotencyKey>,
         record: &AuditEntry,
     ) -> StoreResult<(InsertOutcome, bool)> {
-        if key.is_some() {
-            // Not staged: a keyed intake (the patient client's) chaining its record one at a
-            // time per node measured slower under load than the caller appending it apart, in
-            // batches (BENCHMARKS.md).
-            return Ok((self.write(visits::insert(&self.primary, visit, actor, key, None).await).await?, false));
-        }
-        self.recorded(visits::insert(&self.primary, visit, actor, None, Some(record)).await, |_| true).await?;
-        Ok((InsertOutcome::Inserted, true))
+        // A key used before stores nothing, its record included (the caller appends that).
+        let inserted = |outcome: &InsertOutcome| matches!(outcome, InsertOutcome::Inserted);
+        let outcome =
+            self.recorded(visits::insert(&self.primary, visit, actor, key, Some(record)).await, inserted).await?;
+        let staged = inserted(&outcome);
+        Ok((outcome, staged))
     }
 
     /// On the primary: a retry landing on another node must find the key at once.
@@ -337,10 +348,12 @@ impl Store for PostgresStore {
     }
 
     async fn audit_trail(&self, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        self.chain_staged().await?;
         read!(self, |pool| audit::trail(pool, after_id, limit))
     }
 
     async fn audit_for_visit(&self, visit_id: &str) -> StoreResult<Vec<AuditRecord>> {
+        self.chain_staged().await?;
         read!(self, |pool| audit::for_visit(pool, visit_id))
     }
 

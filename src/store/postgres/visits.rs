@@ -2,9 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
-use super::audit::stage;
+use super::audit::{push_staged, stage};
 use super::{begin, corrupt};
 use crate::model::{Actor, AuditEntry, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::Participant;
@@ -114,9 +114,29 @@ pub async fn get(pool: &PgPool, id: &str) -> StoreResult<Option<Visit>> {
     row.as_ref().map(from_row).transpose()
 }
 
-/// Compare-and-set: the `WHERE status = $4` makes concurrent updates of one visit queue on its
+/// Adds `, logged AS (...)` to a statement of common table expressions: the transition's row,
+/// taken from the visit `moved` returns, so it is stored only with a transition that happened.
+fn push_logged(
+    q: &mut QueryBuilder<Postgres>,
+    (from, to): (VisitStatus, VisitStatus),
+    actor: &Actor,
+    at: DateTime<Utc>,
+) {
+    q.push(", logged AS (INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) SELECT id, ");
+    q.separated(", ")
+        .push_bind(from.as_str())
+        .push_bind(to.as_str())
+        .push_bind(to_millis(at))
+        .push_bind(actor.subject.clone())
+        .push_bind(actor.role);
+    q.push(" FROM moved)");
+}
+
+/// Compare-and-set: the `WHERE status = ...` makes concurrent updates of one visit queue on its
 /// row lock, and the losers re-check the condition against the winner's row and change nothing.
-/// The audit record `staged`, when given, is stored only with a transition that happened.
+/// One statement, so one trip and no transaction to open and commit: the transition's row and
+/// the audit record `staged`, when given, are stored with it, only with a transition that
+/// happened, and commit with it.
 pub async fn transition(
     pool: &PgPool,
     id: &str,
@@ -125,29 +145,25 @@ pub async fn transition(
     at: DateTime<Utc>,
     staged: Option<&AuditEntry>,
 ) -> StoreResult<bool> {
-    let mut tx = begin(pool).await?;
-    let changed = sqlx::query(
-        "UPDATE visits SET status = $1, provider_subject = CASE WHEN $2 = 'waiting' THEN NULL ELSE provider_subject END WHERE id = $3 AND status = $4",
-    )
-    .bind(to.as_str())
-    .bind(to.as_str())
-    .bind(id)
-    .bind(from.as_str())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if changed == 0 {
-        return Ok(false);
-    }
-    record(&mut tx, id, Some(from), to, actor, at).await?;
-    stage(&mut tx, staged).await?;
-    tx.commit().await?;
-    Ok(true)
+    let mut q = QueryBuilder::<Postgres>::new("WITH moved AS (UPDATE visits SET status = ");
+    q.push_bind(to.as_str());
+    q.push(", provider_subject = CASE WHEN ");
+    q.push_bind(to.as_str());
+    q.push(" = 'waiting' THEN NULL ELSE provider_subject END WHERE id = ");
+    q.push_bind(id.to_string());
+    q.push(" AND status = ");
+    q.push_bind(from.as_str());
+    q.push(" RETURNING id)");
+    push_logged(&mut q, (from, to), actor, at);
+    push_staged(&mut q, "moved", staged);
+    q.push(" SELECT COUNT(*) FROM moved");
+    let moved: i64 = q.build_query_scalar().fetch_one(pool).await?;
+    Ok(moved == 1)
 }
 
 /// A claim and, when it wins and `join` is given, the provider joining the visit's conversation
-/// and the claim's audit record, in one transaction. Returns whether it won and whether the
-/// provider joined.
+/// and the claim's audit record, in one statement (as [`transition`]). Returns whether it won
+/// and whether the provider joined.
 pub async fn claim(
     pool: &PgPool,
     id: &str,
@@ -156,28 +172,25 @@ pub async fn claim(
     waited_secs: u64,
     join: Option<(&Participant, &AuditEntry)>,
 ) -> StoreResult<(bool, bool)> {
-    let mut tx = begin(pool).await?;
-    let changed = sqlx::query(
-        "UPDATE visits SET status = 'claimed', provider_subject = $1, waited_secs = COALESCE(waited_secs, $2) WHERE id = $3 AND status = 'waiting'",
-    )
-    .bind(provider)
-    .bind(waited_secs as i64)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if changed == 0 {
-        return Ok((false, false));
-    }
+    let mut q =
+        QueryBuilder::<Postgres>::new("WITH moved AS (UPDATE visits SET status = 'claimed', provider_subject = ");
+    q.push_bind(provider.to_string());
+    q.push(", waited_secs = COALESCE(waited_secs, ");
+    q.push_bind(waited_secs as i64);
+    q.push(") WHERE id = ");
+    q.push_bind(id.to_string());
+    q.push(" AND status = 'waiting' RETURNING id)");
     let actor = Actor { subject: provider.to_string(), role: "provider" };
-    record(&mut tx, id, Some(VisitStatus::Waiting), VisitStatus::Claimed, &actor, at).await?;
-    let mut joined = false;
+    push_logged(&mut q, (VisitStatus::Waiting, VisitStatus::Claimed), &actor, at);
     if let Some((member, entry)) = join {
-        joined = super::chat::join_in(&mut tx, id, member, at).await?;
-        stage(&mut tx, Some(entry)).await?;
+        super::chat::push_joined(&mut q, "moved", member, at);
+        push_staged(&mut q, "moved", Some(entry));
+        q.push(" SELECT (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM joined)");
+    } else {
+        q.push(" SELECT (SELECT COUNT(*) FROM moved), 0::bigint");
     }
-    tx.commit().await?;
-    Ok((true, joined))
+    let (claimed, joined): (i64, i64) = q.build_query_as().fetch_one(pool).await?;
+    Ok((claimed == 1, joined == 1))
 }
 
 pub async fn relocate(
