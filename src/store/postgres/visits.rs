@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
-use super::audit::{push_staged, stage};
+use super::audit::push_staged;
 use super::{begin, corrupt};
 use crate::model::{Actor, AuditEntry, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::Participant;
@@ -52,7 +52,10 @@ async fn record(
     Ok(())
 }
 
-/// Stores a new visit and its first transition, with the audit record `staged` when given.
+/// Stores a new visit and its first transition, with the audit record `staged` when given, in
+/// one statement (as [`transition`]). With a key, the key goes in first and the rest only if it
+/// was new: a concurrent insert under the same key waits on the key's unique index until the
+/// first commits, then stores nothing, so exactly one of them stores a visit.
 pub async fn insert(
     pool: &PgPool,
     visit: &Visit,
@@ -60,44 +63,43 @@ pub async fn insert(
     key: Option<&IdempotencyKey>,
     staged: Option<&AuditEntry>,
 ) -> StoreResult<InsertOutcome> {
-    let mut tx = begin(pool).await?;
-    sqlx::query(
-        "INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(&visit.id)
-    .bind(visit.state.code())
-    .bind(&visit.display_name)
-    .bind(&visit.reason)
-    .bind(visit.status.as_str())
-    .bind(to_millis(visit.created_at))
-    .bind(visit.estimated_wait_secs.map(|v| v as i64))
-    .bind(visit.waited_secs.map(|v| v as i64))
-    .execute(&mut *tx)
-    .await?;
-    if let Some(key) = key {
-        // A concurrent insert under the same key waits on the key's unique index until the
-        // first commits, then does nothing: exactly one of them stores a visit.
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, visit_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(&key.key)
-        .bind(&key.request_hash)
-        .bind(&visit.id)
-        .bind(to_millis(visit.created_at))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            let (visit_id, request_hash) =
-                idempotent(pool, &key.key).await?.ok_or_else(|| corrupt("idempotency key vanished"))?;
-            return Ok(InsertOutcome::Replayed { visit_id, request_hash });
+    let mut q = QueryBuilder::<Postgres>::new("WITH ");
+    let source = match key {
+        Some(key) => {
+            q.push("keyed AS (INSERT INTO idempotency_keys (key, request_hash, visit_id, created_at) VALUES (");
+            q.separated(", ")
+                .push_bind(key.key.clone())
+                .push_bind(key.request_hash.clone())
+                .push_bind(visit.id.clone())
+                .push_bind(to_millis(visit.created_at));
+            q.push(") ON CONFLICT (key) DO NOTHING RETURNING key), ");
+            " FROM keyed"
         }
+        None => "",
+    };
+    q.push("moved AS (INSERT INTO visits (id, state, display_name, reason, status, created_at, estimated_wait_secs, waited_secs) SELECT ");
+    q.separated(", ")
+        .push_bind(visit.id.clone())
+        .push_bind(visit.state.code())
+        .push_bind(visit.display_name.clone())
+        .push_bind(visit.reason.clone())
+        .push_bind(visit.status.as_str())
+        .push_bind(to_millis(visit.created_at))
+        .push_bind(visit.estimated_wait_secs.map(|v| v as i64))
+        .push_bind(visit.waited_secs.map(|v| v as i64));
+    q.push(source);
+    q.push(" RETURNING id)");
+    push_logged(&mut q, (None, visit.status), actor, visit.created_at);
+    push_staged(&mut q, "moved", staged);
+    q.push(" SELECT COUNT(*) FROM moved");
+    let inserted: i64 = q.build_query_scalar().fetch_one(pool).await?;
+    if inserted == 1 {
+        return Ok(InsertOutcome::Inserted);
     }
-    record(&mut tx, &visit.id, None, visit.status, actor, visit.created_at).await?;
-    stage(&mut tx, staged).await?;
-    tx.commit().await?;
-    Ok(InsertOutcome::Inserted)
+    let key = key.ok_or_else(|| corrupt("visit not inserted without a key"))?;
+    let (visit_id, request_hash) =
+        idempotent(pool, &key.key).await?.ok_or_else(|| corrupt("idempotency key vanished"))?;
+    Ok(InsertOutcome::Replayed { visit_id, request_hash })
 }
 
 pub async fn idempotent(pool: &PgPool, key: &str) -> StoreResult<Option<(VisitId, String)>> {
@@ -118,13 +120,13 @@ pub async fn get(pool: &PgPool, id: &str) -> StoreResult<Option<Visit>> {
 /// taken from the visit `moved` returns, so it is stored only with a transition that happened.
 fn push_logged(
     q: &mut QueryBuilder<Postgres>,
-    (from, to): (VisitStatus, VisitStatus),
+    (from, to): (Option<VisitStatus>, VisitStatus),
     actor: &Actor,
     at: DateTime<Utc>,
 ) {
     q.push(", logged AS (INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) SELECT id, ");
     q.separated(", ")
-        .push_bind(from.as_str())
+        .push_bind(from.map(VisitStatus::as_str))
         .push_bind(to.as_str())
         .push_bind(to_millis(at))
         .push_bind(actor.subject.clone())
@@ -154,7 +156,7 @@ pub async fn transition(
     q.push(" AND status = ");
     q.push_bind(from.as_str());
     q.push(" RETURNING id)");
-    push_logged(&mut q, (from, to), actor, at);
+    push_logged(&mut q, (Some(from), to), actor, at);
     push_staged(&mut q, "moved", staged);
     q.push(" SELECT COUNT(*) FROM moved");
     let moved: i64 = q.build_query_scalar().fetch_one(pool).await?;
@@ -181,7 +183,7 @@ pub async fn claim(
     q.push_bind(id.to_string());
     q.push(" AND status = 'waiting' RETURNING id)");
     let actor = Actor { subject: provider.to_string(), role: "provider" };
-    push_logged(&mut q, (VisitStatus::Waiting, VisitStatus::Claimed), &actor, at);
+    push_logged(&mut q, (Some(VisitStatus::Waiting), VisitStatus::Claimed), &actor, at);
     if let Some((member, entry)) = join {
         super::chat::push_joined(&mut q, "moved", member, at);
         push_staged(&mut q, "moved", Some(entry));
