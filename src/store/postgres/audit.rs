@@ -1,13 +1,13 @@
 //! The audit trail: appended a batch at a time in one transaction with its predecessor's hash,
 //! never updated. A change's record is first staged in `audit_outbox` inside the change's own
-//! transaction ([`stage`]), so the two commit together, then chained by the next append: the
+//! statement ([`push_staged`]), so the two commit together, then chained by the next append: the
 //! node's chainer's ([`chain_staged_in_background`]), a read's, or the audit writer's.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Postgres, QueryBuilder, Row, Transaction};
+use sqlx::{Postgres, QueryBuilder, Row};
 use tokio::sync::{Mutex, mpsc};
 
 use super::begin;
@@ -29,19 +29,9 @@ fn from_row(row: &PgRow) -> StoreResult<AuditRecord> {
 /// Rows per INSERT statement: nine parameters each stays well under PostgreSQL's 65,535.
 const ROWS_PER_INSERT: usize = 256;
 
-/// Stages the record of a change, if any, in the change's transaction `tx`; the next
-/// [`append`] chains it.
-pub async fn stage(tx: &mut Transaction<'_, Postgres>, entry: Option<&AuditEntry>) -> StoreResult<()> {
-    let Some(entry) = entry else { return Ok(()) };
-    let mut insert = QueryBuilder::<Postgres>::new(format!("INSERT INTO audit_outbox ({ENTRY_COLUMNS}) "));
-    insert.push_values(std::iter::once(entry), |mut row, e| push_entry(&mut row, e));
-    insert.build().execute(&mut **tx).await?;
-    Ok(())
-}
-
-/// Adds `, staged AS (...)` to a statement of common table expressions: `entry`, when given,
-/// staged once per row that `source` (a change's `RETURNING`) returns, so it is stored only with
-/// a change that happened, in the change's own statement.
+/// Stages a change's audit record `entry`, when given: adds `, staged AS (...)` to the change's
+/// statement of common table expressions, staging it once per row that `source` (the change's
+/// `RETURNING`) returns, so it is stored only with a change that happened, and commits with it.
 pub fn push_staged(q: &mut QueryBuilder<Postgres>, source: &str, entry: Option<&AuditEntry>) {
     let Some(entry) = entry else { return };
     q.push(format!(", staged AS (INSERT INTO audit_outbox ({ENTRY_COLUMNS}) SELECT "));

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::audit::{push_staged, stage};
+use super::audit::push_staged;
 use super::{begin, corrupt};
 use crate::model::{AuditEntry, UsState, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
@@ -48,38 +48,40 @@ pub async fn append(pool: &PgPool, m: &NewMessage, staged: Option<&AuditEntry>) 
         .bind(&m.visit_id)
         .execute(&mut *tx)
         .await?;
+    // The message and its staged record in one statement after the lock; a retry (its
+    // `client_id` used before) stores neither and reads the message stored the first time.
+    let mut q =
+        QueryBuilder::<Postgres>::new(format!("WITH appended AS (INSERT INTO chat_messages ({COLUMNS}) SELECT "));
+    q.push_bind(m.visit_id.clone());
+    q.push(", COALESCE(MAX(seq), 0) + 1, ");
+    q.separated(", ")
+        .push_bind(m.message_id.clone())
+        .push_bind(m.client_id.clone())
+        .push_bind(m.from.subject.clone())
+        .push_bind(m.from.role.as_str())
+        .push_bind(m.from.name.clone())
+        .push_bind(m.body.clone())
+        .push_bind(to_millis(m.sent_at));
+    q.push(" FROM chat_messages WHERE visit_id = ");
+    q.push_bind(m.visit_id.clone());
+    q.push(format!(" ON CONFLICT (visit_id, sender_subject, client_id) DO NOTHING RETURNING {COLUMNS})"));
+    push_staged(&mut q, "appended", staged);
+    q.push(format!(" SELECT {COLUMNS} FROM appended"));
+    if let Some(row) = q.build().fetch_optional(&mut *tx).await? {
+        let message = message_from_row(&row)?;
+        tx.commit().await?;
+        return Ok((message, true));
+    }
     let sql =
         format!("SELECT {COLUMNS} FROM chat_messages WHERE visit_id = $1 AND sender_subject = $2 AND client_id = $3");
     let before = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(&m.visit_id)
         .bind(&m.from.subject)
         .bind(&m.client_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if let Some(row) = before {
-        tx.rollback().await?;
-        return Ok((message_from_row(&row)?, false));
-    }
-    let sql = format!(
-        "INSERT INTO chat_messages ({COLUMNS})
-         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5, $6, $7, $8 FROM chat_messages WHERE visit_id = $1
-         RETURNING {COLUMNS}"
-    );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(&m.visit_id)
-        .bind(&m.message_id)
-        .bind(&m.client_id)
-        .bind(&m.from.subject)
-        .bind(m.from.role.as_str())
-        .bind(&m.from.name)
-        .bind(&m.body)
-        .bind(to_millis(m.sent_at))
         .fetch_one(&mut *tx)
         .await?;
-    let message = message_from_row(&row)?;
-    stage(&mut tx, staged).await?;
-    tx.commit().await?;
-    Ok((message, true))
+    tx.rollback().await?;
+    Ok((message_from_row(&before)?, false))
 }
 
 pub async fn page(pool: &PgPool, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>> {
