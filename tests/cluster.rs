@@ -635,6 +635,37 @@ async fn a_states_cap_holds_for_intakes_at_once_on_two_nodes() {
     assert_eq!(places, (1..=6).collect::<Vec<u64>>(), "six admitted across both nodes, each its own place");
 }
 
+/// A caregiver's cap on conversations counts their joins on every node (a cluster node reads
+/// it from the store): a join is refused on one node for conversations joined on another, a
+/// conversation they are in already is no new one, and a visit over frees its place on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caregivers_conversation_cap_holds_across_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let cluster = Cluster::new(redis.url(), false).await;
+    let cap = [("VISITHUB_MAX_CONVERSATIONS_PER_CAREGIVER", "2")];
+    let (a, b) = (cluster.node_with("a", &cap).await, cluster.node_with("b", &cap).await);
+    assert!(a.onboard("sam", "support", &["WA"]).await.status.is_success());
+    let mut visits = Vec::new();
+    for name in ["Ann", "Bob", "Cy"] {
+        let intake = a.intake(name, "WA", None).await;
+        assert_eq!(intake.status, 201, "{:?}", intake.body);
+        visits.push((intake.str("visit_id"), intake.str("patient_token")));
+    }
+    let mut on_a = a.ws(&a.token(Role::Support, "sam", &[], 3600)).await;
+    let mut on_b = b.ws(&b.token(Role::Support, "sam", &[], 3600)).await;
+    assert!(is_ack(&on_a.request(&join(&visits[0].0)).await));
+    assert!(is_ack(&on_b.request(&join(&visits[1].0)).await));
+    for ws in [&mut on_a, &mut on_b] {
+        assert_eq!(error_code(&ws.request(&join(&visits[2].0)).await), "conversation_cap_reached");
+    }
+    assert!(is_ack(&on_a.request(&join(&visits[1].0)).await), "one joined on the other node counts as in");
+    let cancel = format!("/v1/visits/{}/cancel", visits[0].0);
+    let r = b.call("POST", &cancel, Some(&visits[0].1), None).await;
+    assert_eq!(r.status, reqwest::StatusCode::OK, "{}", r.body);
+    assert!(is_ack(&on_b.request(&join(&visits[2].0)).await), "a visit over frees its place");
+}
+
 /// A client the balancer spreads over nodes gets one quota of intakes, not one per node: the
 /// buckets are in Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

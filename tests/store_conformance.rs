@@ -443,6 +443,8 @@ async fn conversations(store: &dyn Store) {
     assert_eq!((summaries[0].state, summaries[0].status), (state("CA"), VisitStatus::Waiting));
     assert_eq!(summaries[0].patient_name, "Pat Doe");
     assert!(store.conversations_of("nobody").await.unwrap().is_empty());
+    assert_eq!(store.open_conversation_ids("sup-1").await.unwrap(), ["conv-1", "chat-1"]);
+    assert!(store.open_conversation_ids("nobody").await.unwrap().is_empty());
 
     // Every visit not over with its members (what a single node starts from): conv-2 is over,
     // a visit without members comes with none.

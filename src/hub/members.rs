@@ -112,8 +112,8 @@ impl Hub {
         if let Some(open) = self.members.open_of(subject, visit_id) {
             return Ok(open);
         }
-        let open = self.store.conversations_of(subject).await.map_err(HubError::internal)?;
-        Ok((open.len() as u32, open.iter().any(|c| c.visit_id == visit_id)))
+        let open = self.store.open_conversation_ids(subject).await.map_err(HubError::internal)?;
+        Ok((open.len() as u32, open.iter().any(|id| id == visit_id)))
     }
 
     /// Adds a member; false when they were in already. With `record`, the audit record of the

@@ -80,6 +80,7 @@ timed! {
     async fn leave_conversation(&self, visit_id: &str, subject: &str) -> StoreResult<bool>;
     async fn conversation_members(&self, visit_id: &str) -> StoreResult<Vec<Participant>>;
     async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>>;
+    async fn open_conversation_ids(&self, subject: &str) -> StoreResult<Vec<VisitId>>;
     async fn open_conversations(&self) -> StoreResult<Vec<OpenConversation>>;
     async fn append_audits(&self, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>>;
     async fn audit_trail(&self, after_id: i64, limit: u32) -> StoreResult<Vec<AuditRecord>>;

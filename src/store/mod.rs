@@ -252,6 +252,9 @@ pub trait Store: Send + Sync + 'static {
     async fn open_conversations(&self) -> StoreResult<Vec<OpenConversation>>;
     /// Conversations `subject` is in whose visit is not over.
     async fn conversations_of(&self, subject: &str) -> StoreResult<Vec<ConversationSummary>>;
+    /// The visits of those conversations only, without their summaries: what a caregiver's
+    /// cap on conversations is checked against in a cluster, at every join.
+    async fn open_conversation_ids(&self, subject: &str) -> StoreResult<Vec<VisitId>>;
 
     /// Appends audit records in order, the first chained to the last one stored, all in one
     /// transaction (a batch costs one commit); returns them as stored.

@@ -6,7 +6,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::audit::push_staged;
 use super::{begin, corrupt};
-use crate::model::{AuditEntry, UsState, VisitStatus};
+use crate::model::{AuditEntry, UsState, VisitId, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
 use crate::store::{
     ConversationSummary, NewMessage, OpenConversation, StoreResult, from_millis, parse_role, to_millis,
@@ -184,6 +184,17 @@ pub async fn open_conversations(pool: &PgPool) -> StoreResult<Vec<OpenConversati
             Ok((visit_id, Some((from_millis(row.try_get("joined_at")?)?, member))))
         })
         .collect()
+}
+
+pub async fn open_conversation_ids(pool: &PgPool, subject: &str) -> StoreResult<Vec<VisitId>> {
+    Ok(sqlx::query_scalar(
+        "SELECT m.visit_id FROM chat_members m JOIN visits v ON v.id = m.visit_id
+         WHERE m.subject = $1 AND v.status NOT IN ('ended', 'cancelled', 'abandoned')
+         ORDER BY m.joined_at, v.id COLLATE \"C\"",
+    )
+    .bind(subject)
+    .fetch_all(pool)
+    .await?)
 }
 
 pub async fn conversations_of(pool: &PgPool, subject: &str) -> StoreResult<Vec<ConversationSummary>> {

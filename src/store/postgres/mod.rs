@@ -343,6 +343,10 @@ impl Store for PostgresStore {
         read!(self, |pool| chat::conversations_of(pool, subject))
     }
 
+    async fn open_conversation_ids(&self, subject: &str) -> StoreResult<Vec<VisitId>> {
+        read!(self, |pool| chat::open_conversation_ids(pool, subject))
+    }
+
     async fn append_audits(&self, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
         self.write(audit::append(&self.primary, entries).await).await
     }

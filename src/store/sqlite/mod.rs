@@ -305,6 +305,10 @@ impl Store for SqliteStore {
         chat::conversations_of(&self.reader, subject).await
     }
 
+    async fn open_conversation_ids(&self, subject: &str) -> StoreResult<Vec<VisitId>> {
+        chat::open_conversation_ids(&self.reader, subject).await
+    }
+
     async fn append_audits(&self, entries: &[AuditEntry]) -> StoreResult<Vec<AuditRecord>> {
         audit::append(&self.writer, &self.audit_head, entries).await
     }
