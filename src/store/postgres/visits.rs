@@ -2,10 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Postgres, QueryBuilder, Row, Transaction};
+use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::audit::push_staged;
-use super::{begin, corrupt};
+use super::corrupt;
 use crate::model::{Actor, AuditEntry, UsState, Visit, VisitId, VisitStatus};
 use crate::protocol::Participant;
 use crate::store::{IdempotencyKey, InsertOutcome, StoreResult, Transition, from_millis, to_millis};
@@ -28,28 +28,6 @@ fn from_row(row: &PgRow) -> StoreResult<Visit> {
         provider: row.try_get("provider_subject")?,
         reported_state: reported.map(|s| UsState::parse(&s).map_err(|_| corrupt("reported state"))).transpose()?,
     })
-}
-
-async fn record(
-    tx: &mut Transaction<'_, Postgres>,
-    id: &str,
-    from: Option<VisitStatus>,
-    to: VisitStatus,
-    actor: &Actor,
-    at: DateTime<Utc>,
-) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO visit_transitions (visit_id, from_status, to_status, at, actor_subject, actor_role) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(id)
-    .bind(from.map(VisitStatus::as_str))
-    .bind(to.as_str())
-    .bind(to_millis(at))
-    .bind(&actor.subject)
-    .bind(actor.role)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// Stores a new visit and its first transition, with the audit record `staged` when given, in
@@ -203,23 +181,18 @@ pub async fn relocate(
     actor: &Actor,
     at: DateTime<Utc>,
 ) -> StoreResult<bool> {
-    let mut tx = begin(pool).await?;
-    let changed = sqlx::query(
-        "UPDATE visits SET state = $1, reported_state = NULL WHERE id = $2 AND state = $3 AND status = 'waiting'",
-    )
-    .bind(to.code())
-    .bind(id)
-    .bind(from.code())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if changed == 0 {
-        return Ok(false);
-    }
+    let mut q = QueryBuilder::<Postgres>::new("WITH moved AS (UPDATE visits SET state = ");
+    q.push_bind(to.code());
+    q.push(", reported_state = NULL WHERE id = ");
+    q.push_bind(id.to_string());
+    q.push(" AND state = ");
+    q.push_bind(from.code());
+    q.push(" AND status = 'waiting' RETURNING id)");
     // A move is recorded as a transition that stays in `waiting`, by who moved it.
-    record(&mut tx, id, Some(VisitStatus::Waiting), VisitStatus::Waiting, actor, at).await?;
-    tx.commit().await?;
-    Ok(true)
+    push_logged(&mut q, (Some(VisitStatus::Waiting), VisitStatus::Waiting), actor, at);
+    q.push(" SELECT COUNT(*) FROM moved");
+    let moved: i64 = q.build_query_scalar().fetch_one(pool).await?;
+    Ok(moved == 1)
 }
 
 pub async fn report_state(pool: &PgPool, id: &str, state: UsState) -> StoreResult<()> {
