@@ -387,6 +387,15 @@ async fn chat(store: &dyn Store) {
     retry.message_id = "another-id".into();
     retry.body = "typed again".into();
     assert_eq!(store.append_message(&retry).await.unwrap(), (original, false));
+    // Attempts of one message arriving together: one is stored, every attempt answers with it,
+    // and the attempts that found it stored leave no hole in the numbering.
+    insert(store, visit("chat-3", "CA", 3_002)).await;
+    let attempts: Vec<NewMessage> = (0..8).map(|_| message("chat-3", "sender-9", "c-twice")).collect();
+    let answers: Vec<(visithub::protocol::ChatMessage, bool)> =
+        join_all(attempts.iter().map(|m| store.append_message(m))).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(answers.iter().filter(|(_, fresh)| *fresh).count(), 1, "stored once: {answers:?}");
+    assert!(answers.iter().all(|(m, _)| m == &answers[0].0 && m.seq == 1));
+    assert_eq!(store.append_message(&message("chat-3", "sender-9", "c-next")).await.unwrap().0.seq, 2);
     // The same client id from someone else is another message.
     let (other, fresh) = store.append_message(&message("chat-1", "sender-8", "c-7")).await.unwrap();
     assert!(fresh);
@@ -866,4 +875,105 @@ async fn postgres_staged_records_are_chained_by_the_chainer_or_the_next_read() {
     assert!(first_broken(&trail, GENESIS.into()).is_ok());
     let visits: std::collections::HashSet<_> = trail[..60].iter().filter_map(|r| r.entry.visit_id.clone()).collect();
     assert_eq!(visits.len(), 60, "each record once");
+}
+
+/// How `memberships_close_with_their_visit` leaves its caregiver's memberships marked, as
+/// (visit, of a visit not over): what the lookup of their open conversations reads by index.
+/// `MARKS` reads them.
+const MARKS: &str = "SELECT visit_id, visit_open FROM chat_members WHERE subject = 'sup-hist'";
+
+fn assert_marked(mut rows: Vec<(String, bool)>) {
+    rows.sort();
+    let expected = [("hist-abandoned", false), ("hist-cancelled", false), ("hist-ended", false), ("hist-live", true)];
+    assert_eq!(rows, expected.map(|(id, open)| (id.to_string(), open)));
+}
+
+/// Ending a visit, by any of its ends, marks its memberships closed in the same change, so a
+/// caregiver's open conversations are found without reading every conversation they ever had;
+/// a visit still going keeps them open.
+async fn memberships_close_with_their_visit(store: &dyn Store) {
+    let support = participant("sup-hist", Role::Support);
+    for id in ["hist-live", "hist-cancelled", "hist-ended", "hist-abandoned"] {
+        insert(store, visit(id, "NV", 30_000)).await;
+        assert!(store.join_conversation(id, &support, ms(30_100)).await.unwrap());
+    }
+    let me = admin();
+    let at = ms(30_200);
+    use VisitStatus::*;
+    assert!(store.transition_visit("hist-cancelled", Waiting, Cancelled, &me, at).await.unwrap());
+    assert!(store.transition_visit("hist-abandoned", Waiting, Abandoned, &me, at).await.unwrap());
+    assert!(store.claim_visit("hist-ended", "dr-hist", at, 1).await.unwrap());
+    for (from, to) in [(Claimed, InVisit), (InVisit, WrapUp), (WrapUp, Ended)] {
+        assert!(store.transition_visit("hist-ended", from, to, &me, at).await.unwrap());
+    }
+    assert!(store.claim_visit("hist-live", "dr-hist", at, 1).await.unwrap());
+    assert_eq!(store.open_conversation_ids("sup-hist").await.unwrap(), ["hist-live"]);
+}
+
+#[tokio::test]
+async fn sqlite_memberships_close_with_their_visit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("visithub.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    memberships_close_with_their_visit(&store).await;
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    assert_marked(sqlx::query_as(MARKS).fetch_all(&db).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_memberships_close_with_their_visit() {
+    let pg = PgCluster::primary();
+    let store = PostgresStore::connect(&pg.primary_url(), None).await.unwrap();
+    memberships_close_with_their_visit(&store).await;
+    let db = sqlx::PgPool::connect(&pg.primary_url()).await.unwrap();
+    assert_marked(sqlx::query_as(MARKS).fetch_all(&db).await.unwrap());
+}
+
+/// What a database holds before the migration that marks memberships and counts messages: a
+/// visit going on and one over, the same support person in both, two messages in the first.
+const HISTORY: &str = "
+    INSERT INTO visits (id, state, display_name, reason, status, created_at) VALUES
+        ('old-live', 'NV', 'P', 'r', 'waiting', 1000), ('old-over', 'NV', 'P', 'r', 'ended', 1000);
+    INSERT INTO chat_members (visit_id, subject, name, role, joined_at) VALUES
+        ('old-live', 'sup-old', 'S', 'support', 1100), ('old-over', 'sup-old', 'S', 'support', 1100);
+    INSERT INTO chat_messages (visit_id, seq, message_id, client_id, sender_subject, sender_role, sender_name, body, sent_at) VALUES
+        ('old-live', 1, 'm1', 'c1', 'sup-old', 'support', 'S', 'before', 1200),
+        ('old-live', 2, 'm2', 'c2', 'sup-old', 'support', 'S', 'before', 1300)";
+
+/// After the migration, [`HISTORY`]'s membership of the visit over is marked closed and the
+/// other open, and the conversation numbers on from its highest seq (PostgreSQL has no counter
+/// row for it yet).
+async fn history_migrated(store: &dyn Store, marks: Vec<(String, bool)>) {
+    let mut marks = marks;
+    marks.sort();
+    assert_eq!(marks, [("old-live".to_string(), true), ("old-over".to_string(), false)]);
+    assert_eq!(store.open_conversation_ids("sup-old").await.unwrap(), ["old-live"]);
+    let sends: Vec<NewMessage> = (0..3).map(|i| message("old-live", "sup-old", &format!("new-{i}"))).collect();
+    let mut seqs: Vec<u64> =
+        join_all(sends.iter().map(|m| store.append_message(m))).await.into_iter().map(|r| r.unwrap().0.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, [3, 4, 5]);
+}
+
+const HISTORY_MARKS: &str = "SELECT visit_id, visit_open FROM chat_members WHERE subject = 'sup-old'";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_history_before_the_lookups_migration() {
+    let pg = PgCluster::primary();
+    let db = sqlx::PgPool::connect(&pg.primary_url()).await.unwrap();
+    sqlx::migrate!("./migrations/postgres").run_to(4, &db).await.unwrap();
+    sqlx::raw_sql(HISTORY).execute(&db).await.unwrap();
+    let store = PostgresStore::connect(&pg.primary_url(), None).await.unwrap();
+    history_migrated(&store, sqlx::query_as(HISTORY_MARKS).fetch_all(&db).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn sqlite_history_before_the_lookups_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("visithub.db");
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap();
+    sqlx::migrate!("./migrations/sqlite").run_to(3, &db).await.unwrap();
+    sqlx::raw_sql(HISTORY).execute(&db).await.unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
+    history_migrated(&store, sqlx::query_as(HISTORY_MARKS).fetch_all(&db).await.unwrap()).await;
 }

@@ -334,7 +334,8 @@ pub(crate) const AUDIT_COLUMNS: &str = concat!(entry_columns!(), ", prev_hash, h
 /// The audit log's columns with its id, as a record is read back.
 pub(crate) const AUDIT_ROW_COLUMNS: &str = concat!("id, ", entry_columns!(), ", prev_hash, hash");
 
-/// Binds a record's values into a `VALUES` row, in [`AUDIT_COLUMNS`] order, for either store.
+/// Binds a record's values into a `VALUES` row, in [`AUDIT_COLUMNS`] order (SQLite's batches;
+/// PostgreSQL binds one array per column).
 pub(crate) fn push_record<DB: sqlx::Database>(
     row: &mut sqlx::query_builder::Separated<'_, DB, &'static str>,
     r: &AuditRecord,

@@ -14,7 +14,7 @@ use super::begin;
 use crate::model::audit::{GENESIS, chain};
 use crate::model::{AuditEntry, AuditRecord};
 use crate::store::{
-    AUDIT_COLUMNS, AUDIT_ROW_COLUMNS, ENTRY_COLUMNS, StoreResult, entry_from_row, push_entry, push_record,
+    AUDIT_COLUMNS, AUDIT_ROW_COLUMNS, ENTRY_COLUMNS, StoreResult, entry_from_row, push_entry, to_millis,
 };
 
 fn from_row(row: &PgRow) -> StoreResult<AuditRecord> {
@@ -25,9 +25,6 @@ fn from_row(row: &PgRow) -> StoreResult<AuditRecord> {
         hash: row.try_get("hash")?,
     })
 }
-
-/// Rows per INSERT statement: nine parameters each stays well under PostgreSQL's 65,535.
-const ROWS_PER_INSERT: usize = 256;
 
 /// Stages a change's audit record `entry`, when given: adds `, staged AS (...)` to the change's
 /// statement of common table expressions, staging it once per row that `source` (the change's
@@ -75,20 +72,41 @@ async fn append_counted(pool: &PgPool, entries: &[AuditEntry]) -> StoreResult<(V
     let prev: Option<String> =
         sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&mut *tx).await?;
     let mut records = chain(&all, prev.unwrap_or_else(|| GENESIS.to_string()));
-    for chunk in records.chunks_mut(ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Postgres>::new(format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) "));
-        insert.push_values(chunk.iter(), |mut row, r| push_record(&mut row, r));
-        insert.push(" RETURNING id");
-        let mut ids: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
-        // The sequence is drawn row by row in VALUES order under the table lock; RETURNING
-        // itself promises no order.
+    if !records.is_empty() {
+        let mut ids: Vec<i64> = insert_all(&records).fetch_all(&mut *tx).await?;
+        // The sequence is drawn row by row in the arrays' order under the table lock;
+        // RETURNING itself promises no order.
         ids.sort_unstable();
-        for (r, id) in chunk.iter_mut().zip(ids) {
+        for (r, id) in records.iter_mut().zip(ids) {
             r.id = id;
         }
     }
     tx.commit().await?;
     Ok((records.split_off(staged_count), staged_count))
+}
+
+/// The INSERT of chained records, in order: one array per column, so the statement is the same
+/// whatever the number of rows (one plan, kept in each connection's statement cache, where a
+/// multi-row `VALUES` made a new statement for every batch size and pushed others out).
+fn insert_all(
+    records: &[AuditRecord],
+) -> sqlx::query::QueryScalar<'static, Postgres, i64, sqlx::postgres::PgArguments> {
+    let texts = |f: fn(&AuditRecord) -> &String| records.iter().map(|r| f(r).clone()).collect::<Vec<String>>();
+    let optional = |f: fn(&AuditRecord) -> &Option<String>| records.iter().map(|r| f(r).clone()).collect::<Vec<_>>();
+    // The arrays bind in AUDIT_COLUMNS order.
+    let sql = format!(
+        "INSERT INTO audit_log ({AUDIT_COLUMNS}) SELECT {AUDIT_COLUMNS} FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) WITH ORDINALITY AS r({AUDIT_COLUMNS}, n) ORDER BY n RETURNING id"
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(records.iter().map(|r| to_millis(r.entry.at)).collect::<Vec<i64>>())
+        .bind(texts(|r| &r.entry.subject))
+        .bind(texts(|r| &r.entry.role))
+        .bind(texts(|r| &r.entry.action))
+        .bind(optional(|r| &r.entry.visit_id))
+        .bind(optional(|r| &r.entry.target))
+        .bind(texts(|r| &r.entry.outcome))
+        .bind(texts(|r| &r.prev_hash))
+        .bind(texts(|r| &r.hash))
 }
 
 /// Staged records moved per append at most: a backlog left by a crash goes over several.

@@ -5,16 +5,12 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::audit::push_staged;
-use super::{begin, corrupt};
+use super::corrupt;
 use crate::model::{AuditEntry, UsState, VisitId, VisitStatus};
 use crate::protocol::{ChatMessage, Participant};
 use crate::store::{
     ConversationSummary, NewMessage, OpenConversation, StoreResult, from_millis, parse_role, to_millis,
 };
-
-/// First key of the advisory locks that serialise appends to one visit's conversation (the
-/// second is the hash of the visit id), so they never meet another user of advisory locks.
-const CHAT_LOCK_SPACE: i32 = 0x7669_7301;
 
 fn message_from_row(row: &PgRow) -> StoreResult<ChatMessage> {
     let sender_role: String = row.try_get("sender_role")?;
@@ -38,22 +34,19 @@ const COLUMNS: &str = "visit_id, seq, message_id, client_id, sender_subject, sen
 /// Stores a message, with the audit record `staged` when given; a retry stores neither and
 /// returns the message stored the first time.
 pub async fn append(pool: &PgPool, m: &NewMessage, staged: Option<&AuditEntry>) -> StoreResult<(ChatMessage, bool)> {
-    // PostgreSQL runs writers side by side: two appends computing MAX(seq) + 1 at once would
-    // pick the same number. A transaction-scoped advisory lock per visit makes them take
-    // turns; each statement after it (READ COMMITTED) sees what the previous holder committed,
-    // so seqs stay unique and gap-free, and a retry finds the message stored before it.
-    let mut tx = begin(pool).await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-        .bind(CHAT_LOCK_SPACE)
-        .bind(&m.visit_id)
-        .execute(&mut *tx)
-        .await?;
-    // The message and its staged record in one statement after the lock; a retry (its
-    // `client_id` used before) stores neither and reads the message stored the first time.
+    // One statement: the conversation's counter gives the seq (its row lock orders concurrent
+    // appends to one conversation until this statement commits), then the message and its
+    // staged record. A conversation without a counter (messages stored before there were
+    // counters) starts from its highest seq.
     let mut q =
-        QueryBuilder::<Postgres>::new(format!("WITH appended AS (INSERT INTO chat_messages ({COLUMNS}) SELECT "));
+        QueryBuilder::<Postgres>::new("WITH numbered AS (INSERT INTO chat_counters (visit_id, last_seq) SELECT ");
     q.push_bind(m.visit_id.clone());
-    q.push(", COALESCE(MAX(seq), 0) + 1, ");
+    q.push(", COALESCE(MAX(seq), 0) + 1 FROM chat_messages WHERE visit_id = ");
+    q.push_bind(m.visit_id.clone());
+    q.push(" ON CONFLICT (visit_id) DO UPDATE SET last_seq = chat_counters.last_seq + 1 RETURNING last_seq)");
+    q.push(format!(", appended AS (INSERT INTO chat_messages ({COLUMNS}) SELECT "));
+    q.push_bind(m.visit_id.clone());
+    q.push(", last_seq, ");
     q.separated(", ")
         .push_bind(m.message_id.clone())
         .push_bind(m.client_id.clone())
@@ -62,15 +55,18 @@ pub async fn append(pool: &PgPool, m: &NewMessage, staged: Option<&AuditEntry>) 
         .push_bind(m.from.name.clone())
         .push_bind(m.body.clone())
         .push_bind(to_millis(m.sent_at));
-    q.push(" FROM chat_messages WHERE visit_id = ");
-    q.push_bind(m.visit_id.clone());
-    q.push(format!(" ON CONFLICT (visit_id, sender_subject, client_id) DO NOTHING RETURNING {COLUMNS})"));
+    q.push(format!(" FROM numbered RETURNING {COLUMNS})"));
     push_staged(&mut q, "appended", staged);
     q.push(format!(" SELECT {COLUMNS} FROM appended"));
-    if let Some(row) = q.build().fetch_optional(&mut *tx).await? {
-        let message = message_from_row(&row)?;
-        tx.commit().await?;
-        return Ok((message, true));
+    let failed = match q.build().fetch_one(pool).await {
+        Ok(row) => return Ok((message_from_row(&row)?, true)),
+        Err(e) => e,
+    };
+    // A retry: its `client_id` is taken, so the statement failed whole (the counter's increment
+    // and the record with it) once the first attempt committed; that one is the answer.
+    let retried = failed.as_database_error().is_some_and(|e| e.is_unique_violation());
+    if !retried {
+        return Err(failed.into());
     }
     let sql =
         format!("SELECT {COLUMNS} FROM chat_messages WHERE visit_id = $1 AND sender_subject = $2 AND client_id = $3");
@@ -78,10 +74,12 @@ pub async fn append(pool: &PgPool, m: &NewMessage, staged: Option<&AuditEntry>) 
         .bind(&m.visit_id)
         .bind(&m.from.subject)
         .bind(&m.client_id)
-        .fetch_one(&mut *tx)
+        .fetch_optional(pool)
         .await?;
-    tx.rollback().await?;
-    Ok((message_from_row(&before)?, false))
+    match before {
+        Some(row) => Ok((message_from_row(&row)?, false)),
+        None => Err(failed.into()),
+    }
 }
 
 pub async fn page(pool: &PgPool, visit_id: &str, before_seq: Option<u64>, limit: u32) -> StoreResult<Vec<ChatMessage>> {
@@ -189,7 +187,7 @@ pub async fn open_conversations(pool: &PgPool) -> StoreResult<Vec<OpenConversati
 pub async fn open_conversation_ids(pool: &PgPool, subject: &str) -> StoreResult<Vec<VisitId>> {
     Ok(sqlx::query_scalar(
         "SELECT m.visit_id FROM chat_members m JOIN visits v ON v.id = m.visit_id
-         WHERE m.subject = $1 AND v.status NOT IN ('ended', 'cancelled', 'abandoned')
+         WHERE m.subject = $1 AND m.visit_open AND v.status NOT IN ('ended', 'cancelled', 'abandoned')
          ORDER BY m.joined_at, v.id COLLATE \"C\"",
     )
     .bind(subject)
@@ -203,7 +201,7 @@ pub async fn conversations_of(pool: &PgPool, subject: &str) -> StoreResult<Vec<C
                 (SELECT COALESCE(MAX(seq), 0) FROM chat_messages c WHERE c.visit_id = v.id) AS last_seq,
                 (SELECT COALESCE(MAX(up_to_seq), 0) FROM chat_reads r WHERE r.visit_id = v.id AND r.subject = m.subject) AS read_seq
          FROM chat_members m JOIN visits v ON v.id = m.visit_id
-         WHERE m.subject = $1 AND v.status NOT IN ('ended', 'cancelled', 'abandoned')
+         WHERE m.subject = $1 AND m.visit_open AND v.status NOT IN ('ended', 'cancelled', 'abandoned')
          ORDER BY m.joined_at, v.id COLLATE \"C\"",
     )
     .bind(subject)

@@ -4,8 +4,10 @@
 //! connect. Queries live beside what they own, as in the SQLite store, with the same results.
 //!
 //! Concurrency: compare-and-set updates (`WHERE status = ...`) have exactly one winner, as row
-//! locks make the losers re-check against the winner's row; chat appends and audit appends,
-//! which read the last row to write the next, take a lock first (see `chat.rs`, `audit.rs`).
+//! locks make the losers re-check against the winner's row; a chat append numbers its message
+//! from its conversation's counter row, whose row lock orders appends to one conversation
+//! (see `chat.rs`); audit appends, which read the last record to chain the next, take the
+//! trail's lock first (see `audit.rs`).
 //! A change's audit record is staged in the change's own transaction without that lock, and
 //! chained by the node's chainer a moment later, with whatever else was staged meanwhile, or
 //! by the next read of the trail, whichever comes first: a change and its record commit

@@ -211,7 +211,7 @@ pub async fn open_conversations(pool: &SqlitePool) -> StoreResult<Vec<OpenConver
 pub async fn open_conversation_ids(pool: &SqlitePool, subject: &str) -> StoreResult<Vec<VisitId>> {
     Ok(sqlx::query_scalar(
         "SELECT m.visit_id FROM chat_members m JOIN visits v ON v.id = m.visit_id
-         WHERE m.subject = ? AND v.status NOT IN ('ended', 'cancelled', 'abandoned')
+         WHERE m.subject = ? AND m.visit_open AND v.status NOT IN ('ended', 'cancelled', 'abandoned')
          ORDER BY m.joined_at",
     )
     .bind(subject)
@@ -225,7 +225,7 @@ pub async fn conversations_of(pool: &SqlitePool, subject: &str) -> StoreResult<V
                 (SELECT COALESCE(MAX(seq), 0) FROM chat_messages c WHERE c.visit_id = v.id) AS last_seq,
                 (SELECT COALESCE(MAX(up_to_seq), 0) FROM chat_reads r WHERE r.visit_id = v.id AND r.subject = m.subject) AS read_seq
          FROM chat_members m JOIN visits v ON v.id = m.visit_id
-         WHERE m.subject = ? AND v.status NOT IN ('ended', 'cancelled', 'abandoned')
+         WHERE m.subject = ? AND m.visit_open AND v.status NOT IN ('ended', 'cancelled', 'abandoned')
          ORDER BY m.joined_at",
     )
     .bind(subject)
