@@ -35,9 +35,20 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Starts `server` and waits until it accepts TCP connections.
+/// Starts `server` and waits until it accepts TCP connections. The free port is only free
+/// when asked: a server that exits (another socket took the port before it bound) is started
+/// again on another.
 async fn start(server: Server) -> Running {
-    let port = free_port();
+    for _ in 0..5 {
+        if let Some(running) = start_on(server, free_port()).await {
+            return running;
+        }
+    }
+    panic!("{server:?} exited on start five times");
+}
+
+/// `server` listening on `port`, or `None` when it exited instead.
+async fn start_on(server: Server, port: u16) -> Option<Running> {
     let mut command = match server {
         Server::Matchbox => {
             let bin = reference_dir().join("bin/matchbox_server");
@@ -56,12 +67,20 @@ async fn start(server: Server) -> Running {
         Server::Bare => unreachable!("the bare server runs in-process (tests/scenarios.rs)"),
     };
     let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the reference server");
+    let mut running = Running { child, url: format!("http://127.0.0.1:{port}") };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    loop {
+        if running.child.try_wait().expect("the reference server's status").is_some() {
+            return None;
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            // Whoever answered, it is ours only if ours is still running.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return running.child.try_wait().expect("the reference server's status").is_none().then_some(running);
+        }
         assert!(Instant::now() < deadline, "{server:?} did not listen on port {port} within 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Running { child, url: format!("http://127.0.0.1:{port}") }
 }
 
 async fn run(server: &Running, scenario: Scenario) -> Report {
