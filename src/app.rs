@@ -122,6 +122,7 @@ impl App {
         let gateway = Arc::new(Gateway::new(hub.clone(), config.clone()));
         let intake_limit = Arc::new(AddressLimit::new(
             config.intake_per_address_per_minute,
+            config.intake_network_share,
             config.client_address_header.as_deref(),
             hub.live_state().clone(),
         ));

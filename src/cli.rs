@@ -156,12 +156,17 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_invalid_per_minute: Option<u32>,
-    /// Intakes per minute from one client address (an IPv6 /64), and 16 times that from its
-    /// block (an IPv4 /24, an IPv6 /48), for the whole cluster; 0 for no limit (429
-    /// `rate_limited`).
+    /// Intakes per minute from one client address (an IPv6 /64), and `--intake-network-share`
+    /// times that from its block (an IPv4 /24, an IPv6 /48), for the whole cluster; 0 for no
+    /// limit (429 `rate_limited`).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intake_per_address_per_minute: Option<u32>,
+    /// How many addresses' intake quotas an address's block holds together: raise
+    /// it for a site whose patients come through many addresses of one network.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intake_network_share: Option<u32>,
     /// Header a trusted load balancer appends the client's address to (its last entry counts).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -85,9 +85,13 @@ pub struct Config {
     pub write_timeout_ms: u64,
     /// Invalid or rate-limited frames per minute before the socket is closed.
     pub max_invalid_per_minute: u32,
-    /// Intakes (`POST /v1/visits`) per minute from one client address (an IPv6 /64), 16 times
-    /// that from its block (an IPv4 /24, an IPv6 /48); 0 for no limit.
+    /// Intakes (`POST /v1/visits`) per minute from one client address (an IPv6 /64),
+    /// `intake_network_share` times that from its block (an IPv4 /24, an IPv6 /48); 0 for no
+    /// limit.
     pub intake_per_address_per_minute: u32,
+    /// How many addresses' intake quotas the block around an address (an IPv4 /24, an IPv6
+    /// /48: one site or neighbourhood) holds together; at least 1.
+    pub intake_network_share: u32,
     /// Header a trusted load balancer appends the client's address to (`X-Forwarded-For`):
     /// its last entry is the client for the intake limit. Unset, the peer address is.
     pub client_address_header: Option<String>,
@@ -173,6 +177,7 @@ impl Default for Config {
             max_invalid_per_minute: 20,
             // Off on a laptop; a deployment sets it (see deploy/), with the balancer's header.
             intake_per_address_per_minute: 0,
+            intake_network_share: 16,
             client_address_header: None,
             shutdown_grace_secs: 10,
             patient_token_ttl_secs: hub.patient_token_ttl_secs,
@@ -225,6 +230,7 @@ impl Config {
             "ping and pong times must be at least 1 s"
         );
         anyhow::ensure!(self.max_connections_per_user >= 1, "max_connections_per_user must be at least 1");
+        anyhow::ensure!(self.intake_network_share >= 1, "intake_network_share must be at least 1");
         anyhow::ensure!(
             [self.rate_patient, self.rate_support, self.rate_provider, self.rate_admin].iter().all(|r| *r >= 1),
             "message rates must be at least 1 per second"

@@ -2,8 +2,8 @@
 //! one address that floods it would fill a state's queue ahead of real patients. Each address
 //! gets a bucket of `per_minute` intakes refilled over a minute; IPv6 addresses count by their
 //! /64, the block one subscriber is usually given. The block around an address (an IPv4 /24,
-//! an IPv6 /48: one site) gets `BLOCK_SHARE` addresses' worth, so a site cannot multiply its
-//! quota by spreading over its addresses. Behind a load balancer the peer is the
+//! an IPv6 /48: one site) gets `network_share` addresses' worth (16 by default), so a site
+//! cannot multiply its quota by spreading over its addresses. Behind a load balancer the peer is the
 //! balancer itself: the client's address is then the last one the balancer appended to the
 //! configured header (never an earlier one, which the client wrote and could forge).
 
@@ -17,10 +17,6 @@ use axum::serve::IncomingStream;
 use crate::error::{ErrorCode, HubError};
 use crate::gateway::read_ahead::ReadAheadListener;
 use crate::live::{AddressKey, AddressQuota, LiveState};
-
-/// How many addresses' quotas the block around an address holds: a site's or a neighbourhood's
-/// patients share it, and a site spreading over its 65,536 IPv6 /64s gets this many, not those.
-const BLOCK_SHARE: NonZeroU32 = NonZeroU32::new(16).unwrap();
 
 /// The peer address of a connection, as the listener accepted it.
 #[derive(Debug, Clone, Copy)]
@@ -46,10 +42,12 @@ pub struct AddressLimit {
 }
 
 impl AddressLimit {
-    pub fn new(per_minute: u32, header: Option<&str>, live: Arc<dyn LiveState>) -> AddressLimit {
+    /// `per_minute` intakes per address, `network_share` times that per block (at least one).
+    pub fn new(per_minute: u32, network_share: u32, header: Option<&str>, live: Arc<dyn LiveState>) -> AddressLimit {
+        let share = NonZeroU32::new(network_share).unwrap_or(NonZeroU32::MIN);
         AddressLimit {
             quota: NonZeroU32::new(per_minute)
-                .map(|address| AddressQuota { address, block: address.saturating_mul(BLOCK_SHARE) }),
+                .map(|address| AddressQuota { address, block: address.saturating_mul(share) }),
             header: header.map(str::trim).filter(|h| !h.is_empty()).map(str::to_ascii_lowercase),
             live,
         }
@@ -109,7 +107,7 @@ mod tests {
     }
 
     fn limit(per_minute: u32, header: Option<&str>) -> AddressLimit {
-        AddressLimit::new(per_minute, header, Arc::new(MemoryLive::new()))
+        AddressLimit::new(per_minute, 16, header, Arc::new(MemoryLive::new()))
     }
 
     #[tokio::test]
@@ -141,20 +139,34 @@ mod tests {
     async fn the_addresses_of_one_block_share_its_sixteen_quotas() {
         let limit = limit(1, None);
         let none = HeaderMap::new();
-        for i in 0..BLOCK_SHARE.get() {
+        for i in 0..16 {
             assert!(limit.check(peer(&format!("2001:db8:7:{i:x}::1")), &none).await.is_ok(), "/64 number {i}");
         }
         let refused = limit.check(peer("2001:db8:7:ff::1"), &none).await.unwrap_err();
         assert_eq!(refused.code, ErrorCode::RateLimited, "a 17th /64 of the same /48");
         assert!(limit.check(peer("2001:db8:8::1"), &none).await.is_ok(), "another /48");
 
-        for i in 0..BLOCK_SHARE.get() {
+        for i in 0..16 {
             assert!(limit.check(peer(&format!("198.51.100.{i}")), &none).await.is_ok(), "address number {i}");
         }
         let refused = limit.check(peer("198.51.100.250"), &none).await.unwrap_err();
         assert_eq!(refused.code, ErrorCode::RateLimited, "a 17th address of the same /24");
         assert!(limit.check(peer("::ffff:198.51.100.251"), &none).await.is_err(), "IPv4-mapped: the same /24");
         assert!(limit.check(peer("198.51.101.1"), &none).await.is_ok(), "another /24");
+    }
+
+    #[tokio::test]
+    async fn a_network_holds_as_many_quotas_as_its_share() {
+        let limit = AddressLimit::new(2, 3, None, Arc::new(MemoryLive::new()));
+        let none = HeaderMap::new();
+        for i in 0..3 {
+            for _ in 0..2 {
+                assert!(limit.check(peer(&format!("203.0.113.{i}")), &none).await.is_ok(), "address number {i}");
+            }
+        }
+        let refused = limit.check(peer("203.0.113.200"), &none).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::RateLimited, "a fourth address's intake from a share of three");
+        assert!(limit.check(peer("203.0.114.1"), &none).await.is_ok(), "another /24");
     }
 
     #[tokio::test]
